@@ -1,0 +1,136 @@
+"""``dit_accel.apply``: install a method on a pipeline or transformer, and the handle that undoes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dit_accel.pipelines import LayerBinding, ModelAdapter, find_adapter, supported_model_names
+
+from .config import MethodConfig
+from .hooks import install_step_hook, remove_step_hook
+from .registry import build_config, spec_for
+from .steps import StepTracker
+
+
+@dataclass
+class _Installed:
+    """One transformer taken over: its adapter and the processors it had before."""
+
+    model: torch.nn.Module
+    adapter: ModelAdapter
+    originals: list[tuple[torch.nn.Module, Any]]
+
+
+class AttentionHandle:
+    """Returned by :func:`apply`. ``remove()`` restores the exact original processors.
+
+    Also a context manager: ``with dit_accel.apply(pipe, "topk", density=0.1): pipe(...)``.
+    """
+
+    def __init__(self, config: MethodConfig, tracker: StepTracker, installed: list[_Installed]) -> None:
+        self.config = config
+        self.tracker = tracker
+        self._installed = installed
+
+    @property
+    def active(self) -> bool:
+        return bool(self._installed)
+
+    @property
+    def transformers(self) -> list[torch.nn.Module]:
+        return [item.model for item in self._installed]
+
+    def reset(self) -> None:
+        """Start step counting afresh (only needed for direct transformer calls)."""
+        self.tracker.reset()
+
+    def remove(self) -> None:
+        """Restore the original processors and drop the hooks; calling it twice is harmless."""
+        while self._installed:
+            item = self._installed.pop()
+            for module, processor in item.originals:
+                module.set_processor(processor)
+            remove_step_hook(item.model)
+
+    def __enter__(self) -> AttentionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        names = [type(m).__name__ for m in self.transformers]
+        return f"AttentionHandle(method={self.config.method!r}, transformers={names}, active={self.active})"
+
+
+def _transformers_of(target: Any) -> list[torch.nn.Module]:
+    """The supported transformers of a pipeline (all of them, e.g. Wan 2.2's two), or the model itself."""
+    if isinstance(target, torch.nn.Module):
+        if find_adapter(target) is None:
+            raise TypeError(
+                f"unsupported model class {type(target).__name__}; supported: {', '.join(supported_model_names())}"
+            )
+        return [target]
+    components = getattr(target, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(f"apply() takes a Diffusers pipeline or transformer model, got {type(target).__name__}")
+    models = [c for c in components.values() if isinstance(c, torch.nn.Module) and find_adapter(c) is not None]
+    if not models:
+        raise TypeError(
+            f"pipeline {type(target).__name__} has no supported transformer; supported: "
+            f"{', '.join(supported_model_names())}"
+        )
+    return models
+
+
+def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker, op: Any) -> _Installed:
+    adapter = find_adapter(model)
+    modules = adapter.attention_modules(model)
+    adapter.check_processors(modules)
+    install_step_hook(model, tracker, adapter)
+    dense_count = config.dense_layer_count(len(modules))
+    originals = []
+    for index, module in enumerate(modules):
+        binding = LayerBinding(
+            op=op,
+            tracker=tracker,
+            layer_index=index,
+            num_layers=len(modules),
+            dense_layer=index < dense_count,
+        )
+        originals.append((module, module.processor))
+        processor = adapter.make_processor(binding)
+        processor._attention_backend = getattr(module.processor, "_attention_backend", None)
+        processor._parallel_config = getattr(module.processor, "_parallel_config", None)
+        module.set_processor(processor)
+    return _Installed(model=model, adapter=adapter, originals=originals)
+
+
+def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionHandle:
+    """Install an attention method on a Diffusers pipeline or transformer.
+
+    Args:
+        target: a pipeline (every supported transformer in it is converted, e.g. Wan 2.2's
+            ``transformer`` and ``transformer_2``) or a transformer model.
+        method: a method name from :func:`dit_accel.list_methods` or a method config instance.
+        **options: the method's options (see its config class), e.g. ``density=0.1``.
+
+    Returns:
+        An :class:`AttentionHandle`; ``handle.remove()`` restores the original processors.
+    """
+    config = build_config(method, **options)
+    models = _transformers_of(target)
+    tracker = StepTracker(config, scheduler=getattr(target, "scheduler", None))
+    op = spec_for(config).make_op(config)
+    installed: list[_Installed] = []
+    handle = AttentionHandle(config, tracker, installed)
+    try:
+        for model in models:
+            installed.append(_install(model, config, tracker, op))
+    except Exception:
+        handle.remove()
+        raise
+    return handle

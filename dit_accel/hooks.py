@@ -1,0 +1,67 @@
+"""The transformer-level hook that feeds the step tracker.
+
+Registered through Diffusers' ``HookRegistry`` so that it composes with Diffusers' own caches
+(FirstBlockCache, MagCache, TaylorSeer) and receives the pipeline's ``cache_context``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+
+from .steps import StepTracker
+
+HOOK_NAME = "dit_accel_steps"
+
+
+class _ContextOnly(BaseState):
+    """No per-context state: the hook only reads the pipeline's cache context."""
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class StepTrackingHook(ModelHook):
+    """Before each transformer forward: record the step and what the processors need to know."""
+
+    _is_stateful = True
+
+    def __init__(self, tracker: StepTracker, adapter: Any) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.adapter = adapter
+        self.cache_context = StateManager(_ContextOnly)
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        self._observe(module, args, kwargs)
+        return args, kwargs
+
+    @torch.compiler.disable
+    def _observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        arguments = self.adapter.bind_arguments(module, args, kwargs)
+        context = self.cache_context._context
+        step_index = getattr(context, "step_index", None)
+        num_steps = getattr(context, "num_inference_steps", None)
+        self.tracker.observe(arguments.get("timestep"), step_index=step_index, num_steps=num_steps)
+        self.tracker.call_info = self.adapter.capture(module, arguments)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.tracker.reset()
+        return module
+
+
+def install_step_hook(model: torch.nn.Module, tracker: StepTracker, adapter: Any) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    if registry.get_hook(HOOK_NAME) is not None:
+        raise ValueError(
+            f"dit-accel is already applied to this {type(model).__name__}; call handle.remove() on the "
+            "existing handle first"
+        )
+    registry.register_hook(StepTrackingHook(tracker, adapter), HOOK_NAME)
+
+
+def remove_step_hook(model: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.remove_hook(HOOK_NAME, recurse=False)

@@ -1,0 +1,88 @@
+"""Where text and video tokens sit in the sequence of one attention call.
+
+Adapters build a :class:`TokenLayout` for every attention call so that methods never have to know
+which model family they run in: Wan self-attention is video only, HunyuanVideo puts the (padded)
+text after the video, FLUX puts the text first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Token ranges of one attention call.
+
+    Attributes:
+        seq_len: total number of tokens (query and key sequence length).
+        video_start: index of the first video (image) token.
+        video_len: number of video tokens.
+        grid: latent token grid ``(T, H, W)`` after patching, in raster order, or ``None`` when the
+            video tokens do not form one raster (they are then treated as a 1-D sequence).
+        text_start: index of the first text token.
+        text_len: number of text tokens (0 when the call has none, e.g. Wan self-attention).
+        text_valid: optional ``(B,)`` int32 tensor, the number of unpadded text tokens per sample
+            (HunyuanVideo pads its prompt); ``None`` means every text token is valid.
+        cfg_groups: number of classifier-free-guidance groups stacked along the batch (1 when
+            the pipeline runs the conditional and unconditional passes as separate calls).
+    """
+
+    seq_len: int
+    video_start: int
+    video_len: int
+    grid: tuple[int, int, int] | None = None
+    text_start: int = 0
+    text_len: int = 0
+    text_valid: torch.Tensor | None = None
+    cfg_groups: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TokenLayout.{name} must be >= 0, got {getattr(self, name)}")
+        if self.video_start + self.video_len > self.seq_len:
+            raise ValueError(
+                f"video range [{self.video_start}, {self.video_start + self.video_len}) exceeds seq_len={self.seq_len}"
+            )
+        if self.text_start + self.text_len > self.seq_len:
+            raise ValueError(
+                f"text range [{self.text_start}, {self.text_start + self.text_len}) exceeds seq_len={self.seq_len}"
+            )
+        overlap = min(self.video_end, self.text_end) - max(self.video_start, self.text_start)
+        if self.text_len and self.video_len and overlap > 0:
+            raise ValueError("text and video token ranges overlap")
+        if self.grid is not None:
+            t, h, w = self.grid
+            if t * h * w != self.video_len:
+                raise ValueError(f"grid {self.grid} has {t * h * w} tokens but video_len={self.video_len}")
+
+    @property
+    def video_end(self) -> int:
+        return self.video_start + self.video_len
+
+    @property
+    def text_end(self) -> int:
+        return self.text_start + self.text_len
+
+    @property
+    def video_slice(self) -> slice:
+        return slice(self.video_start, self.video_end)
+
+    @property
+    def text_slice(self) -> slice:
+        return slice(self.text_start, self.text_end)
+
+    @property
+    def video_only(self) -> bool:
+        """True when every token of the call is a video token."""
+        return self.video_start == 0 and self.video_len == self.seq_len
+
+
+def video_only_layout(seq_len: int, grid: tuple[int, int, int] | None) -> TokenLayout:
+    """Layout of a call whose tokens are all video tokens (Wan self-attention)."""
+    if grid is not None and grid[0] * grid[1] * grid[2] != seq_len:
+        grid = None
+    return TokenLayout(seq_len=seq_len, video_start=0, video_len=seq_len, grid=grid)

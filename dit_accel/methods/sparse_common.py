@@ -1,0 +1,89 @@
+"""Shared block-sparse pipeline: tile reorder, routing, block-sparse kernel, exact text rows.
+
+Every block-sparse method differs only in how it turns routing scores into block lists (and, for
+some, what it adds for the skipped blocks). This module runs the common part on ``(B, S, H, D)``
+q/k/v: video queries attend to their selected video key blocks plus every valid text key; text
+queries attend densely through the stock attention call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from dit_accel import kernels
+from dit_accel.context import AttentionContext
+from dit_accel.tiling import default_tile, tiled_rows
+
+logger = logging.getLogger("dit_accel")
+_WARNED: set[str] = set()
+
+Selector = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log a warning the first time ``key`` is seen in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def dense_fallback_reason(ctx: AttentionContext, block_q: int, block_k: int) -> str | None:
+    """Why this call cannot run block-sparse (it then runs dense), or None."""
+    layout = ctx.layout
+    if ctx.parallel_config is not None:
+        return "context parallelism is not supported by block-sparse methods"
+    if layout.video_len < max(block_q, block_k) * 2:
+        return f"only {layout.video_len} video tokens: too short for {block_q}x{block_k} blocks"
+    if ctx.attention_mask is not None and layout.text_valid is None:
+        return "the attention mask is not a text key-padding mask"
+    if layout.text_len + layout.video_len != layout.seq_len:
+        return "some tokens are neither text nor video"
+    return None
+
+
+_LOG_COUNT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def key_log_counts(length: int, block: int, device: torch.device) -> torch.Tensor:
+    """``log n_j`` of each key block (cached per length and device)."""
+    key = (length, block, str(device))
+    if key not in _LOG_COUNT_CACHE:
+        _LOG_COUNT_CACHE[key] = kernels.block_counts(length, block, device).float().log()
+    return _LOG_COUNT_CACHE[key]
+
+
+def block_sparse_video_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ctx: AttentionContext,
+    *,
+    block_q: int,
+    block_k: int,
+    select: Selector,
+    tile: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``."""
+    layout = ctx.layout
+    scale = q.shape[-1] ** -0.5
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+    tile = tile or default_tile(layout.grid, block_q)
+    rows = tiled_rows(layout.video_start, layout.video_len, layout.grid, tile, q.device)
+    k_tiled, v_tiled, k_mean = kernels.gather_blocks(kh, vh, rows, block_k)
+    q_mean = kernels.pool_blocks(qh, block_q, rows)
+    scores = kernels.routing_scores(q_mean, k_mean, scale)
+    indices, counts = select(scores, key_log_counts(layout.video_len, block_k, q.device))
+    extra_k = extra_v = None
+    if layout.text_len:
+        extra_k, extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]
+    out, _ = kernels.block_sparse_attention(
+        qh, k_tiled, v_tiled, indices, counts, block_q, block_k, layout.video_len, scale,
+        q_rows=rows, extra_k=extra_k, extra_v=extra_v, extra_valid=layout.text_valid,
+    )  # fmt: skip
+    out = out.transpose(1, 2)
+    if layout.text_len:
+        out[:, layout.text_slice] = ctx.dense(q[:, layout.text_slice], k, v).to(out.dtype)
+    return out

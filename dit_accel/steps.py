@@ -1,0 +1,80 @@
+"""Step awareness: which denoising step a transformer call belongs to.
+
+A :class:`StepTracker` is shared by all transformers of one ``apply()`` handle (Wan 2.2 runs
+``transformer`` and ``transformer_2`` on one step schedule). A Diffusers hook calls
+:meth:`StepTracker.observe` before every transformer forward. The step index comes, in order of
+preference, from the pipeline's ``cache_context`` (Wan pipelines pass ``step_index``), from the
+position of the timestep in the pipeline scheduler's ``timesteps``, or from counting distinct
+timesteps (a rising timestep starts a new denoising run).
+
+The tracker turns the step into one boolean, :attr:`StepTracker.warmup`, that processors read.
+Keeping the per-call decision a single flag means ``torch.compile`` sees at most two variants of
+each processor instead of recompiling for every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import MethodConfig, resolve_count
+
+
+def timestep_value(timestep: Any) -> float:
+    """The noise level of a call as a float (the largest entry of a per-token timestep tensor)."""
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.detach().float().max())
+    return float(timestep)
+
+
+class StepTracker:
+    """Step index, step count and the warm-up decision for one handle."""
+
+    def __init__(self, config: MethodConfig, scheduler: Any = None) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.step_index = 0
+        self.num_steps: int | None = config.num_inference_steps
+        self.warmup = True
+        self.calls = 0
+        self._last_timestep: float | None = None
+        self.call_info: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        """Forget the current denoising run (the next call starts at step 0)."""
+        self.step_index = 0
+        self.calls = 0
+        self._last_timestep = None
+        self.num_steps = self.config.num_inference_steps
+        self.warmup = True
+
+    def _from_scheduler(self, t: float) -> tuple[int, int] | None:
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
+            return None
+        distance = (timesteps.detach().float().cpu() - t).abs()
+        index = int(distance.argmin())
+        if float(distance[index]) > 1e-3 * max(1.0, abs(t)):
+            return None
+        return index, int(timesteps.numel())
+
+    def observe(self, timestep: Any, step_index: int | None = None, num_steps: int | None = None) -> None:
+        """Record one transformer call and update :attr:`warmup`."""
+        t = timestep_value(timestep) if timestep is not None else None
+        if step_index is not None:
+            self.step_index = step_index
+            self.num_steps = num_steps or self.num_steps
+        elif t is not None and (found := self._from_scheduler(t)) is not None:
+            self.step_index, self.num_steps = found
+        elif t is not None and self._last_timestep is not None:
+            if t > self._last_timestep + 1e-6:
+                self.step_index = 0
+            elif t < self._last_timestep - 1e-6:
+                self.step_index += 1
+        if self.config.num_inference_steps is not None:
+            self.num_steps = self.config.num_inference_steps
+        self._last_timestep = t
+        self.calls += 1
+        dense_steps = resolve_count(self.config.dense_steps, self.num_steps, "dense_steps")
+        self.warmup = self.step_index < dense_steps

@@ -1,0 +1,148 @@
+"""The kernels as PyTorch custom ops: a dispatcher per op plus a fake (shape) implementation.
+
+Each op runs its Triton kernel on CUDA tensors and its PyTorch reference on anything else (CPU,
+or when ``DIT_ACCEL_FORCE_REFERENCE=1``). Registering them with ``torch.library.custom_op`` lets
+``torch.compile`` trace processors that call them without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import reference
+
+try:
+    from .block_pooling import gather_blocks_triton, pool_blocks_triton
+    from .block_selection import MAX_KEY_BLOCKS, select_blocks_triton
+    from .block_sparse_attention import block_sparse_attention_triton
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - platforms without Triton
+    HAS_TRITON = False
+    MAX_KEY_BLOCKS = 0
+
+Tensor = torch.Tensor
+
+
+def use_triton(t: Tensor) -> bool:
+    """Whether the Triton kernels serve this tensor's device."""
+    return HAS_TRITON and t.is_cuda and os.environ.get("DIT_ACCEL_FORCE_REFERENCE") != "1"
+
+
+def _mean_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("dit_accel::pool_blocks", mutates_args=())
+def pool_blocks(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
+    """Block means ``(B, H, N, D)`` (fp32) of x ``(B, H, S, D)``, rows gathered through ``rows``."""
+    if use_triton(x):
+        return pool_blocks_triton(x, block, rows)
+    return reference.pool_blocks_reference(x, block, rows).to(_mean_dtype(x))
+
+
+@pool_blocks.register_fake
+def _(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
+    n = x.shape[2] if rows is None else rows.shape[0]
+    return x.new_empty(x.shape[0], x.shape[1], math.ceil(n / block), x.shape[3], dtype=_mean_dtype(x))
+
+
+@torch.library.custom_op("dit_accel::gather_blocks", mutates_args=())
+def gather_blocks(k: Tensor, v: Tensor, rows: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """K/V in tile order, zero-padded to whole blocks, and the fp32 key-block means."""
+    if use_triton(k):
+        return gather_blocks_triton(k, v, rows, block)
+    k_tiled, v_tiled, mean = reference.gather_blocks_reference(k, v, rows, block)
+    return k_tiled, v_tiled, mean.to(_mean_dtype(k))
+
+
+@gather_blocks.register_fake
+def _(k: Tensor, v: Tensor, rows: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    b, h, _, d = k.shape
+    n = math.ceil(rows.shape[0] / block)
+    tiled = k.new_empty(b, h, n * block, d)
+    return tiled, torch.empty_like(tiled), k.new_empty(b, h, n, d, dtype=_mean_dtype(k))
+
+
+def _selection_width(num_blocks: int, density: float | None, min_blocks: int) -> int:
+    return reference.keep_count(num_blocks, density, min_blocks) if density is not None else num_blocks
+
+
+@torch.library.custom_op("dit_accel::select_blocks", mutates_args=())
+def select_blocks(
+    scores: Tensor,
+    density: float | None = None,
+    top_p: float | None = None,
+    min_blocks: int = 1,
+    log_counts: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Block lists ``(indices, counts)`` from routing scores (top-k by density, or top-p)."""
+    if use_triton(scores) and scores.shape[-1] <= MAX_KEY_BLOCKS:
+        return select_blocks_triton(scores, density=density, top_p=top_p, min_blocks=min_blocks, log_counts=log_counts)
+    return reference.select_blocks_reference(
+        scores, density=density, top_p=top_p, min_blocks=min_blocks, log_counts=log_counts
+    )
+
+
+@select_blocks.register_fake
+def _(scores, density=None, top_p=None, min_blocks=1, log_counts=None):
+    width = _selection_width(scores.shape[-1], density, min_blocks)
+    lead = scores.shape[:-1]
+    return scores.new_empty(*lead, width, dtype=torch.int32), scores.new_empty(*lead, dtype=torch.int32)
+
+
+@torch.library.custom_op("dit_accel::block_sparse_attention", mutates_args=())
+def block_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    counts: Tensor,
+    block_m: int,
+    block_n: int,
+    key_len: int,
+    scale: float,
+    q_rows: Tensor | None = None,
+    key_bias: Tensor | None = None,
+    extra_k: Tensor | None = None,
+    extra_v: Tensor | None = None,
+    extra_valid: Tensor | None = None,
+    return_lse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Block-sparse attention (see ``reference.block_sparse_attention_reference``).
+
+    Returns ``(out, lse)``: ``out`` has q's shape and strides; with ``q_rows`` only those rows are
+    written (the caller fills the rest). ``lse`` is ``(B, H, S)`` fp32, or empty when not asked for.
+    """
+    out = torch.empty_like(q)
+    kwargs = dict(
+        block_m=block_m,
+        block_n=block_n,
+        key_bias=key_bias,
+        extra_k=extra_k,
+        extra_v=extra_v,
+        extra_valid=extra_valid,
+        scale=scale,
+        q_rows=q_rows,
+        key_len=key_len,
+        out=out,
+        return_lse=return_lse,
+    )
+    if use_triton(q) and q.shape[-1] in (16, 32, 64, 128, 256):
+        out, lse = block_sparse_attention_triton(q, k, v, indices, counts, **kwargs)
+    else:
+        out, lse = reference.block_sparse_attention_reference(q, k, v, indices, counts, **kwargs)
+    if lse is None:
+        return out, q.new_empty(0, dtype=torch.float32)
+    return out, lse.float() if q.dtype != torch.float64 else lse
+
+
+@block_sparse_attention.register_fake
+def _(q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows=None, key_bias=None,
+      extra_k=None, extra_v=None, extra_valid=None, return_lse=False):  # fmt: skip
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = q.new_empty(q.shape[:3], dtype=lse_dtype) if return_lse else q.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(q), lse

@@ -1,0 +1,133 @@
+"""Machinery shared by the per-model adapters.
+
+An adapter knows, for one transformer family, which attention modules to take over, how to build
+the processor that replaces the stock one, and what to read from the transformer's call (latent
+grid, text length) before the blocks run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from dit_accel.context import AttentionContext, AttentionOp
+from dit_accel.layout import TokenLayout
+from dit_accel.steps import StepTracker
+
+
+@dataclass
+class LayerBinding:
+    """What one installed processor needs: the op, the tracker and its place in the model."""
+
+    op: AttentionOp
+    tracker: StepTracker
+    layer_index: int
+    num_layers: int
+    dense_layer: bool
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class BoundProcessor:
+    """Base of dit-accel processors: computes attention through the bound op.
+
+    ``_attention_backend`` and ``_parallel_config`` mirror the stock processors so that
+    ``model.set_attention_backend(...)`` keeps working and the dense path uses the same backend.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, binding: LayerBinding) -> None:
+        self.binding = binding
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        layout: TokenLayout,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: Any = None,
+    ) -> torch.Tensor:
+        """Run the op on ``(B, S, H, D)`` q/k/v with this call's context."""
+        binding = self.binding
+        ctx = AttentionContext(
+            layout=layout,
+            layer_index=binding.layer_index,
+            num_layers=binding.num_layers,
+            tracker=binding.tracker,
+            dense_layer=binding.dense_layer,
+            state=binding.state,
+            attention_mask=attention_mask,
+            rotary_emb=rotary_emb,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        return binding.op(query, key, value, ctx)
+
+
+def padding_to_valid_lengths(attention_mask: torch.Tensor | None, text_start: int, text_len: int):
+    """Per-sample count of valid text keys from a ``(B, 1, 1, N)`` boolean key-padding mask.
+
+    Returns ``None`` when there is no mask; raises ``ValueError`` for masks of another form, which
+    the block-sparse methods cannot express.
+    """
+    if attention_mask is None or text_len == 0:
+        return None
+    if attention_mask.dtype != torch.bool or attention_mask.ndim != 4 or attention_mask.shape[1:3] != (1, 1):
+        raise ValueError(
+            "only (B, 1, 1, N) boolean key-padding masks are supported by dit-accel methods, got "
+            f"{tuple(attention_mask.shape)} {attention_mask.dtype}"
+        )
+    keys = attention_mask[:, 0, 0, text_start : text_start + text_len]
+    return keys.sum(dim=-1, dtype=torch.int32)
+
+
+class ModelAdapter:
+    """One transformer family. Subclasses fill in the class attributes and three methods."""
+
+    model_class_names: ClassVar[tuple[str, ...]] = ()
+    stock_processor_names: ClassVar[tuple[str, ...]] = ()
+
+    def matches(self, model: torch.nn.Module) -> bool:
+        return any(cls.__name__ in self.model_class_names for cls in type(model).__mro__)
+
+    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The attention modules to take over, in layer order."""
+        raise NotImplementedError
+
+    def make_processor(self, binding: LayerBinding) -> BoundProcessor:
+        raise NotImplementedError
+
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Facts about this call the processors need (grid, text length), from the forward args."""
+        raise NotImplementedError
+
+    def bind_arguments(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+        signature = inspect.signature(type(model).forward)
+        bound = signature.bind_partial(model, *args, **kwargs)
+        return dict(bound.arguments)
+
+    def check_processors(self, modules: list[torch.nn.Module]) -> None:
+        """Refuse to replace processors that are not the stock ones (IP-Adapter, user processors)."""
+        for module in modules:
+            if isinstance(module.processor, BoundProcessor):
+                raise ValueError(
+                    "dit-accel is already applied to this model; call handle.remove() on the existing handle first"
+                )
+            name = type(module.processor).__name__
+            if name not in self.stock_processor_names:
+                raise ValueError(
+                    f"{type(module).__name__} uses processor {name}; dit-accel replaces only the stock "
+                    f"processors {self.stock_processor_names}. Restore them (model.set_default_attn_processor() "
+                    "or unload the adapter that installed it) before dit_accel.apply()."
+                )
+
+
+def patched_grid(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Token grid of a ``(B, C, F, H, W)`` latent after a ``(pt, ph, pw)`` patch embedding."""
+    _, _, frames, height, width = hidden_states.shape
+    return frames // patch[0], height // patch[1], width // patch[2]

@@ -1,0 +1,73 @@
+"""Adapter for ``WanTransformer3DModel`` (Wan 2.1 / 2.2 T2V, I2V, TI2V): self-attention ``attn1`` only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+from dit_accel.layout import video_only_layout
+
+from .base import BoundProcessor, LayerBinding, ModelAdapter, patched_grid
+
+
+def wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding, the same arithmetic as the stock processor."""
+    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(hidden_states)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(hidden_states)
+
+
+class WanSelfAttnProcessor(BoundProcessor):
+    """Replaces ``WanAttnProcessor`` on ``attn1``; identical up to q/k/v, then calls the op."""
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("WanSelfAttnProcessor serves self-attention (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        if rotary_emb is not None:
+            query = wan_rotary(query, *rotary_emb)
+            key = wan_rotary(key, *rotary_emb)
+
+        layout = video_only_layout(query.shape[1], self.binding.tracker.call_info.get("grid"))
+        hidden_states = self.attend(query, key, value, layout, attention_mask, rotary_emb)
+        hidden_states = hidden_states.flatten(2, 3)
+        hidden_states = hidden_states.type_as(query)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
+
+
+class WanAdapter(ModelAdapter):
+    model_class_names = ("WanTransformer3DModel",)
+    stock_processor_names = ("WanAttnProcessor",)
+
+    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [block.attn1 for block in model.blocks]
+
+    def make_processor(self, binding: LayerBinding) -> BoundProcessor:
+        return WanSelfAttnProcessor(binding)
+
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"grid": patched_grid(arguments["hidden_states"], tuple(model.config.patch_size))}
