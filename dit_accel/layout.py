@@ -7,6 +7,7 @@ text after the video, FLUX puts the text first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ class TokenLayout:
             (HunyuanVideo pads its prompt); ``None`` means every text token is valid.
         cfg_groups: number of classifier-free-guidance groups stacked along the batch (1 when
             the pipeline runs the conditional and unconditional passes as separate calls).
+        appended_len: key-only video tokens that follow the ``seq_len`` query tokens in k/v (0 for
+            plain self-attention; AlignedGen appends the reference image's tokens).
+        appended_grid: token grid of those appended tokens, if they form a raster.
     """
 
     seq_len: int
@@ -38,9 +42,11 @@ class TokenLayout:
     text_len: int = 0
     text_valid: torch.Tensor | None = None
     cfg_groups: int = 1
+    appended_len: int = 0
+    appended_grid: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups"):
+        for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups", "appended_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TokenLayout.{name} must be >= 0, got {getattr(self, name)}")
         if self.video_start + self.video_len > self.seq_len:
@@ -58,6 +64,10 @@ class TokenLayout:
             t, h, w = self.grid
             if t * h * w != self.video_len:
                 raise ValueError(f"grid {self.grid} has {t * h * w} tokens but video_len={self.video_len}")
+        if self.appended_grid is not None and math.prod(self.appended_grid) != self.appended_len:
+            raise ValueError(
+                f"appended_grid {self.appended_grid} does not hold appended_len={self.appended_len} tokens"
+            )
 
     @property
     def video_end(self) -> int:

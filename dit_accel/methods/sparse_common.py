@@ -66,21 +66,33 @@ def block_sparse_video_attention(
     select: Selector,
     tile: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``."""
+    """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``.
+
+    k/v may hold ``ctx.layout.appended_len`` key-only video tokens after the query sequence
+    (AlignedGen's shared reference tokens); they join the routed key blocks.
+    """
     layout = ctx.layout
+    appended = k.shape[1] - q.shape[1]
+    if appended != layout.appended_len:
+        raise ValueError(f"k has {appended} tokens beyond q but the layout declares {layout.appended_len}")
     scale = q.shape[-1] ** -0.5
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
     tile = tile or default_tile(layout.grid, block_q)
     rows = tiled_rows(layout.video_start, layout.video_len, layout.grid, tile, q.device)
-    k_tiled, v_tiled, k_mean = kernels.gather_blocks(kh, vh, rows, block_k)
+    k_rows = rows
+    if appended:
+        appended_tile = default_tile(layout.appended_grid, block_q) if layout.appended_grid else tile
+        k_rows = torch.cat([rows, tiled_rows(layout.seq_len, appended, layout.appended_grid, appended_tile, q.device)])
+    key_len = layout.video_len + appended
+    k_tiled, v_tiled, k_mean = kernels.gather_blocks(kh, vh, k_rows, block_k)
     q_mean = kernels.pool_blocks(qh, block_q, rows)
     scores = kernels.routing_scores(q_mean, k_mean, scale)
-    indices, counts = select(scores, key_log_counts(layout.video_len, block_k, q.device))
+    indices, counts = select(scores, key_log_counts(key_len, block_k, q.device))
     extra_k = extra_v = None
     if layout.text_len:
         extra_k, extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]
     out, _ = kernels.block_sparse_attention(
-        qh, k_tiled, v_tiled, indices, counts, block_q, block_k, layout.video_len, scale,
+        qh, k_tiled, v_tiled, indices, counts, block_q, block_k, key_len, scale,
         q_rows=rows, extra_k=extra_k, extra_v=extra_v, extra_valid=layout.text_valid,
     )  # fmt: skip
     out = out.transpose(1, 2)
