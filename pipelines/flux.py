@@ -126,7 +126,13 @@ class FluxAdapter(ModelAdapter):
 
     def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
         text = arguments.get("encoder_hidden_states")
+        img_ids = arguments.get("img_ids")
         return {
             "text_len": 0 if text is None else int(text.shape[1]),
-            "grid": raster_grid_from_ids(arguments.get("img_ids")),
+            "grid": raster_grid_from_ids(img_ids),
+            # For ops that re-position tokens (AlignedGen's ShiftPE): the model's own rotary
+            # module and position ids, so shifted tables are computed exactly as the model does.
+            "pos_embed": model.pos_embed,
+            "img_ids": img_ids,
+            "txt_ids": arguments.get("txt_ids"),
         }
