@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dit_accel.pipelines import LayerBinding, ModelAdapter, find_adapter, supported_model_names
+from dit_accel.pipelines import ModelAdapter, find_adapter, supported_model_names
 
 from .config import MethodConfig
+from .context import LayerBinding
 from .hooks import install_step_hook, remove_step_hook
 from .registry import build_config, spec_for
 from .steps import StepTracker
@@ -34,6 +36,7 @@ class AttentionHandle:
         self.config = config
         self.tracker = tracker
         self._installed = installed
+        self._detach: list[Callable[[], None]] = []
 
     @property
     def active(self) -> bool:
@@ -49,6 +52,8 @@ class AttentionHandle:
 
     def remove(self) -> None:
         """Restore the original processors and drop the hooks; calling it twice is harmless."""
+        while self._detach:
+            self._detach.pop()()
         while self._installed:
             item = self._installed.pop()
             for module, processor in item.originals:
@@ -120,16 +125,25 @@ def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionH
 
     Returns:
         An :class:`AttentionHandle`; ``handle.remove()`` restores the original processors.
+
+    An op that needs more than its processors (AlignedGen's VAE-encoded style image and capture
+    hook) defines ``op.attach(target, transformers) -> detach``; it is called once after the
+    processors are installed, and ``detach()`` runs first in ``handle.remove()``.
     """
     config = build_config(method, **options)
     models = _transformers_of(target)
     tracker = StepTracker(config, scheduler=getattr(target, "scheduler", None))
     op = spec_for(config).make_op(config)
+    if hasattr(op, "prepare"):
+        tracker.prepare_callbacks.append(op.prepare)
     installed: list[_Installed] = []
     handle = AttentionHandle(config, tracker, installed)
     try:
         for model in models:
             installed.append(_install(model, config, tracker, op))
+        attach = getattr(op, "attach", None)
+        if attach is not None:
+            handle._detach.append(attach(target, handle.transformers))
     except Exception:
         handle.remove()
         raise

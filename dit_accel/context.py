@@ -4,6 +4,10 @@ An op is a callable ``op(q, k, v, ctx) -> o``. ``q``, ``k`` and ``v`` are in Dif
 ``(B, S, H, D)``, after q/k normalisation and RoPE, exactly what the stock processor would hand to
 ``dispatch_attention_fn``; ``o`` has the same layout as ``q``. :meth:`AttentionContext.dense` is
 that stock call, so any op can fall back to the exact dense result.
+
+Per-layer facts (layer index, state) are read through the layer's :class:`LayerBinding` only when
+an op asks for them: under ``torch.compile`` every Python value a traced op reads becomes a guard,
+and a layer index read by every layer would recompile each block of a regionally compiled model.
 """
 
 from __future__ import annotations
@@ -18,17 +22,31 @@ from .layout import TokenLayout
 from .steps import StepTracker
 
 
+class AttentionOp(Protocol):
+    """An attention method: same inputs and output layout as the stock attention call."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor: ...
+
+
+@dataclass
+class LayerBinding:
+    """One installed processor's link to its handle: the op, the tracker and its place in the model."""
+
+    op: AttentionOp
+    tracker: StepTracker
+    layer_index: int
+    num_layers: int
+    dense_layer: bool
+    state: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class AttentionContext:
     """Everything an op may use besides q, k and v.
 
     Attributes:
         layout: token ranges and video grid of this call.
-        layer_index: index of the attention layer in the transformer (dual-stream blocks first).
-        num_layers: number of attention layers the handle manages in this transformer.
-        tracker: the handle's step tracker (``step_index``, ``num_steps``).
-        dense_layer: this layer is inside ``dense_layers`` and must stay exact.
-        state: per-layer dict that persists across calls (caches, centroids).
+        binding: the layer's binding (see the properties for what it offers).
         attention_mask: the mask the stock processor passes to attention (HunyuanVideo text padding).
         rotary_emb: the rotary embedding the model passed to this layer, for ops that re-position keys.
         backend: Diffusers attention backend selected on the processor (``set_attention_backend``).
@@ -36,28 +54,42 @@ class AttentionContext:
     """
 
     layout: TokenLayout
-    layer_index: int
-    num_layers: int
-    tracker: StepTracker
-    dense_layer: bool = False
-    state: dict[str, Any] = field(default_factory=dict)
+    binding: LayerBinding
     attention_mask: torch.Tensor | None = None
     rotary_emb: Any = None
     backend: Any = None
     parallel_config: Any = None
 
     @property
+    def tracker(self) -> StepTracker:
+        return self.binding.tracker
+
+    @property
+    def layer_index(self) -> int:
+        """Index of the attention layer in the transformer (dual-stream blocks first)."""
+        return self.binding.layer_index
+
+    @property
+    def num_layers(self) -> int:
+        return self.binding.num_layers
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-layer dict that persists across calls (caches, centroids)."""
+        return self.binding.state
+
+    @property
     def in_warmup(self) -> bool:
         """True when an acceleration method must compute exact attention for this call."""
-        return self.dense_layer or self.tracker.warmup
+        return self.binding.dense_layer or self.binding.tracker.warmup
 
     @property
     def step_index(self) -> int:
-        return self.tracker.step_index
+        return self.binding.tracker.step_index
 
     @property
     def num_steps(self) -> int | None:
-        return self.tracker.num_steps
+        return self.binding.tracker.num_steps
 
     def dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Any = "stock") -> torch.Tensor:
         """Exact attention through Diffusers' dispatcher, as the stock processor computes it."""
@@ -72,9 +104,3 @@ class AttentionContext:
             backend=self.backend,
             parallel_config=self.parallel_config,
         )
-
-
-class AttentionOp(Protocol):
-    """An attention method: same inputs and output layout as the stock attention call."""
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor: ...

@@ -45,7 +45,7 @@ class StepTrackingHook(ModelHook):
         step_index = getattr(context, "step_index", None)
         num_steps = getattr(context, "num_inference_steps", None)
         self.tracker.observe(arguments.get("timestep"), step_index=step_index, num_steps=num_steps)
-        self.tracker.call_info = self.adapter.capture(module, arguments)
+        self.tracker.set_call_info(self.adapter.capture(module, arguments))
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.tracker.reset()

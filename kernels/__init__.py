@@ -6,17 +6,10 @@ and to the reference elsewhere; both are registered as ``torch.ops.dit_accel.*``
 
 from __future__ import annotations
 
-from .ops import HAS_TRITON, block_sparse_attention, gather_blocks, pool_blocks, select_blocks, use_triton
-from .reference import block_counts, keep_count, routing_scores
-
-__all__ = [
-    "HAS_TRITON",
-    "block_counts",
-    "block_sparse_attention",
-    "gather_blocks",
-    "keep_count",
-    "pool_blocks",
-    "routing_scores",
-    "select_blocks",
-    "use_triton",
-]
+# This folder is installed as ``dit_accel.kernels``. From a checkout's root Python can also see it as a
+# top-level package (transformers probes for Hugging Face's ``kernels`` by importing it); imported
+# under that name it stays empty, so nothing is imported or registered twice and no import cycle
+# through transformers can start here.
+if __name__ == "dit_accel.kernels":
+    from .api import *  # noqa: F403
+    from .api import __all__  # noqa: F401

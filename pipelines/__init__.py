@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import BoundProcessor, LayerBinding, ModelAdapter
-from .flux import FluxAdapter
-from .hunyuan_video import HunyuanVideoAdapter
-from .wan import WanAdapter
-
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), FluxAdapter())
-
-
-def supported_model_names() -> list[str]:
-    return [name for adapter in ADAPTERS for name in adapter.model_class_names]
-
-
-def find_adapter(model: torch.nn.Module) -> ModelAdapter | None:
-    """The adapter serving this transformer, or None if its class is not supported."""
-    for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter
-    return None
-
-
-__all__ = [
-    "ADAPTERS",
-    "BoundProcessor",
-    "LayerBinding",
-    "ModelAdapter",
-    "find_adapter",
-    "supported_model_names",
-]
+# This folder is installed as ``dit_accel.pipelines``. From a checkout's root Python can also see it as a
+# top-level package (transformers probes for Hugging Face's ``kernels`` by importing it); imported
+# under that name it stays empty, so nothing is imported or registered twice and no import cycle
+# through transformers can start here.
+if __name__ == "dit_accel.pipelines":
+    from .registry import *  # noqa: F403
+    from .registry import __all__  # noqa: F401

@@ -8,26 +8,13 @@ grid, text length) before the blocks run.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+import math
 from typing import Any, ClassVar
 
 import torch
 
-from dit_accel.context import AttentionContext, AttentionOp
+from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.layout import TokenLayout
-from dit_accel.steps import StepTracker
-
-
-@dataclass
-class LayerBinding:
-    """What one installed processor needs: the op, the tracker and its place in the model."""
-
-    op: AttentionOp
-    tracker: StepTracker
-    layer_index: int
-    num_layers: int
-    dense_layer: bool
-    state: dict[str, Any] = field(default_factory=dict)
 
 
 class BoundProcessor:
@@ -53,20 +40,15 @@ class BoundProcessor:
         rotary_emb: Any = None,
     ) -> torch.Tensor:
         """Run the op on ``(B, S, H, D)`` q/k/v with this call's context."""
-        binding = self.binding
         ctx = AttentionContext(
             layout=layout,
-            layer_index=binding.layer_index,
-            num_layers=binding.num_layers,
-            tracker=binding.tracker,
-            dense_layer=binding.dense_layer,
-            state=binding.state,
+            binding=self.binding,
             attention_mask=attention_mask,
             rotary_emb=rotary_emb,
             backend=self._attention_backend,
             parallel_config=self._parallel_config,
         )
-        return binding.op(query, key, value, ctx)
+        return self.binding.op(query, key, value, ctx)
 
 
 def padding_to_valid_lengths(attention_mask: torch.Tensor | None, text_start: int, text_len: int):
@@ -127,7 +109,12 @@ class ModelAdapter:
                 )
 
 
-def patched_grid(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Token grid of a ``(B, C, F, H, W)`` latent after a ``(pt, ph, pw)`` patch embedding."""
+def video_call_info(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> dict[str, Any]:
+    """Call facts of a video transformer whose attention sequence starts with the video tokens.
+
+    ``grid`` is the token grid of the ``(B, C, F, H, W)`` latent after a ``(pt, ph, pw)`` patch
+    embedding; ``video_start``/``video_len`` locate those tokens in the attention sequence.
+    """
     _, _, frames, height, width = hidden_states.shape
-    return frames // patch[0], height // patch[1], width // patch[2]
+    grid = (frames // patch[0], height // patch[1], width // patch[2])
+    return {"grid": grid, "video_start": 0, "video_len": math.prod(grid), "device": hidden_states.device}

@@ -14,9 +14,10 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
+from dit_accel.context import LayerBinding
 from dit_accel.layout import TokenLayout
 
-from .base import BoundProcessor, LayerBinding, ModelAdapter
+from .base import BoundProcessor, ModelAdapter
 
 
 def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] | None:
@@ -127,9 +128,14 @@ class FluxAdapter(ModelAdapter):
     def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
         text = arguments.get("encoder_hidden_states")
         img_ids = arguments.get("img_ids")
+        text_len = 0 if text is None else int(text.shape[1])
+        image = arguments["hidden_states"]
         return {
-            "text_len": 0 if text is None else int(text.shape[1]),
+            "text_len": text_len,
             "grid": raster_grid_from_ids(img_ids),
+            "video_start": text_len,
+            "video_len": int(image.shape[1]),
+            "device": image.device,
             # For ops that re-position tokens (AlignedGen's ShiftPE): the model's own rotary
             # module and position ids, so shifted tables are computed exactly as the model does.
             "pos_embed": model.pos_embed,

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from dit_accel.context import LayerBinding
 from dit_accel.layout import TokenLayout
 
-from .base import BoundProcessor, LayerBinding, ModelAdapter, padding_to_valid_lengths, patched_grid
+from .base import BoundProcessor, ModelAdapter, padding_to_valid_lengths, video_call_info
 
 
 def hunyuan_layout(video_len: int, text_len: int, grid: Any, attention_mask: torch.Tensor | None) -> TokenLayout:
@@ -139,4 +140,4 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
         patch = (model.config.patch_size_t, model.config.patch_size, model.config.patch_size)
-        return {"grid": patched_grid(arguments["hidden_states"], patch)}
+        return video_call_info(arguments["hidden_states"], patch)

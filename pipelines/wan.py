@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+from dit_accel.context import LayerBinding
 from dit_accel.layout import video_only_layout
 
-from .base import BoundProcessor, LayerBinding, ModelAdapter, patched_grid
+from .base import BoundProcessor, ModelAdapter, video_call_info
 
 
 def wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -70,4 +71,4 @@ class WanAdapter(ModelAdapter):
         return WanSelfAttnProcessor(binding)
 
     def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
-        return {"grid": patched_grid(arguments["hidden_states"], tuple(model.config.patch_size))}
+        return video_call_info(arguments["hidden_states"], tuple(model.config.patch_size))

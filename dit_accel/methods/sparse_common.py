@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -53,6 +54,17 @@ def key_log_counts(length: int, block: int, device: torch.device) -> torch.Tenso
     if key not in _LOG_COUNT_CACHE:
         _LOG_COUNT_CACHE[key] = kernels.block_counts(length, block, device).float().log()
     return _LOG_COUNT_CACHE[key]
+
+
+def prepare_block_sparse(
+    call_info: dict[str, Any], block_q: int, block_k: int, tile: tuple[int, int, int] | None
+) -> None:
+    """Warm the caches :func:`block_sparse_video_attention` reads for the call's video tokens."""
+    if "video_len" not in call_info:
+        return
+    grid, device, length = call_info.get("grid"), call_info["device"], call_info["video_len"]
+    tiled_rows(call_info["video_start"], length, grid, tile or default_tile(grid, block_q), device)
+    key_log_counts(length, block_k, device)
 
 
 def block_sparse_video_attention(

@@ -16,7 +16,7 @@ from dit_accel import kernels
 from dit_accel.config import MethodConfig, check_range
 from dit_accel.context import AttentionContext
 
-from .sparse_common import block_sparse_video_attention, dense_fallback_reason, warn_once
+from .sparse_common import block_sparse_video_attention, dense_fallback_reason, prepare_block_sparse, warn_once
 
 
 @dataclass
@@ -66,6 +66,10 @@ class TopKAttention:
 
     def __init__(self, config: TopKConfig) -> None:
         self.config = config
+
+    def prepare(self, call_info: dict) -> None:
+        """Fill the tile-order and block-size caches for this call's video tokens (outside compile)."""
+        prepare_block_sparse(call_info, self.config.block_q, self.config.block_k, self.config.tile)
 
     def select(self, scores: torch.Tensor, log_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config

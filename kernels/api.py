@@ -1,0 +1,18 @@
+"""Public kernel ops: Triton on CUDA, the PyTorch reference elsewhere."""
+
+from __future__ import annotations
+
+from .ops import HAS_TRITON, block_sparse_attention, gather_blocks, pool_blocks, select_blocks, use_triton
+from .reference import block_counts, keep_count, routing_scores
+
+__all__ = [
+    "HAS_TRITON",
+    "block_counts",
+    "block_sparse_attention",
+    "gather_blocks",
+    "keep_count",
+    "pool_blocks",
+    "routing_scores",
+    "select_blocks",
+    "use_triton",
+]

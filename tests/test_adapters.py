@@ -1,0 +1,122 @@
+"""Adapters reproduce stock attention exactly (dense, topk at density 1) and route sparsely otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import (
+    flux_inputs,
+    hunyuan_inputs,
+    run,
+    tiny_flux,
+    tiny_hunyuan,
+    tiny_wan,
+    wan_inputs,
+)
+
+import dit_accel
+
+
+def test_dense_is_bit_identical(family):
+    _, model, inputs = family
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "dense"):
+        out = run(model, inputs)
+    assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize(("make_model", "make_inputs"), [(tiny_wan, wan_inputs), (tiny_flux, flux_inputs)])
+def test_dense_is_bit_identical_with_fused_projections(make_model, make_inputs):
+    model, inputs = make_model(), make_inputs()
+    model.fuse_qkv_projections()
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "dense"):
+        out = run(model, inputs)
+    assert torch.equal(out, reference)
+
+
+def test_topk_full_density_matches_dense(family):
+    _, model, inputs = family
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=1.0, block_size=16):
+        out = run(model, inputs)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_topk_low_density_differs_but_is_finite(family):
+    _, model, inputs = family
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=0.25, block_size=16):
+        out = run(model, inputs)
+    assert torch.isfinite(out).all()
+    assert (out - reference).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("make_model", "make_inputs"),
+    [
+        (tiny_wan, lambda: wan_inputs(batch=3, frames=5, height=14, width=26)),
+        (tiny_hunyuan, lambda: hunyuan_inputs(batch=3, frames=2, height=22, width=10)),
+        (tiny_flux, lambda: flux_inputs(batch=2, height=13, width=7)),
+    ],
+)
+def test_odd_lengths_and_batches_full_density(make_model, make_inputs):
+    """Token counts that are not multiples of the blocks or tiles, with batch > 1."""
+    model, inputs = make_model(), make_inputs()
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=1.0, block_size=(32, 16)):
+        out = run(model, inputs)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_equals_unbatched():
+    """Routing is per sample: a batch gives each sample what it gets alone (CFG batched or not)."""
+    model = tiny_wan()
+    batch = wan_inputs(batch=2)
+    with dit_accel.apply(model, "topk", density=0.3, block_size=16):
+        together = run(model, batch)
+        alone = [run(model, {k: v[i : i + 1] for k, v in batch.items()}) for i in range(2)]
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_hunyuan_text_padding_is_masked_in_sparse_path():
+    """Padded text keys must be ignored by video queries exactly as the stock mask does."""
+    model = tiny_hunyuan()
+    inputs = hunyuan_inputs(batch=2, padded_from=3)
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=1.0, block_size=16):
+        out = run(model, inputs)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    inputs["encoder_hidden_states"][-1, 3:] += 10.0  # only padded text changes
+    with dit_accel.apply(model, "topk", density=0.3, block_size=16):
+        first = run(model, hunyuan_inputs(batch=2, padded_from=3))
+        second = run(model, inputs)
+    torch.testing.assert_close(first[-1], second[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_flux_layout_reaches_the_op():
+    model, inputs = tiny_flux(), flux_inputs(height=9, width=11)
+    seen = []
+
+    def spy(q, k, v, ctx):
+        seen.append(ctx.layout)
+        return ctx.dense(q, k, v)
+
+    with dit_accel.apply(model, "dense") as handle:
+        for module in [b.attn for b in model.transformer_blocks] + [b.attn for b in model.single_transformer_blocks]:
+            module.processor.binding.op = spy
+        run(model, inputs)
+        assert handle.tracker.call_info["grid"] == (1, 9, 11)
+    assert len(seen) == 3
+    for layout in seen:
+        assert (layout.text_start, layout.text_len, layout.video_start, layout.video_len) == (0, 6, 6, 99)
+        assert layout.grid == (1, 9, 11)
+
+
+def test_flux_irregular_ids_fall_back_to_sequence_order():
+    model, inputs = tiny_flux(), flux_inputs(height=4, width=5)
+    inputs["img_ids"] = inputs["img_ids"][torch.randperm(20)]
+    with dit_accel.apply(model, "topk", density=1.0, block_size=16) as handle:
+        out = run(model, inputs)
+        assert handle.tracker.call_info["grid"] is None
+    torch.testing.assert_close(out, run(model, inputs), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,117 @@
+"""apply() / handle behaviour and option validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dit_accel.pipelines import find_adapter
+from tiny_models import FAMILIES, run, tiny_wan, wan_inputs
+
+import dit_accel
+from dit_accel import TopKConfig
+
+
+def test_list_methods_contains_builtins():
+    methods = dit_accel.list_methods()
+    assert {"dense", "topk"} <= set(methods)
+    assert methods == sorted(methods)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_remove_restores_exact_processor_objects(name):
+    make_model, _ = FAMILIES[name]
+    model = make_model()
+    modules = find_adapter(model).attention_modules(model)
+    before = [m.processor for m in modules]
+    handle = dit_accel.apply(model, "topk", density=0.5)
+    assert all(m.processor is not p for m, p in zip(modules, before, strict=True))
+    handle.remove()
+    assert all(m.processor is p for m, p in zip(modules, before, strict=True))
+    assert not handle.active
+    handle.remove()  # idempotent
+    assert model._diffusers_hook.get_hook("dit_accel_steps") is None
+
+
+def test_context_manager_removes_and_output_returns_to_stock():
+    model, inputs = tiny_wan(), wan_inputs()
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=0.25, block_size=16) as handle:
+        sparse = run(model, inputs)
+        assert handle.active
+    assert not handle.active
+    assert not torch.equal(sparse, reference)
+    assert torch.equal(run(model, inputs), reference)
+
+
+def test_apply_accepts_config_instance():
+    model = tiny_wan()
+    config = TopKConfig(density=0.3, block_size=16)
+    with dit_accel.apply(model, config) as handle:
+        assert handle.config is config
+
+
+def test_apply_twice_is_refused_until_removed():
+    model = tiny_wan()
+    handle = dit_accel.apply(model, "dense")
+    with pytest.raises(ValueError, match="already applied"):
+        dit_accel.apply(model, "topk")
+    handle.remove()
+    dit_accel.apply(model, "topk").remove()
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "error", "match"),
+    [
+        ("nope", {}, ValueError, "allowed methods: dense, .*topk"),
+        ("topk", {"densty": 0.1}, TypeError, r"unknown option\(s\) \['densty'\].*allowed options: .*density"),
+        ("topk", {"density": 0.0}, ValueError, r"density must be in \(0.0, 1.0\]"),
+        ("topk", {"density": 1.5}, ValueError, "density must be in"),
+        ("topk", {"top_p": -0.1}, ValueError, "top_p must be in"),
+        ("topk", {"density": 0.1, "top_p": 0.5}, ValueError, "either density or top_p"),
+        ("topk", {"min_blocks": 0}, ValueError, "min_blocks must be an int >= 1"),
+        ("topk", {"block_size": 48}, ValueError, "block_size entries must be one of"),
+        ("topk", {"block_size": (64, 64, 64)}, TypeError, "block_size must be an int or a"),
+        ("topk", {"tile": (2, 8)}, ValueError, "tile must be three positive ints"),
+        ("dense", {"dense_steps": -1}, ValueError, "dense_steps must be >= 0"),
+        ("dense", {"dense_steps": 1.5}, ValueError, r"dense_steps must be in \[0.0, 1.0\]"),
+        ("dense", {"dense_layers": "2"}, TypeError, "dense_layers must be an int"),
+        ("dense", {"num_inference_steps": 0}, ValueError, "num_inference_steps must be a positive int"),
+    ],
+)
+def test_bad_options_raise_clear_errors(method, options, error, match):
+    with pytest.raises(error, match=match):
+        dit_accel.apply(tiny_wan(num_layers=1), method, **options)
+
+
+def test_config_instance_with_extra_options_is_refused():
+    with pytest.raises(TypeError, match="given together with a TopKConfig"):
+        dit_accel.apply(tiny_wan(num_layers=1), TopKConfig(), density=0.2)
+
+
+def test_unsupported_targets_are_refused():
+    with pytest.raises(TypeError, match="unsupported model class Linear; supported: WanTransformer3DModel"):
+        dit_accel.apply(torch.nn.Linear(2, 2), "dense")
+    with pytest.raises(TypeError, match="takes a Diffusers pipeline or transformer model"):
+        dit_accel.apply(object(), "dense")
+
+
+def test_custom_processors_are_not_silently_replaced():
+    model = tiny_wan(num_layers=1)
+
+    class UserProcessor(type(model.blocks[0].attn1.processor)):
+        pass
+
+    model.blocks[0].attn1.set_processor(UserProcessor())
+    with pytest.raises(ValueError, match="uses processor UserProcessor"):
+        dit_accel.apply(model, "topk")
+    registry = getattr(model, "_diffusers_hook", None)
+    assert registry is None or registry.get_hook("dit_accel_steps") is None
+
+
+def test_attention_backend_survives_apply_and_remove():
+    model = tiny_wan(num_layers=1)
+    model.set_attention_backend("native")
+    original = model.blocks[0].attn1.processor
+    with dit_accel.apply(model, "dense"):
+        assert model.blocks[0].attn1.processor._attention_backend == original._attention_backend
+    assert model.blocks[0].attn1.processor is original

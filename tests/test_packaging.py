@@ -1,0 +1,29 @@
+"""The root folders are installed inside ``dit_accel`` and never shadow other top-level packages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_root_folders_are_inert_as_top_level_packages():
+    """From a checkout's root, transformers' probe of Hugging Face ``kernels`` must not break imports."""
+    code = (
+        "import transformers.modeling_utils, kernels, pipelines\n"
+        "import dit_accel.kernels as k, dit_accel.pipelines as p\n"
+        "assert not hasattr(kernels, 'block_sparse_attention') and not hasattr(pipelines, 'find_adapter')\n"
+        "assert k.block_sparse_attention is not None and p.find_adapter is not None\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_console_script_lists_methods():
+    result = subprocess.run(
+        [sys.executable, "-m", "dit_accel.cli", "list", "-v"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "topk" in result.stdout and "density" in result.stdout
