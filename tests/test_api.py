@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dit_accel.pipelines import find_adapter
 from tiny_models import FAMILIES, run, tiny_wan, wan_inputs
 
 import dit_accel
 from dit_accel import TopKConfig
+from dit_accel.pipelines import find_adapter
 
 
 def test_list_methods_contains_builtins():

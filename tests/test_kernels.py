@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_pooling import gather_blocks_triton, pool_blocks_triton
 from dit_accel.kernels.block_selection import select_blocks_triton

@@ -1,0 +1,13 @@
+# Source this on the lent GPU machine (repository root as cwd): makes `dit_accel` importable with
+# its root folders mapped as in pyproject.toml, and installs the carried wheels (diffusers is not
+# on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`).
+set -e
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg/dit_accel
+cp -r dit_accel/. /tmp/pkg/dit_accel/
+for folder in kernels pipelines editing; do
+    if [ -d "$folder" ]; then cp -r "$folder" "/tmp/pkg/dit_accel/$folder"; fi
+done
+export PYTHONPATH=/tmp/pkg:/tmp/site
+export PYTHONUNBUFFERED=1
+set +e
