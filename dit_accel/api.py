@@ -24,6 +24,7 @@ class _Installed:
     model: torch.nn.Module
     adapter: ModelAdapter
     originals: list[tuple[torch.nn.Module, Any]]
+    module_hooks: list[Any]
 
 
 class AttentionHandle:
@@ -58,6 +59,8 @@ class AttentionHandle:
             item = self._installed.pop()
             for module, processor in item.originals:
                 module.set_processor(processor)
+            for hook in item.module_hooks:
+                hook.remove()
             remove_step_hook(item.model)
 
     def __enter__(self) -> AttentionHandle:
@@ -95,7 +98,7 @@ def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker,
     adapter = find_adapter(model)
     modules = adapter.attention_modules(model)
     adapter.check_processors(modules)
-    install_step_hook(model, tracker, adapter)
+    install_step_hook(model, tracker, adapter, op)
     dense_count = config.dense_layer_count(len(modules))
     originals = []
     for index, module in enumerate(modules):
@@ -111,7 +114,8 @@ def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker,
         processor._attention_backend = getattr(module.processor, "_attention_backend", None)
         processor._parallel_config = getattr(module.processor, "_parallel_config", None)
         module.set_processor(processor)
-    return _Installed(model=model, adapter=adapter, originals=originals)
+    hooks = adapter.install_reorder_hooks(model, tracker) if hasattr(op, "token_tile") else []
+    return _Installed(model=model, adapter=adapter, originals=originals, module_hooks=hooks)
 
 
 def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionHandle:

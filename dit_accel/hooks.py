@@ -12,6 +12,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
 from .steps import StepTracker
+from .tiling import Tile, token_permutation
 
 HOOK_NAME = "dit_accel_steps"
 
@@ -28,10 +29,11 @@ class StepTrackingHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, tracker: StepTracker, adapter: Any) -> None:
+    def __init__(self, tracker: StepTracker, adapter: Any, op: Any) -> None:
         super().__init__()
         self.tracker = tracker
         self.adapter = adapter
+        self.op = op
         self.cache_context = StateManager(_ContextOnly)
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
@@ -45,21 +47,46 @@ class StepTrackingHook(ModelHook):
         step_index = getattr(context, "step_index", None)
         num_steps = getattr(context, "num_inference_steps", None)
         self.tracker.observe(arguments.get("timestep"), step_index=step_index, num_steps=num_steps)
-        self.tracker.set_call_info(self.adapter.capture(module, arguments))
+        info = self.adapter.capture(module, arguments)
+        wanted = getattr(self.op, "token_tile", None)
+        tile = wanted(info) if wanted is not None and self.adapter.can_reorder(module, arguments) else None
+        if tile is not None and info.get("grid") is not None:
+            info |= token_order_info(info["grid"], tile, info["video_start"], info["device"])
+        self.tracker.set_call_info(info)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.tracker.reset()
         return module
 
 
-def install_step_hook(model: torch.nn.Module, tracker: StepTracker, adapter: Any) -> None:
+def token_order_info(grid: Tile, tile: Tile, video_start: int, device: torch.device) -> dict[str, Any]:
+    """Index tensors that put this call's video tokens in tile order for the whole forward."""
+    order, inverse = token_permutation(grid, tile, device)
+    info = {"token_tile": tile, "token_order": order, "token_inverse": inverse}
+    if video_start:
+        info["token_order_after_text"] = _after_text(order, video_start)
+    return info
+
+
+_AFTER_TEXT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _after_text(order: torch.Tensor, text_len: int) -> torch.Tensor:
+    key = (order.data_ptr(), order.numel(), text_len)
+    if key not in _AFTER_TEXT_CACHE:
+        text = torch.arange(text_len, device=order.device)
+        _AFTER_TEXT_CACHE[key] = torch.cat([text, order + text_len])
+    return _AFTER_TEXT_CACHE[key]
+
+
+def install_step_hook(model: torch.nn.Module, tracker: StepTracker, adapter: Any, op: Any) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     if registry.get_hook(HOOK_NAME) is not None:
         raise ValueError(
             f"dit-accel is already applied to this {type(model).__name__}; call handle.remove() on the "
             "existing handle first"
         )
-    registry.register_hook(StepTrackingHook(tracker, adapter), HOOK_NAME)
+    registry.register_hook(StepTrackingHook(tracker, adapter, op), HOOK_NAME)
 
 
 def remove_step_hook(model: torch.nn.Module) -> None:

@@ -32,6 +32,8 @@ class TokenLayout:
         appended_len: key-only video tokens that follow the ``seq_len`` query tokens in k/v (0 for
             plain self-attention; AlignedGen appends the reference image's tokens).
         appended_grid: token grid of those appended tokens, if they form a raster.
+        token_tile: the tile whose order the video (and appended) tokens are already in, when the
+            adapter reorders tokens once per forward (see :mod:`dit_accel.tiling`); None = raster.
     """
 
     seq_len: int
@@ -44,6 +46,7 @@ class TokenLayout:
     cfg_groups: int = 1
     appended_len: int = 0
     appended_grid: tuple[int, int, int] | None = None
+    token_tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups", "appended_len"):
@@ -91,8 +94,8 @@ class TokenLayout:
         return self.video_start == 0 and self.video_len == self.seq_len
 
 
-def video_only_layout(seq_len: int, grid: tuple[int, int, int] | None) -> TokenLayout:
+def video_only_layout(seq_len: int, grid: tuple[int, int, int] | None, token_tile=None) -> TokenLayout:
     """Layout of a call whose tokens are all video tokens (Wan self-attention)."""
     if grid is not None and grid[0] * grid[1] * grid[2] != seq_len:
-        grid = None
-    return TokenLayout(seq_len=seq_len, video_start=0, video_len=seq_len, grid=grid)
+        grid = token_tile = None
+    return TokenLayout(seq_len=seq_len, video_start=0, video_len=seq_len, grid=grid, token_tile=token_tile)

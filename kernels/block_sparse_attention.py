@@ -14,6 +14,7 @@ Reference: :func:`dit_accel.kernels.reference.block_sparse_attention_reference`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -29,20 +30,33 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale):
+def _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE: tl.constexpr):
     """One key tile: update the running max, normaliser and accumulator (log2 domain).
 
     ``col_bias`` (BLOCK_N,) carries both the per-block logit bias and the -inf of masked columns,
-    so masking costs no extra pass over the tile (it rides on the scale's multiply-add).
+    so masking costs no extra pass over the tile (it rides on the scale's multiply-add). With
+    ``LAZY_RESCALE`` the accumulator is rescaled only when some row's max grew by more than 2^8:
+    the stale max keeps every p below 256, exact after the final division, and most tiles skip
+    the BLOCK_M x HEAD_DIM multiply.
     """
     qk = tl.dot(q, tl.trans(k)) * qk_scale + col_bias[None, :]
     m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
+    if LAZY_RESCALE:
+        if tl.max(m_new - m_i, 0) > 8.0:
+            alpha = tl.math.exp2(m_i - m_new)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = tl.math.exp2(qk - m_i[:, None])
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        m_i = m_new
     acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, m_new, l_i
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -51,17 +65,22 @@ def _block_sparse_attn_fwd(
     stride_qb, stride_qh, stride_qs,
     stride_ob, stride_oh, stride_os,
     stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
     stride_bb, stride_bh,
     stride_ekb, stride_ekh, stride_eks,
     stride_evb, stride_evh, stride_evs,
     stride_lb, stride_lh,
-    H, Sq, Sk, Se, k_rows_per_head, qk_scale,
+    H, Sq, Sk, Se, k_rows, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    KV_MODE: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr, WRITE_LSE: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
+    """Grid (query blocks, B * H). ``KV_MODE``: 0 pointer loads, 1 host TMA descriptors over
+    contiguous ``(B*H*k_rows, D)`` K/V, 2 TMA descriptors built on the device per (batch, head)
+    over any K/V whose rows are 16-byte aligned (e.g. Diffusers' ``(B, S, H, D)``)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -95,28 +114,34 @@ def _block_sparse_attn_fwd(
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=col_ok[:, None], other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=col_ok[:, None], other=0.0)
             col_bias = tl.where(col_ok, 0.0, float("-inf"))
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, col_bias, qk_scale)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, col_bias, qk_scale, LAZY_RESCALE)
 
     count = tl.load(BlockCnt + b * stride_cb + h * stride_ch + pid_m)
     idx_base = BlockIdx + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + pid_m * stride_iq
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    desc_row0 = pid_bh * k_rows_per_head
-    for i in range(0, count):
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    desc_row0 = pid_bh * k_rows
+    if KV_MODE == 2:
+        k_dev = tl.make_tensor_descriptor(k_base, [k_rows, HEAD_DIM], [stride_ks, 1], [BLOCK_N, HEAD_DIM])
+        v_dev = tl.make_tensor_descriptor(v_base, [k_rows, HEAD_DIM], [stride_vs, 1], [BLOCK_N, HEAD_DIM])
+    for i in tl.range(0, count, warp_specialize=WARP_SPECIALIZE):
         j = tl.load(idx_base + i)
         start_n = j * BLOCK_N
-        if USE_TMA:
+        if KV_MODE == 1:
             k = K_desc.load([desc_row0 + start_n, 0])
             v = V_desc.load([desc_row0 + start_n, 0])
+        elif KV_MODE == 2:
+            k = k_dev.load([start_n, 0])
+            v = v_dev.load([start_n, 0])
         else:
-            kv_offsets = (start_n + offs_n)[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
-            k = tl.load(k_base + kv_offsets)
-            v = tl.load(v_base + kv_offsets)
+            kv_rows = (start_n + offs_n)[:, None].to(tl.int64)
+            k = tl.load(k_base + kv_rows * stride_ks + offs_d[None, :], mask=kv_rows < k_rows, other=0.0)
+            v = tl.load(v_base + kv_rows * stride_vs + offs_d[None, :], mask=kv_rows < k_rows, other=0.0)
         bias_log2 = 0.0
         if HAS_BIAS:
             bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + j) * 1.4426950408889634
         col_bias = tl.where(start_n + offs_n < Sk, bias_log2, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -127,18 +152,40 @@ def _block_sparse_attn_fwd(
         tl.store(Lse + b * stride_lb + h * stride_lh + rows, lse, mask=row_ok)
 
 
-def _kernel_config(head_dim: int, block_m: int, block_n: int, use_tma: bool) -> tuple[int, int]:
-    """(num_warps, num_stages) per tile shape, from the H200 sweep in benchmarks/results."""
-    if not torch.cuda.is_available():
-        return 4, 1
-    num_warps = 8 if block_m * block_n >= 128 * 128 or (block_m >= 128 and head_dim >= 128) else 4
-    num_stages = 3 if use_tma else 2
-    return num_warps, num_stages
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch configuration. Defaults are the H200 sweep's winners (benchmarks/results/kernel_sweep*.json).
+
+    Attributes:
+        kv_mode: 0 pointer loads, 1 host TMA descriptors (contiguous padded K/V), 2 device-built
+            TMA descriptors (any K/V with 16-byte aligned rows); None picks the fastest available.
+        num_warps, num_stages: Triton launch parameters.
+        lazy_rescale: rescale the accumulator only when a row max grows by more than 2^8.
+        warp_specialize: let Triton split the key loop into producer/consumer warps (Hopper+).
+    """
+
+    kv_mode: int | None = None
+    num_warps: int = 4
+    num_stages: int = 2
+    lazy_rescale: bool = False
+    warp_specialize: bool = False
 
 
 def tma_supported(t: torch.Tensor) -> bool:
     """TMA descriptors need Hopper or newer, a CUDA tensor and Triton's host descriptor type."""
     return TensorDescriptor is not None and t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
+def _alloc_descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _pick_kv_mode(k: torch.Tensor, v: torch.Tensor, block_n: int, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    if not tma_supported(k):
+        return 0
+    return 1 if k.is_contiguous() and v.is_contiguous() and k.shape[2] % block_n == 0 else 2
 
 
 def block_sparse_attention_triton(
@@ -159,34 +206,35 @@ def block_sparse_attention_triton(
     key_len: int | None = None,
     out: torch.Tensor | None = None,
     return_lse: bool = False,
-    use_tma: bool | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
+    config: KernelConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the kernel; same contract as the reference.
 
-    ``k``/``v`` must be contiguous ``(B, H, NK * block_n, D)`` (tile order, padded to whole blocks,
-    as :func:`gather_blocks` produces); q, out and the extra keys may be any ``(B, H, S, D)`` views
-    whose last dimension is contiguous.
+    K/V blocks are runs of ``block_n`` rows of ``k``/``v`` (``(B, H, rows, D)``, identical strides,
+    last dimension contiguous): the padded tile-order copies of :func:`gather_blocks`, or the
+    model's own tensors when tokens are already in tile order. q, out and the extra keys may be
+    any ``(B, H, S, D)`` views whose last dimension is contiguous.
     """
     b, h, _, d = q.shape
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
-    if k.stride(-1) != 1 or q.stride(-1) != 1 or not k.is_contiguous() or not v.is_contiguous():
-        raise ValueError("k and v must be contiguous (B, H, NK*block_n, D); q's last dim contiguous")
-    if k.shape[2] % block_n:
-        raise ValueError(f"k/v length {k.shape[2]} is not a whole number of {block_n}-blocks")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.shape != v.shape:
+        raise ValueError("q, k and v need a contiguous last dimension, and k and v the same shape")
+    config = config or KernelConfig()
+    kv_mode = _pick_kv_mode(k, v, block_n, config.kv_mode)
+    if kv_mode == 1 and (not k.is_contiguous() or not v.is_contiguous() or k.shape[2] % block_n):
+        raise ValueError("host TMA descriptors need contiguous K/V padded to whole key blocks")
     seq_q = q.shape[2] if q_rows is None else q_rows.numel()
     key_len = k.shape[2] if key_len is None else key_len
     scale = d**-0.5 if scale is None else scale
     out = torch.empty_like(q) if out is None else out
     lse = torch.full((b, h, q.shape[2]), -math.inf, device=q.device, dtype=torch.float32) if return_lse else None
-    use_tma = tma_supported(q) if use_tma is None else use_tma
-    default_warps, default_stages = _kernel_config(d, block_m, block_n, use_tma)
     k_desc = v_desc = k
-    if use_tma:
+    if kv_mode == 1:
         k_desc = TensorDescriptor.from_tensor(k.view(-1, d), [block_n, d])
         v_desc = TensorDescriptor.from_tensor(v.view(-1, d), [block_n, d])
+    elif kv_mode == 2:
+        triton.set_allocator(_alloc_descriptor_scratch)
     indices, counts = indices.contiguous(), counts.contiguous()
     key_bias = key_bias.float().contiguous() if key_bias is not None else None
     dummy = counts
@@ -202,6 +250,7 @@ def block_sparse_attention_triton(
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
         indices.stride(0), indices.stride(1), indices.stride(2),
         counts.stride(0), counts.stride(1),
         bias.stride(0) if key_bias is not None else 0, bias.stride(1) if key_bias is not None else 0,
@@ -210,8 +259,9 @@ def block_sparse_attention_triton(
         lse_arg.stride(0) if lse is not None else 0, lse_arg.stride(1) if lse is not None else 0,
         h, seq_q, key_len, extra_k.shape[2] if extra_k is not None else 0, k.shape[2], scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
-        USE_TMA=use_tma, HAS_QROWS=q_rows is not None, HAS_BIAS=key_bias is not None,
+        KV_MODE=kv_mode, HAS_QROWS=q_rows is not None, HAS_BIAS=key_bias is not None,
         HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None, WRITE_LSE=return_lse,
-        num_warps=num_warps or default_warps, num_stages=num_stages or default_stages,
+        LAZY_RESCALE=config.lazy_rescale, WARP_SPECIALIZE=config.warp_specialize,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

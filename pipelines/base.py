@@ -15,6 +15,10 @@ import torch
 
 from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.layout import TokenLayout
+from dit_accel.steps import StepTracker
+
+# Module hooks read the current call's facts (token order) from the handle's tracker.
+InfoSource = StepTracker
 
 
 class BoundProcessor:
@@ -88,6 +92,14 @@ class ModelAdapter:
         """Facts about this call the processors need (grid, text length), from the forward args."""
         raise NotImplementedError
 
+    def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
+        """Whether this call's video tokens may be put in tile order for the whole forward."""
+        return False
+
+    def install_reorder_hooks(self, model: torch.nn.Module, info: InfoSource) -> list[Any]:
+        """Module hooks that permute tokens into tile order after embedding and back before the output."""
+        return []
+
     def bind_arguments(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
         signature = inspect.signature(type(model).forward)
         bound = signature.bind_partial(model, *args, **kwargs)
@@ -118,3 +130,39 @@ def video_call_info(hidden_states: torch.Tensor, patch: tuple[int, int, int]) ->
     _, _, frames, height, width = hidden_states.shape
     grid = (frames // patch[0], height // patch[1], width // patch[2])
     return {"grid": grid, "video_start": 0, "video_len": math.prod(grid), "device": hidden_states.device}
+
+
+def _permute(x: torch.Tensor, dim: int, info: InfoSource, key: str) -> torch.Tensor:
+    index = info.call_info.get(key)
+    if index is None:
+        return x
+    if x.shape[dim] != index.numel():
+        raise RuntimeError(f"token reorder: {x.shape[dim]} tokens on dim {dim}, but the call has {index.numel()}")
+    return x.index_select(dim, index)
+
+
+def reorder_output(info: InfoSource, dim: int, after_text: bool = False):
+    """Forward hook putting a rotary module's ``(cos, sin)`` rows in the call's token order."""
+    key = "token_order_after_text" if after_text else "token_order"
+
+    def hook(module: torch.nn.Module, args: tuple, output: tuple) -> tuple:
+        return tuple(_permute(x, dim, info, key) for x in output)
+
+    return hook
+
+
+def reorder_argument(info: InfoSource, dim: int, inverse: bool = False, keyword: str | None = None):
+    """Forward pre-hook permuting a module's hidden-state input into (or, inverse, out of) tile order."""
+    key = "token_inverse" if inverse else "token_order"
+
+    if keyword is None:
+
+        def hook(module: torch.nn.Module, args: tuple) -> tuple:
+            return (_permute(args[0], dim, info, key), *args[1:])
+
+        return hook
+
+    def hook_with_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, keyword: _permute(kwargs[keyword], dim, info, key)}
+
+    return hook_with_kwargs

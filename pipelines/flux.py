@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
 from dit_accel.layout import TokenLayout
 
-from .base import BoundProcessor, ModelAdapter
+from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output
 
 
 def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] | None:
@@ -42,12 +43,19 @@ def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] |
     return count // (height * width), height, width
 
 
-def flux_layout(seq_len: int, text_len: int, grid: Any) -> TokenLayout:
+def flux_layout(seq_len: int, text_len: int, info: dict) -> TokenLayout:
     video_len = seq_len - text_len
+    grid, token_tile = info.get("grid"), info.get("token_tile")
     if grid is not None and grid[0] * grid[1] * grid[2] != video_len:
-        grid = None
+        grid = token_tile = None
     return TokenLayout(
-        seq_len=seq_len, video_start=text_len, video_len=video_len, grid=grid, text_start=0, text_len=text_len
+        seq_len=seq_len,
+        video_start=text_len,
+        video_len=video_len,
+        grid=grid,
+        text_start=0,
+        text_len=text_len,
+        token_tile=token_tile,
     )
 
 
@@ -94,7 +102,7 @@ class FluxBlockProcessor(BoundProcessor):
             text_len = encoder_hidden_states.shape[1]
         else:
             text_len = min(info.get("text_len", 0), query.shape[1])
-        layout = flux_layout(query.shape[1], text_len, info.get("grid"))
+        layout = flux_layout(query.shape[1], text_len, info)
         hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
@@ -142,3 +150,17 @@ class FluxAdapter(ModelAdapter):
             "img_ids": img_ids,
             "txt_ids": arguments.get("txt_ids"),
         }
+
+    def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
+        """ControlNet residuals are added in raster order between blocks: keep raster order then."""
+        return all(
+            arguments.get(name) is None for name in ("controlnet_block_samples", "controlnet_single_block_samples")
+        )
+
+    def install_reorder_hooks(self, model: torch.nn.Module, info: InfoSource) -> list[RemovableHandle]:
+        first = model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
+        return [
+            model.pos_embed.register_forward_hook(reorder_output(info, dim=0, after_text=True)),
+            first.register_forward_pre_hook(reorder_argument(info, dim=1, keyword="hidden_states"), with_kwargs=True),
+            model.norm_out.register_forward_pre_hook(reorder_argument(info, dim=1, inverse=True)),
+        ]

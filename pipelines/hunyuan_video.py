@@ -10,17 +10,27 @@ from typing import Any
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
+from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
 from dit_accel.layout import TokenLayout
 
-from .base import BoundProcessor, ModelAdapter, padding_to_valid_lengths, video_call_info
+from .base import (
+    BoundProcessor,
+    InfoSource,
+    ModelAdapter,
+    padding_to_valid_lengths,
+    reorder_argument,
+    reorder_output,
+    video_call_info,
+)
 
 
-def hunyuan_layout(video_len: int, text_len: int, grid: Any, attention_mask: torch.Tensor | None) -> TokenLayout:
+def hunyuan_layout(video_len: int, text_len: int, info: dict, attention_mask: torch.Tensor | None) -> TokenLayout:
     """``[video, text]`` layout with the valid text lengths read off the key-padding mask."""
+    grid, token_tile = info.get("grid"), info.get("token_tile")
     if grid is not None and grid[0] * grid[1] * grid[2] != video_len:
-        grid = None
+        grid = token_tile = None
     return TokenLayout(
         seq_len=video_len + text_len,
         video_start=0,
@@ -29,6 +39,7 @@ def hunyuan_layout(video_len: int, text_len: int, grid: Any, attention_mask: tor
         text_start=video_len,
         text_len=text_len,
         text_valid=padding_to_valid_lengths(attention_mask, video_len, text_len),
+        token_tile=token_tile,
     )
 
 
@@ -104,7 +115,7 @@ class HunyuanVideoBlockProcessor(BoundProcessor):
             value = torch.cat([value, encoder_value], dim=1)
 
         # 5. Attention
-        layout = hunyuan_layout(video_len, text_len, self.binding.tracker.call_info.get("grid"), attention_mask)
+        layout = hunyuan_layout(video_len, text_len, self.binding.tracker.call_info, attention_mask)
         hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
@@ -141,3 +152,15 @@ class HunyuanVideoAdapter(ModelAdapter):
     def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
         patch = (model.config.patch_size_t, model.config.patch_size, model.config.patch_size)
         return video_call_info(arguments["hidden_states"], patch)
+
+    def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
+        """Token-replace I2V modulates the first frame's tokens by position: keep raster order."""
+        return model.config.image_condition_type != "token_replace"
+
+    def install_reorder_hooks(self, model: torch.nn.Module, info: InfoSource) -> list[RemovableHandle]:
+        first = model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
+        return [
+            model.rope.register_forward_hook(reorder_output(info, dim=0)),
+            first.register_forward_pre_hook(reorder_argument(info, dim=1)),
+            model.norm_out.register_forward_pre_hook(reorder_argument(info, dim=1, inverse=True)),
+        ]

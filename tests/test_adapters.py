@@ -15,6 +15,7 @@ from tiny_models import (
 )
 
 import dit_accel
+from dit_accel.pipelines import find_adapter
 
 
 def test_dense_is_bit_identical(family):
@@ -120,3 +121,19 @@ def test_flux_irregular_ids_fall_back_to_sequence_order():
         out = run(model, inputs)
         assert handle.tracker.call_info["grid"] is None
     torch.testing.assert_close(out, run(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_level_token_reorder_equals_per_layer_gather(family, monkeypatch):
+    """Tokens permuted once per forward give what the per-layer gather path gives; hooks go on remove."""
+    _, model, inputs = family
+    adapter = find_adapter(model)
+    with dit_accel.apply(model, "topk", density=0.3, block_size=16) as handle:
+        reordered = run(model, inputs)
+        assert handle.tracker.call_info.get("token_tile") is not None
+    monkeypatch.setattr(type(adapter), "can_reorder", lambda self, model, arguments: False)
+    with dit_accel.apply(model, "topk", density=0.3, block_size=16) as handle:
+        gathered = run(model, inputs)
+        assert handle.tracker.call_info.get("token_tile") is None
+    torch.testing.assert_close(reordered, gathered, rtol=1e-5, atol=1e-5)
+    hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == []

@@ -44,17 +44,20 @@ def test_compiled_model_matches_eager(make_model, make_inputs):
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_regional_compile_does_not_recompile_per_layer():
-    """Blocks share compiled code: one graph for the dense layer, one for the sparse ones."""
+def _graphs_for_regional_compile(num_layers: int) -> int:
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    model, inputs = tiny_wan(num_layers=4), wan_inputs()
+    model, inputs = tiny_wan(num_layers=num_layers), wan_inputs()
     with dit_accel.apply(model, "topk", density=0.3, block_size=16, dense_layers=1):
-        eager = run(model, inputs)
         model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
         for timestep in (900.0, 800.0, 700.0):
-            got = run(model, {**inputs, "timestep": torch.tensor([timestep])})
-    assert counters["stats"]["unique_graphs"] == 2
-    assert torch.isfinite(got).all() and got.shape == eager.shape
+            out = run(model, {**inputs, "timestep": torch.tensor([timestep])})
+    assert torch.isfinite(out).all()
+    return counters["stats"]["unique_graphs"]
+
+
+def test_regional_compile_does_not_recompile_per_layer():
+    """Blocks share compiled code: the number of graphs does not grow with the number of layers."""
+    assert _graphs_for_regional_compile(3) == _graphs_for_regional_compile(6) <= 3

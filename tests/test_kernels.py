@@ -10,7 +10,7 @@ import torch
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_pooling import gather_blocks_triton, pool_blocks_triton
 from dit_accel.kernels.block_selection import select_blocks_triton
-from dit_accel.kernels.block_sparse_attention import block_sparse_attention_triton
+from dit_accel.kernels.block_sparse_attention import KernelConfig, block_sparse_attention_triton
 
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3}
 
@@ -49,10 +49,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+KERNEL_CONFIGS = {
+    "pointers": KernelConfig(kv_mode=0),
+    "host-tma": KernelConfig(kv_mode=1),
+    "device-tma-lazy": KernelConfig(kv_mode=2, lazy_rescale=True),
+}
+
+
+@pytest.mark.parametrize("config", sorted(KERNEL_CONFIGS))
 @pytest.mark.parametrize(("batch", "heads", "seq_q", "seq_k", "dim", "bm", "bn", "extra", "dtype"), CASES)
-def test_block_sparse_attention_matches_float64(batch, heads, seq_q, seq_k, dim, bm, bn, extra, dtype, use_tma):
-    gen = torch.Generator().manual_seed(seq_q * 31 + seq_k + int(use_tma))
+def test_block_sparse_attention_matches_float64(batch, heads, seq_q, seq_k, dim, bm, bn, extra, dtype, config):
+    gen = torch.Generator().manual_seed(seq_q * 31 + seq_k + len(config))
     total_q = seq_q + 3  # three query rows the kernel must leave alone
     q = bshd(batch, total_q, heads, dim, dtype, gen)
     rows = (torch.randperm(seq_q, generator=gen) + 3).to(torch.int32)
@@ -69,7 +76,9 @@ def test_block_sparse_attention_matches_float64(batch, heads, seq_q, seq_k, dim,
         kwargs["extra_v"] = bshd(batch, extra, heads, dim, dtype, gen)
         kwargs["extra_valid"] = torch.randint(0, extra + 1, (batch,), generator=gen, dtype=torch.int32)
     out = torch.full_like(q, float("nan"))
-    got, lse = block_sparse_attention_triton(q, k, v, indices, counts, out=out, use_tma=use_tma, **kwargs)
+    got, lse = block_sparse_attention_triton(
+        q, k, v, indices, counts, out=out, config=KERNEL_CONFIGS[config], **kwargs
+    )
     ref_kwargs = {
         key: (val.double() if isinstance(val, torch.Tensor) and val.is_floating_point() else val)
         for key, val in kwargs.items()
@@ -97,9 +106,30 @@ def test_full_block_list_equals_dense_softmax_attention():
     nq, nk = math.ceil(50 / 16), 4
     indices = torch.arange(nk, dtype=torch.int32).expand(1, 2, nq, nk).contiguous()
     counts = torch.full((1, 2, nq), nk, dtype=torch.int32)
-    got, _ = block_sparse_attention_triton(q, k, v, indices, counts, block_m=16, block_n=16, use_tma=False)
     dense = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(32), dim=-1) @ v.double()
-    assert rel_err(got, dense) < 2e-5
+    for config in KERNEL_CONFIGS.values():
+        got, _ = block_sparse_attention_triton(q, k, v, indices, counts, block_m=16, block_n=16, config=config)
+        assert rel_err(got, dense) < 2e-5
+
+
+@pytest.mark.parametrize("kv_mode", [0, 2])
+def test_unpadded_strided_keys_in_diffusers_layout(kv_mode):
+    """Pre-tiled tokens: K/V are the model's own (B, S, H, D) tensors, last block partial, no copy."""
+    gen = torch.Generator().manual_seed(11 + kv_mode)
+    seq, bn = 53, 16
+    q, k, v = (bshd(2, seq, 3, 32, torch.float32, gen) for _ in range(3))
+    nk = math.ceil(seq / bn)
+    indices, counts = random_block_lists(2, 3, math.ceil(seq / 16), nk, gen)
+    config = KernelConfig(kv_mode=kv_mode, lazy_rescale=kv_mode == 2)
+    got, lse = block_sparse_attention_triton(
+        q, k, v, indices, counts, block_m=16, block_n=bn, return_lse=True, config=config
+    )
+    ref, ref_lse = reference.block_sparse_attention_reference(
+        q.double(), k.double(), v.double(), indices, counts, block_m=16, block_n=bn, return_lse=True
+    )
+    assert rel_err(got, ref) < 2e-5
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite].double(), ref_lse[finite], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(("seq", "block", "dim"), [(77, 16, 32), (40, 32, 16)])

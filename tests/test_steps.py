@@ -87,8 +87,10 @@ def test_full_warmup_equals_dense_pipeline_output():
         warm = pipe(**wan_pipeline_call(steps=3)).frames
     with dit_accel.apply(pipe, "topk", density=0.2, block_size=16):
         sparse = pipe(**wan_pipeline_call(steps=3)).frames
-    assert torch.equal(warm, reference)
-    assert not torch.equal(sparse, reference)
+    # topk keeps tokens in tile order for the whole forward, so the warm-up's dense attention sums
+    # in another order than stock: equal to float rounding, not bit for bit.
+    torch.testing.assert_close(warm, reference, rtol=1e-5, atol=1e-5)
+    assert (sparse - reference).abs().max() > 1e-3
 
 
 def test_direct_calls_count_distinct_timesteps_and_restart_on_rise():

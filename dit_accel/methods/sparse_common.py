@@ -16,7 +16,8 @@ import torch
 
 from dit_accel import kernels
 from dit_accel.context import AttentionContext
-from dit_accel.tiling import default_tile, tiled_rows
+from dit_accel.layout import TokenLayout
+from dit_accel.tiling import Tile, default_tile, tiled_rows
 
 logger = logging.getLogger("dit_accel")
 _WARNED: set[str] = set()
@@ -56,14 +57,28 @@ def key_log_counts(length: int, block: int, device: torch.device) -> torch.Tenso
     return _LOG_COUNT_CACHE[key]
 
 
-def prepare_block_sparse(
-    call_info: dict[str, Any], block_q: int, block_k: int, tile: tuple[int, int, int] | None
-) -> None:
+def video_rows(layout: TokenLayout, tile: Tile, device: torch.device) -> torch.Tensor | None:
+    """Sequence rows of the video tokens in ``tile`` order; None when they already are, contiguously."""
+    if layout.token_tile == tile and layout.grid is not None:
+        return None
+    return tiled_rows(layout.video_start, layout.video_len, layout.grid, tile, device, layout.token_tile)
+
+
+def appended_rows(layout: TokenLayout, q_rows: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """Rows of the appended key-only tokens, in the same tile order as the video tokens."""
+    if layout.appended_len == layout.video_len and layout.appended_grid in (None, layout.grid):
+        return q_rows - layout.video_start + layout.seq_len
+    return tiled_rows(layout.seq_len, layout.appended_len, layout.appended_grid, tile, q_rows.device, layout.token_tile)
+
+
+def prepare_block_sparse(call_info: dict[str, Any], block_q: int, block_k: int, tile: Tile | None) -> None:
     """Warm the caches :func:`block_sparse_video_attention` reads for the call's video tokens."""
     if "video_len" not in call_info:
         return
     grid, device, length = call_info.get("grid"), call_info["device"], call_info["video_len"]
-    tiled_rows(call_info["video_start"], length, grid, tile or default_tile(grid, block_q), device)
+    tile = tile or default_tile(grid, block_q)
+    if call_info.get("token_tile") != tile or grid is None:
+        tiled_rows(call_info["video_start"], length, grid, tile, device, call_info.get("token_tile"))
     key_log_counts(length, block_k, device)
 
 
@@ -76,12 +91,14 @@ def block_sparse_video_attention(
     block_q: int,
     block_k: int,
     select: Selector,
-    tile: tuple[int, int, int] | None = None,
+    tile: Tile | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``.
 
+    Video tokens are taken in ``tile`` order: in place when the adapter already reordered them for
+    the whole forward, otherwise through a gather of K/V (queries are gathered inside the kernel).
     k/v may hold ``ctx.layout.appended_len`` key-only video tokens after the query sequence
-    (AlignedGen's shared reference tokens); they join the routed key blocks.
+    (AlignedGen's shared reference tokens), in the same token order; they join the routed key blocks.
     """
     layout = ctx.layout
     appended = k.shape[1] - q.shape[1]
@@ -90,24 +107,33 @@ def block_sparse_video_attention(
     scale = q.shape[-1] ** -0.5
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
     tile = tile or default_tile(layout.grid, block_q)
-    rows = tiled_rows(layout.video_start, layout.video_len, layout.grid, tile, q.device)
-    k_rows = rows
-    if appended:
-        appended_tile = default_tile(layout.appended_grid, block_q) if layout.appended_grid else tile
-        k_rows = torch.cat([rows, tiled_rows(layout.seq_len, appended, layout.appended_grid, appended_tile, q.device)])
+    rows = video_rows(layout, tile, q.device)
     key_len = layout.video_len + appended
-    k_tiled, v_tiled, k_mean = kernels.gather_blocks(kh, vh, k_rows, block_k)
-    q_mean = kernels.pool_blocks(qh, block_q, rows)
-    scores = kernels.routing_scores(q_mean, k_mean, scale)
-    indices, counts = select(scores, key_log_counts(key_len, block_k, q.device))
     extra_k = extra_v = None
     if layout.text_len:
         extra_k, extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]
+    if rows is None and not appended:
+        video = layout.video_slice
+        q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
+        q_rows = None
+        k_mean = kernels.pool_blocks(k_video, block_k)
+    else:
+        q_rows = rows if rows is not None else tiled_rows(layout.video_start, layout.video_len, None, tile, q.device)
+        k_rows = torch.cat([q_rows, appended_rows(layout, q_rows, tile)]) if appended else q_rows
+        q_video = qh
+        k_video, v_video, k_mean = kernels.gather_blocks(kh, vh, k_rows, block_k)
+    q_mean = kernels.pool_blocks(q_video, block_q, q_rows)
+    scores = kernels.routing_scores(q_mean, k_mean, scale)
+    indices, counts = select(scores, key_log_counts(key_len, block_k, q.device))
     out, _ = kernels.block_sparse_attention(
-        qh, k_tiled, v_tiled, indices, counts, block_q, block_k, key_len, scale,
-        q_rows=rows, extra_k=extra_k, extra_v=extra_v, extra_valid=layout.text_valid,
+        q_video, k_video, v_video, indices, counts, block_q, block_k, key_len, scale,
+        q_rows=q_rows, extra_k=extra_k, extra_v=extra_v, extra_valid=layout.text_valid,
     )  # fmt: skip
     out = out.transpose(1, 2)
+    if q_rows is None and not layout.video_only:
+        full = torch.empty_like(q)
+        full[:, layout.video_slice] = out
+        out = full
     if layout.text_len:
         out[:, layout.text_slice] = ctx.dense(q[:, layout.text_slice], k, v).to(out.dtype)
     return out

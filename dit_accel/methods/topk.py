@@ -15,6 +15,7 @@ import torch
 from dit_accel import kernels
 from dit_accel.config import MethodConfig, check_range
 from dit_accel.context import AttentionContext
+from dit_accel.tiling import default_tile
 
 from .sparse_common import block_sparse_video_attention, dense_fallback_reason, prepare_block_sparse, warn_once
 
@@ -66,6 +67,11 @@ class TopKAttention:
 
     def __init__(self, config: TopKConfig) -> None:
         self.config = config
+
+    def token_tile(self, call_info: dict) -> tuple[int, int, int] | None:
+        """The tile order the adapter should put video tokens in for the whole forward."""
+        grid = call_info.get("grid")
+        return None if grid is None else self.config.tile or default_tile(grid, self.config.block_q)
 
     def prepare(self, call_info: dict) -> None:
         """Fill the tile-order and block-size caches for this call's video tokens (outside compile)."""

@@ -1,0 +1,415 @@
+"""``dit-accel compare``: one prompt, seed and scheduler, run dense and with a method, side by side.
+
+    dit-accel compare --method topk -o density=0.25
+    dit-accel compare --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --method topk -o density=0.125 \\
+        --prompt "a cat surfing" --height 480 --width 832 --frames 81 --steps 50
+
+The dense run uses the pipeline's stock attention; the method run installs the method with
+:func:`dit_accel.apply` and removes it afterwards. Both start from the same CPU generator seed, so
+their initial noise is identical and every difference comes from the attention. Reported: PSNR and
+SSIM per frame and their means (on the 8-bit outputs), wall-clock time of each whole run and of its
+transformer calls (CUDA-synchronised on GPUs), and their ratios. Written: a side-by-side GIF or MP4
+(a PNG for image pipelines such as FLUX) and a JSON record of all of it.
+
+Without ``--model`` the tiny Wan model trained for this project (``assets/tiny-wan-t2v``) is used. A
+model folder may hold ``generation_defaults.json`` (size, steps, guidance) that fills options not
+given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import diffusers
+import numpy as np
+import torch
+from PIL import Image
+
+import dit_accel
+from dit_accel.api import apply
+from dit_accel.metrics import video_psnr, video_ssim
+from dit_accel.pipelines import find_adapter
+from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
+
+DEFAULT_PROMPT = "a red circle moving right on a striped blue background"
+VIDEO_FORMATS = ("gif", "mp4")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ComparisonResult:
+    """A dense run and a method run of the same call, their frames, timings and differences."""
+
+    model: str
+    pipeline: str
+    method: str
+    options: dict[str, Any]
+    prompt: str
+    seed: int
+    call: dict[str, Any]
+    device: str
+    dtype: str
+    dense_seconds: float
+    method_seconds: float
+    dense_transformer_seconds: float
+    method_transformer_seconds: float
+    psnr_per_frame: list[float]
+    ssim_per_frame: list[float]
+    dense: np.ndarray = field(repr=False)
+    accelerated: np.ndarray = field(repr=False)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def psnr(self) -> float:
+        return float(np.mean(self.psnr_per_frame))
+
+    @property
+    def ssim(self) -> float:
+        return float(np.mean(self.ssim_per_frame))
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_seconds / self.method_seconds
+
+    @property
+    def transformer_speedup(self) -> float:
+        return self.dense_transformer_seconds / self.method_transformer_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record; an infinite PSNR (identical frames) is written as null."""
+        record = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("dense", "accelerated")
+        }
+        record.update(
+            psnr=self.psnr, ssim=self.ssim, speedup=self.speedup, transformer_speedup=self.transformer_speedup
+        )
+        record["frames"] = int(self.dense.shape[0])
+        record["versions"] = _versions()
+        return _finite_or_none(record)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _versions() -> dict[str, str]:
+    return {"dit_accel": dit_accel.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def is_video_pipeline(pipe: Any) -> bool:
+    """Video pipelines (Wan, HunyuanVideo) take ``num_frames``; image pipelines (FLUX) do not."""
+    return "num_frames" in inspect.signature(pipe.__call__).parameters
+
+
+def call_arguments(
+    pipe: Any,
+    prompt: str,
+    num_inference_steps: int | None,
+    height: int | None,
+    width: int | None,
+    num_frames: int | None,
+    guidance_scale: float | None,
+) -> dict[str, Any]:
+    """The pipeline call, without the generator; options left None keep the pipeline's defaults."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty str, got {prompt!r}")
+    if num_frames is not None and not is_video_pipeline(pipe):
+        raise ValueError(f"num_frames is only for video pipelines; {type(pipe).__name__} makes images")
+    given = {
+        "num_inference_steps": num_inference_steps,
+        "height": height,
+        "width": width,
+        "num_frames": num_frames,
+        "guidance_scale": guidance_scale,
+    }
+    for name in ("num_inference_steps", "height", "width", "num_frames"):
+        value = given[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return {"prompt": prompt, "output_type": "np", **{k: v for k, v in given.items() if v is not None}}
+
+
+def _transformers(pipe: Any) -> list[torch.nn.Module]:
+    components = getattr(pipe, "components", {})
+    return [m for m in components.values() if isinstance(m, torch.nn.Module) and find_adapter(m) is not None]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def transformer_timer(models: list[torch.nn.Module], device: torch.device) -> Iterator[list[float]]:
+    """Accumulate the wall-clock time of the models' forward calls into the yielded one-item list."""
+    total, started = [0.0], [0.0]
+
+    def before(*_: Any) -> None:
+        _sync(device)
+        started[0] = time.perf_counter()
+
+    def after(*_: Any) -> None:
+        _sync(device)
+        total[0] += time.perf_counter() - started[0]
+
+    handles = [h for m in models for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        yield total
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _frames_of(output: Any) -> np.ndarray:
+    """``(F, H, W, 3)`` uint8 frames of the first sample of a pipeline output (an image is one frame)."""
+    frames = getattr(output, "frames", None)
+    frames = np.asarray(output.images if frames is None else frames)[0]
+    if frames.ndim == 3:
+        frames = frames[None]
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def timed_run(
+    pipe: Any, call: dict[str, Any], seed: int, label: str, device: torch.device
+) -> tuple[np.ndarray, float, float]:
+    """Run the pipeline once from ``seed``; frames, total seconds, transformer seconds."""
+    pipe.set_progress_bar_config(desc=label)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with transformer_timer(_transformers(pipe), device) as transformer_seconds:
+        _sync(device)
+        start = time.perf_counter()
+        output = pipe(**call, generator=generator)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return _frames_of(output), seconds, transformer_seconds[0]
+
+
+def compare(
+    pipe: Any,
+    method: str,
+    options: dict[str, Any] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+    num_inference_steps: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
+    guidance_scale: float | None = None,
+    warmup_runs: int = 0,
+    out_dir: str | Path | None = None,
+    video_format: str = "gif",
+    model_name: str | None = None,
+) -> ComparisonResult:
+    """Run ``pipe`` dense and with ``method`` on the same call; measure and optionally write the outputs.
+
+    ``warmup_runs`` untimed runs of each precede the timed ones (compilation, autotuning, cuDNN
+    plans). With ``out_dir``, a side-by-side video (``video_format``: gif or mp4; PNG for images) and
+    a JSON record are written there and listed in ``result.outputs``.
+    """
+    if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 0:
+        raise ValueError(f"warmup_runs must be an int >= 0, got {warmup_runs!r}")
+    if video_format not in VIDEO_FORMATS:
+        raise ValueError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
+    options = dict(options or {})
+    call = call_arguments(pipe, prompt, num_inference_steps, height, width, num_frames, guidance_scale)
+    device = torch.device(pipe._execution_device)
+
+    for _ in range(warmup_runs):
+        timed_run(pipe, call, seed, "warm-up dense", device)
+    dense, dense_s, dense_t = timed_run(pipe, call, seed, "dense", device)
+    with apply(pipe, method, **options) as handle:
+        for _ in range(warmup_runs):
+            timed_run(pipe, call, seed, f"warm-up {method}", device)
+        accelerated, method_s, method_t = timed_run(pipe, call, seed, method, device)
+        config = dataclasses.asdict(handle.config)
+
+    psnr_frames, _ = video_psnr(dense, accelerated)
+    ssim_frames, _ = video_ssim(dense, accelerated)
+    result = ComparisonResult(
+        model=model_name or str(getattr(pipe.config, "_name_or_path", "") or "in-memory pipeline"),
+        pipeline=type(pipe).__name__,
+        method=handle.config.method,
+        options=config,
+        prompt=prompt,
+        seed=seed,
+        call={k: v for k, v in call.items() if k not in ("prompt", "output_type")},
+        device=str(device),
+        dtype=str(next(m.dtype for m in _transformers(pipe))).removeprefix("torch."),
+        dense_seconds=dense_s,
+        method_seconds=method_s,
+        dense_transformer_seconds=dense_t,
+        method_transformer_seconds=method_t,
+        psnr_per_frame=psnr_frames,
+        ssim_per_frame=ssim_frames,
+        dense=dense,
+        accelerated=accelerated,
+    )
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), video_format)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Output files.
+
+
+def _labelled(frames: np.ndarray, label: str) -> np.ndarray:
+    """Frames with a black caption bar on top."""
+    bar = np.zeros((frames.shape[0], 20, frames.shape[2], 3), dtype=np.uint8)
+    for image in bar:
+        cv2.putText(image, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([bar, frames], axis=1)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, left_label: str, right_label: str) -> np.ndarray:
+    """``(F, H + 20, 2W + 4, 3)`` uint8: labelled ``left`` and ``right`` with a white gap."""
+    if left.shape != right.shape:
+        raise ValueError(f"left and right must have the same shape, got {left.shape} and {right.shape}")
+    gap = np.full((left.shape[0], left.shape[1] + 20, 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([_labelled(left, left_label), gap, _labelled(right, right_label)], axis=2)
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """Write ``(F, H, W, 3)`` uint8 RGB frames as a GIF, an MP4 or (one frame) a PNG, by ``path``'s suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        Image.fromarray(frames[0]).save(path)
+    elif suffix == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    elif suffix == ".mp4":
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+    else:
+        raise ValueError(f"path must end in .png, .gif or .mp4, got {path.name!r}")
+    return path
+
+
+def write_outputs(result: ComparisonResult, out_dir: Path, video_format: str = "gif") -> None:
+    """Write the side-by-side video (PNG for a single image) and the JSON record into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{result.method}-seed{result.seed}"
+    suffix = "png" if result.dense.shape[0] == 1 else video_format
+    label = f"{result.method} {result.psnr:.1f} dB {result.speedup:.2f}x"
+    media = write_video(side_by_side(result.dense, result.accelerated, "dense", label), out_dir / f"{stem}.{suffix}")
+    record_path = out_dir / f"{stem}.json"
+    result.outputs = {"video": str(media), "record": str(record_path)}
+    record_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE a Python literal (``0.25``, ``(2, 8, 8)``, ``[0, 1]``) or else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"method options are KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
+def generation_defaults(model: str) -> dict[str, Any]:
+    """The call defaults stored beside a local model, or nothing."""
+    path = Path(model) / GENERATION_DEFAULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
+    """``DiffusionPipeline.from_pretrained`` on ``device`` in ``dtype`` (auto: bf16 on GPUs, fp32 on CPUs)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    if model == str(TINY_MODEL_DIR) and not TINY_MODEL_DIR.is_dir():
+        raise FileNotFoundError(
+            f"the tiny model is not in {TINY_MODEL_DIR} yet: train it with "
+            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 9' or pass --model"
+        )
+    return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
+
+
+def _run(args: argparse.Namespace) -> int:
+    defaults = generation_defaults(args.model)
+    given = {
+        name: defaults.get(name) if getattr(args, name) is None else getattr(args, name)
+        for name in ("num_inference_steps", "height", "width", "num_frames", "guidance_scale")
+    }
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    if not is_video_pipeline(pipe):
+        given["num_frames"] = None
+    warmup = args.warmup if args.warmup is not None else int(torch.device(pipe._execution_device).type == "cuda")
+    result = compare(
+        pipe,
+        args.method,
+        dict(args.option),
+        prompt=args.prompt,
+        seed=args.seed,
+        warmup_runs=warmup,
+        out_dir=args.out,
+        video_format=args.format,
+        model_name=args.model,
+        **given,
+    )
+    print(
+        f"{result.method} vs dense on {result.pipeline} ({result.device}, {result.dtype}), "
+        f"{result.dense.shape[0]} frame(s) of {result.dense.shape[1]}x{result.dense.shape[2]}\n"
+        f"  PSNR {result.psnr:.2f} dB   SSIM {result.ssim:.4f}\n"
+        f"  time {result.dense_seconds:.2f} s -> {result.method_seconds:.2f} s ({result.speedup:.2f}x); "
+        f"transformer {result.dense_transformer_seconds:.2f} s -> {result.method_transformer_seconds:.2f} s "
+        f"({result.transformer_speedup:.2f}x)\n"
+        f"  wrote {result.outputs['video']} and {result.outputs['record']}"
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare`` sub-command to the ``dit-accel`` parser."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="dense vs a method on the same prompt and seed: PSNR, SSIM, speedup, side-by-side video",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--model", default=str(TINY_MODEL_DIR), help="local folder or hub id (default: tiny model)")
+    parser.add_argument("--method", required=True, help="method name (see 'dit-accel list')")
+    parser.add_argument(
+        "-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE", help="method option"
+    )
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", dest="num_inference_steps", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--frames", dest="num_frames", type=int, default=None, help="video pipelines only")
+    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs of each first (default: 1 on GPU)")
+    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="folder for the video and JSON")
+    parser.add_argument("--format", choices=VIDEO_FORMATS, default="gif")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,225 @@
+"""``record``: exact attention that also keeps the q/k/v it was given, for kernel tests and benchmarks.
+
+Real q/k/v (after q/k norm and RoPE, the ``(B, S, H, D)`` tensors the attention call receives) are
+what sparse kernels must be judged on: random tensors give near-uniform attention. The op copies
+them to the CPU for the chosen layers and denoising steps and returns the stock dense result, so
+the generation itself is unchanged::
+
+    from dit_accel.recorder import record_qkv, load_qkv
+    record_qkv(pipe, "qkv.safetensors", layers=[0, 4], steps=[0, 15], prompt="...", num_inference_steps=30)
+    for call in load_qkv("qkv.safetensors"):
+        out = my_kernel(call.q, call.k, call.v, call.layout)
+
+The file holds ``{index}.q``, ``{index}.k``, ``{index}.v`` per recorded call, in the dtype the model
+ran in, and a JSON metadata entry ``dit_accel`` with, per call, the step, the layer, the call number
+within that (step, layer) (Wan runs the conditional and unconditional passes as two calls) and the
+:class:`~dit_accel.layout.TokenLayout` (token ranges, latent grid), plus the model class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dit_accel.api import apply
+from dit_accel.config import MethodConfig
+from dit_accel.context import AttentionContext
+from dit_accel.layout import TokenLayout
+
+METADATA_KEY = "dit_accel"
+
+
+def _index_set(name: str, value: Any) -> tuple[int, ...] | None:
+    """None, an int or a sequence of ints >= 0, as a sorted tuple."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, int) else value
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be None, an int or a sequence of ints, got {type(value).__name__}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must hold ints >= 0, got {v!r}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass
+class RecordedCall:
+    """One recorded attention call."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    step: int
+    layer: int
+    call: int
+    layout: TokenLayout
+
+
+class QKVStore:
+    """Recorded calls in memory until :meth:`save`."""
+
+    def __init__(self) -> None:
+        self.calls: list[RecordedCall] = []
+
+    def add(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: int, layer: int, layout: TokenLayout
+    ) -> None:
+        call = sum(1 for c in self.calls if (c.step, c.layer) == (step, layer))
+        q, k, v = (x.detach().to("cpu", copy=True).contiguous() for x in (q, k, v))
+        self.calls.append(RecordedCall(q, k, v, step, layer, call, layout))
+
+    def save(self, path: str | Path, **metadata: Any) -> Path:
+        """Write every recorded call to a safetensors file; ``metadata`` is stored beside them."""
+        if not self.calls:
+            raise ValueError("nothing was recorded: check the layers and steps options against the model")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors, entries = {}, []
+        for index, c in enumerate(self.calls):
+            tensors.update({f"{index}.q": c.q, f"{index}.k": c.k, f"{index}.v": c.v})
+            entries.append(
+                {"index": index, "step": c.step, "layer": c.layer, "call": c.call, "layout": _layout_dict(c.layout)}
+            )
+        info = {"format": 1, "layout": "(B, S, H, D), after RoPE", **metadata, "calls": entries}
+        save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(info)})
+        return path
+
+
+def _layout_dict(layout: TokenLayout) -> dict[str, Any]:
+    fields = {f.name: getattr(layout, f.name) for f in dataclasses.fields(layout)}
+    if fields["text_valid"] is not None:
+        fields["text_valid"] = fields["text_valid"].tolist()
+    return fields
+
+
+def _layout_from_dict(fields: dict[str, Any]) -> TokenLayout:
+    fields = dict(fields)
+    for name in ("grid", "appended_grid"):
+        if fields.get(name) is not None:
+            fields[name] = tuple(fields[name])
+    if fields.get("text_valid") is not None:
+        fields["text_valid"] = torch.tensor(fields["text_valid"], dtype=torch.int32)
+    return TokenLayout(**fields)
+
+
+def truncate_video(layout: TokenLayout, max_tokens: int) -> tuple[torch.Tensor, TokenLayout]:
+    """Keep the first ``max_tokens`` video tokens (whole frames when the tokens form a grid) and every
+    other token; returns the kept query indices and the layout of what is kept.
+
+    A prefix of whole latent frames is itself a valid, smaller video, so attention over the kept
+    tokens is a realistic problem of that size. Appended key-only tokens are all kept.
+    """
+    kept = min(layout.video_len, max_tokens)
+    grid = layout.grid
+    if grid is not None:
+        frames = max(1, kept // (grid[1] * grid[2]))
+        grid = (frames, grid[1], grid[2])
+        kept = frames * grid[1] * grid[2]
+    dropped = layout.video_len - kept
+    index = torch.cat([torch.arange(0, layout.video_start + kept), torch.arange(layout.video_end, layout.seq_len)])
+    text_start = (
+        layout.text_start - dropped if layout.text_start >= layout.video_end and layout.text_len else layout.text_start
+    )
+    return index, dataclasses.replace(
+        layout, seq_len=layout.seq_len - dropped, video_len=kept, grid=grid, text_start=text_start
+    )
+
+
+@dataclass
+class RecordConfig(MethodConfig):
+    """Options of ``record``.
+
+    Attributes:
+        layers: attention-layer indices to record (as counted by the adapter, see
+            ``AttentionContext.layer_index``); an int, a sequence, or None for every layer.
+        steps: denoising-step indices to record (0-based); an int, a sequence, or None for every step.
+        max_tokens: keep at most this many video tokens per call (whole latent frames); None keeps all.
+        store: where the recorded calls go (not an option; ``handle.config.store.save(path)``).
+    """
+
+    method: ClassVar[str] = "record"
+
+    layers: int | Sequence[int] | None = None
+    steps: int | Sequence[int] | None = None
+    max_tokens: int | None = None
+    store: QKVStore = field(default_factory=QKVStore, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.layers = _index_set("layers", self.layers)
+        self.steps = _index_set("steps", self.steps)
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ValueError(f"max_tokens must be None or an int >= 1, got {self.max_tokens!r}")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+class RecordAttention:
+    """The ``record`` op: dense attention; copies q/k/v of the selected calls into the config's store."""
+
+    def __init__(self, config: RecordConfig) -> None:
+        self.config = config
+
+    def wants(self, ctx: AttentionContext) -> bool:
+        cfg = self.config
+        return (cfg.layers is None or ctx.layer_index in cfg.layers) and (
+            cfg.steps is None or ctx.step_index in cfg.steps
+        )
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if self.wants(ctx):
+            layout = ctx.layout
+            rq, rk, rv = q, k, v
+            if self.config.max_tokens is not None and layout.video_len > self.config.max_tokens:
+                index, layout = truncate_video(layout, self.config.max_tokens)
+                key_index = torch.cat([index, torch.arange(ctx.layout.seq_len, k.shape[1])]).to(k.device)
+                rq, rk, rv = q[:, index.to(q.device)], k[:, key_index], v[:, key_index]
+            self.config.store.add(rq, rk, rv, ctx.step_index, ctx.layer_index, layout)
+        return ctx.dense(q, k, v)
+
+
+def record_qkv(
+    pipe: Any,
+    path: str | Path,
+    layers: int | Sequence[int] | None = None,
+    steps: int | Sequence[int] | None = None,
+    max_tokens: int | None = None,
+    **call_kwargs: Any,
+) -> Path:
+    """Run ``pipe(**call_kwargs)`` once with ``record`` installed and write what it saw to ``path``."""
+    config = RecordConfig(layers=layers, steps=steps, max_tokens=max_tokens)
+    with apply(pipe, config) as handle:
+        pipe(**call_kwargs)
+        models = [type(m).__name__ for m in handle.transformers]
+    return config.store.save(path, model_class=models[0], models=models, pipeline_class=type(pipe).__name__)
+
+
+def load_qkv(path: str | Path) -> tuple[list[RecordedCall], dict[str, Any]]:
+    """The recorded calls of a file written by :func:`record_qkv`, and its metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads(f.metadata()[METADATA_KEY])
+        calls = [
+            RecordedCall(
+                q=f.get_tensor(f"{e['index']}.q"),
+                k=f.get_tensor(f"{e['index']}.k"),
+                v=f.get_tensor(f"{e['index']}.v"),
+                step=e["step"],
+                layer=e["layer"],
+                call=e["call"],
+                layout=_layout_from_dict(e["layout"]),
+            )
+            for e in info["calls"]
+        ]
+    return calls, info
