@@ -23,7 +23,7 @@ from dit_accel.bench import SHAPES, TopKRun, environment, random_qkv, rel_l1
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_pooling import gather_blocks_triton, pool_blocks_triton
 from dit_accel.kernels.block_selection import select_blocks_triton
-from dit_accel.kernels.block_sparse_attention import block_sparse_attention_triton, tma_supported
+from dit_accel.kernels.block_sparse_attention import KernelConfig, block_sparse_attention_triton, tma_supported
 from dit_accel.methods.topk import TopKConfig
 
 TOLERANCE = {torch.bfloat16: 1.2e-2, torch.float16: 2e-3}
@@ -40,13 +40,16 @@ def random_lists(batch: int, heads: int, nq: int, nk: int, density: float, gen: 
     return indices.contiguous(), counts.contiguous()
 
 
-def check_attention(dtype, dim, bm, bn, use_tma, seq, extra, gen) -> dict:
+def check_attention(dtype, dim, bm, bn, kv_mode, seq, extra, gen, lazy=False) -> dict:
     batch, heads = 2, 3
     q = torch.randn(batch, seq, heads, dim, generator=gen, device=gen.device, dtype=dtype).transpose(1, 2)
     k = torch.randn(batch, seq, heads, dim, generator=gen, device=gen.device, dtype=dtype).transpose(1, 2)
     v = torch.randn(batch, seq, heads, dim, generator=gen, device=gen.device, dtype=dtype).transpose(1, 2)
     rows = torch.randperm(seq, generator=gen, device=gen.device).to(torch.int32)
-    k_tiled, v_tiled, _ = gather_blocks_triton(k, v, rows, bn)
+    if kv_mode == 1:
+        k_tiled, v_tiled, _ = gather_blocks_triton(k, v, rows, bn)
+    else:  # in place on the (B, S, H, D) tensors, as for tokens already in tile order
+        k_tiled, v_tiled = k, v
     indices, counts = random_lists(batch, heads, math.ceil(seq / bm), math.ceil(seq / bn), 0.3, gen)
     kwargs = {"block_m": bm, "block_n": bn, "q_rows": rows, "key_len": seq, "return_lse": True}
     if extra:
@@ -55,7 +58,8 @@ def check_attention(dtype, dim, bm, bn, use_tma, seq, extra, gen) -> dict:
         kwargs["extra_v"] = torch.randn_like(kwargs["extra_k"])
         kwargs["extra_valid"] = torch.tensor([extra, extra // 3], device=gen.device, dtype=torch.int32)
         kwargs["key_bias"] = torch.randn(batch, heads, math.ceil(seq / bn), generator=gen, device=gen.device)
-    out, lse = block_sparse_attention_triton(q, k_tiled, v_tiled, indices, counts, use_tma=use_tma, **kwargs)
+    config = KernelConfig(kv_mode=kv_mode, lazy_rescale=lazy)
+    out, lse = block_sparse_attention_triton(q, k_tiled, v_tiled, indices, counts, config=config, **kwargs)
     ref_kwargs = {
         name: (value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value)
         for name, value in kwargs.items()
@@ -67,7 +71,8 @@ def check_attention(dtype, dim, bm, bn, use_tma, seq, extra, gen) -> dict:
     lse_ok = torch.equal(finite, torch.isfinite(lse)) and float((lse[finite] - ref_lse[finite]).abs().max()) < 2e-2
     error = float((out.float() - ref).norm() / ref.norm())
     return {
-        "check": "attention", "dtype": str(dtype), "head_dim": dim, "block": [bm, bn], "tma": use_tma, "seq": seq,
+        "check": "attention", "dtype": str(dtype), "head_dim": dim, "block": [bm, bn], "kv_mode": kv_mode,
+        "lazy_rescale": lazy, "seq": seq,
         "extra": extra, "rel_err": error, "lse_ok": lse_ok, "ok": error < TOLERANCE[dtype] and lse_ok,
     }  # fmt: skip
 
@@ -123,9 +128,9 @@ def main() -> int:
     results = []
     for dtype in (torch.bfloat16, torch.float16):
         for dim, bm, bn in ((128, 128, 64), (128, 128, 128), (64, 128, 64), (128, 64, 64)):
-            for use_tma in (True, False) if tma_supported(torch.empty(1, device=device)) else (False,):
-                results.append(check_attention(dtype, dim, bm, bn, use_tma, 4999, 77, gen))
-    results.append(check_attention(torch.bfloat16, 128, 128, 64, True, 8192, 0, gen))
+            for kv_mode in (1, 2, 0) if tma_supported(torch.empty(1, device=device)) else (0,):
+                results.append(check_attention(dtype, dim, bm, bn, kv_mode, 4999, 77, gen, lazy=kv_mode == 2))
+    results.append(check_attention(torch.bfloat16, 128, 128, 64, 2, 8192, 0, gen))
     results += check_routing(gen)
     results += check_topk_op(gen)
     for result in results:

@@ -11,3 +11,7 @@ done
 export PYTHONPATH=/tmp/pkg:/tmp/site
 export PYTHONUNBUFFERED=1
 set +e
+
+# The CLI must not run from the checkout's root: there `dit_accel/` would be imported without its
+# mapped sub-packages. Results paths given to it should be absolute (e.g. $OUT).
+dit_accel_cli() { (cd /tmp && python3 -m dit_accel.cli "$@"); }

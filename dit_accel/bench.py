@@ -11,6 +11,7 @@ table. Timings are medians after warm-up (``triton.testing.do_bench`` on CUDA).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -23,14 +24,13 @@ from typing import Any
 
 import torch
 
-from dit_accel import kernels
 from dit_accel.config import MethodConfig
 from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.layout import TokenLayout
-from dit_accel.methods.sparse_common import block_sparse_video_attention, key_log_counts
-from dit_accel.methods.topk import TopKConfig
+from dit_accel.methods.sparse_common import RoutedAttention, route_video_attention
+from dit_accel.methods.topk import TopKAttention, TopKConfig
 from dit_accel.steps import StepTracker
-from dit_accel.tiling import default_tile, tiled_rows
+from dit_accel.tiling import default_tile
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -145,54 +145,27 @@ def environment(device: torch.device) -> dict[str, str]:
 
 
 class TopKRun:
-    """The ``topk`` op split into its stages, so each can be timed on its own."""
+    """The ``topk`` op split into routing and kernel, so each can be timed on its own.
 
-    def __init__(self, shape: BenchShape, config: TopKConfig, q, k, v) -> None:
+    With ``pretiled`` the tokens are taken as already in tile order, as they are inside a model
+    (the adapters reorder them once per forward); otherwise each call gathers K/V itself.
+    """
+
+    def __init__(self, shape: BenchShape, config: TopKConfig, q, k, v, pretiled: bool = True) -> None:
         self.shape, self.config, self.q, self.k, self.v = shape, config, q, k, v
-        self.ctx = standalone_context(shape.layout(), config)
-        layout = self.ctx.layout
-        self.tile = config.tile or default_tile(layout.grid, config.block_q)
-        self.rows = tiled_rows(layout.video_start, layout.video_len, layout.grid, self.tile, q.device)
-        self.log_counts = key_log_counts(layout.video_len, config.block_k, q.device)
-        self.scale = shape.head_dim**-0.5
-
-    def select(self, scores: torch.Tensor, log_counts: torch.Tensor):
-        cfg = self.config
-        return kernels.select_blocks(scores, cfg.density, cfg.top_p, cfg.min_blocks, log_counts)
+        tile = config.tile or default_tile(shape.grid, config.block_q)
+        layout = dataclasses.replace(shape.layout(), token_tile=tile if pretiled else None)
+        self.ctx = standalone_context(layout, config)
+        self.op = TopKAttention(config)
 
     def full(self) -> torch.Tensor:
+        return self.op(self.q, self.k, self.v, self.ctx)
+
+    def routing(self) -> RoutedAttention:
         cfg = self.config
-        return block_sparse_video_attention(
-            self.q,
-            self.k,
-            self.v,
-            self.ctx,
-            block_q=cfg.block_q,
-            block_k=cfg.block_k,
-            select=self.select,
+        return route_video_attention(
+            self.q, self.k, self.v, self.ctx, block_q=cfg.block_q, block_k=cfg.block_k, select=self.op.select,
             tile=cfg.tile,
-        )
-
-    def routing(self):
-        qh, kh, vh = (x.transpose(1, 2) for x in (self.q, self.k, self.v))
-        k_tiled, v_tiled, k_mean = kernels.gather_blocks(kh, vh, self.rows, self.config.block_k)
-        q_mean = kernels.pool_blocks(qh, self.config.block_q, self.rows)
-        scores = kernels.routing_scores(q_mean, k_mean, self.scale)
-        indices, counts = self.select(scores, self.log_counts)
-        return k_tiled, v_tiled, indices, counts
-
-    def kernel_only(self, routed) -> Callable[[], Any]:
-        k_tiled, v_tiled, indices, counts = routed
-        qh = self.q.transpose(1, 2)
-        layout = self.ctx.layout
-        extra_k = extra_v = None
-        if layout.text_len:
-            extra_k = self.k.transpose(1, 2)[:, :, layout.text_slice]
-            extra_v = self.v.transpose(1, 2)[:, :, layout.text_slice]
-        cfg = self.config
-        return lambda: kernels.block_sparse_attention(
-            qh, k_tiled, v_tiled, indices, counts, cfg.block_q, cfg.block_k, layout.video_len, self.scale,
-            q_rows=self.rows, extra_k=extra_k, extra_v=extra_v,
         )  # fmt: skip
 
     def computed_flops(self, counts: torch.Tensor) -> float:
@@ -212,6 +185,7 @@ def bench_kernel(
     block_size: tuple[int, int],
     dtype: torch.dtype,
     device: torch.device,
+    pretiled: bool = True,
 ) -> list[dict[str, Any]]:
     """Dense baselines and ``topk`` at each density for each shape; one record per measurement."""
     env = environment(device)
@@ -241,19 +215,20 @@ def bench_kernel(
 
             for density in densities:
                 config = TopKConfig(density=density, block_size=block_size)
-                run = TopKRun(shape, config, q, k, v)
+                run = TopKRun(shape, config, q, k, v, pretiled=pretiled)
                 with sdpa_kernel(dense_backends(device)["cudnn"]):
                     ms = median_ms(run.full, device)
                     out = run.full()
                     routed = run.routing()
                     routing_ms = median_ms(run.routing, device)
-                    attention_ms = median_ms(run.kernel_only(routed), device)
-                flops = run.computed_flops(routed[3])
+                    attention_ms = median_ms(routed.attend, device)
+                flops = run.computed_flops(routed.counts)
                 nk = math.ceil(shape.video_len / config.block_k)
                 records.append(
                     base | env | {
                         "method": "topk", "density": density, "block_size": list(block_size),
-                        "kept_fraction": float(routed[3].float().mean()) / nk, "ms": ms,
+                        "token_order": "forward" if pretiled else "layer",
+                        "kept_fraction": float(routed.counts.float().mean()) / nk, "ms": ms,
                         "ms_routing": routing_ms, "ms_attention": attention_ms,
                         "tflops": flops / ms / 1e9, "tflops_attention": flops / attention_ms / 1e9,
                         "speedup_vs_cudnn": cudnn_ms / ms, "rel_l1_vs_dense": rel_l1(out, reference),
@@ -375,7 +350,9 @@ def _device(name: str) -> torch.device:
 def _run_kernel(args: argparse.Namespace) -> int:
     device = _device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    records = bench_kernel(args.shapes, args.densities, tuple(args.block_size), dtype, device)
+    records = bench_kernel(
+        args.shapes, args.densities, tuple(args.block_size), dtype, device, pretiled=not args.per_layer_gather
+    )
     paths = write_results(records, Path(args.out), args.name)
     print("wrote", *paths)
     return 0
@@ -398,6 +375,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kernel.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.1, 0.05])
     kernel.add_argument("--block-size", nargs=2, type=int, default=[128, 64], metavar=("Q", "K"))
     kernel.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    kernel.add_argument(
+        "--per-layer-gather",
+        action="store_true",
+        help="time the path for tokens in raster order (K/V gathered per call) instead of the tile order "
+        "that the adapters set up once per forward",
+    )
     kernel.add_argument("--device", default="auto")
     kernel.add_argument("--out", default=str(RESULTS_DIR))
     kernel.add_argument("--name", default="kernel_h200")

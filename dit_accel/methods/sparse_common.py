@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,6 +83,78 @@ def prepare_block_sparse(call_info: dict[str, Any], block_q: int, block_k: int, 
     key_log_counts(length, block_k, device)
 
 
+@dataclass
+class RoutedAttention:
+    """A routed block-sparse call, ready for the kernel: ``(B, H, S, D)`` views plus block lists."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_rows: torch.Tensor | None
+    indices: torch.Tensor
+    counts: torch.Tensor
+    key_len: int
+    scale: float
+    block_q: int
+    block_k: int
+    extra_k: torch.Tensor | None = None
+    extra_v: torch.Tensor | None = None
+    extra_valid: torch.Tensor | None = None
+
+    def attend(self) -> torch.Tensor:
+        """Run the block-sparse kernel; ``(B, H, S, D)`` output shaped like ``self.q``."""
+        out, _ = kernels.block_sparse_attention(
+            self.q, self.k, self.v, self.indices, self.counts, self.block_q, self.block_k, self.key_len, self.scale,
+            q_rows=self.q_rows, extra_k=self.extra_k, extra_v=self.extra_v, extra_valid=self.extra_valid,
+        )  # fmt: skip
+        return out
+
+
+def route_video_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ctx: AttentionContext,
+    *,
+    block_q: int,
+    block_k: int,
+    select: Selector,
+    tile: Tile | None = None,
+) -> RoutedAttention:
+    """Pool, score and select key blocks for the video queries of a ``(B, S, H, D)`` call.
+
+    Video tokens are taken in ``tile`` order: in place when the adapter already reordered them for
+    the whole forward, otherwise through a gather of K/V (queries are gathered inside the kernel).
+    k/v may hold ``ctx.layout.appended_len`` key-only video tokens after the query sequence
+    (AlignedGen's shared reference tokens), in the same token order; they join the routed key blocks.
+    """
+    layout = ctx.layout
+    appended = k.shape[1] - q.shape[1]
+    if appended != layout.appended_len:
+        raise ValueError(f"k has {appended} tokens beyond q but the layout declares {layout.appended_len}")
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+    tile = tile or default_tile(layout.grid, block_q)
+    rows = video_rows(layout, tile, q.device)
+    if rows is None and not appended:
+        video = layout.video_slice
+        q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
+        k_mean = kernels.pool_blocks(k_video, block_k)
+    else:
+        rows = rows if rows is not None else tiled_rows(layout.video_start, layout.video_len, None, tile, q.device)
+        k_rows = torch.cat([rows, appended_rows(layout, rows, tile)]) if appended else rows
+        q_video = qh
+        k_video, v_video, k_mean = kernels.gather_blocks(kh, vh, k_rows, block_k)
+    scale = q.shape[-1] ** -0.5
+    key_len = layout.video_len + appended
+    scores = kernels.routing_scores(kernels.pool_blocks(q_video, block_q, rows), k_mean, scale)
+    indices, counts = select(scores, key_log_counts(key_len, block_k, q.device))
+    routed = RoutedAttention(q_video, k_video, v_video, rows, indices, counts, key_len, scale, block_q, block_k)
+    if layout.text_len:
+        routed.extra_k, routed.extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]
+        routed.extra_valid = layout.text_valid
+    return routed
+
+
 def block_sparse_video_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -93,44 +166,11 @@ def block_sparse_video_attention(
     select: Selector,
     tile: Tile | None = None,
 ) -> torch.Tensor:
-    """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``.
-
-    Video tokens are taken in ``tile`` order: in place when the adapter already reordered them for
-    the whole forward, otherwise through a gather of K/V (queries are gathered inside the kernel).
-    k/v may hold ``ctx.layout.appended_len`` key-only video tokens after the query sequence
-    (AlignedGen's shared reference tokens), in the same token order; they join the routed key blocks.
-    """
+    """Block-sparse attention for video queries, exact attention for text queries; ``(B, S, H, D)``."""
     layout = ctx.layout
-    appended = k.shape[1] - q.shape[1]
-    if appended != layout.appended_len:
-        raise ValueError(f"k has {appended} tokens beyond q but the layout declares {layout.appended_len}")
-    scale = q.shape[-1] ** -0.5
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-    tile = tile or default_tile(layout.grid, block_q)
-    rows = video_rows(layout, tile, q.device)
-    key_len = layout.video_len + appended
-    extra_k = extra_v = None
-    if layout.text_len:
-        extra_k, extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]
-    if rows is None and not appended:
-        video = layout.video_slice
-        q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
-        q_rows = None
-        k_mean = kernels.pool_blocks(k_video, block_k)
-    else:
-        q_rows = rows if rows is not None else tiled_rows(layout.video_start, layout.video_len, None, tile, q.device)
-        k_rows = torch.cat([q_rows, appended_rows(layout, q_rows, tile)]) if appended else q_rows
-        q_video = qh
-        k_video, v_video, k_mean = kernels.gather_blocks(kh, vh, k_rows, block_k)
-    q_mean = kernels.pool_blocks(q_video, block_q, q_rows)
-    scores = kernels.routing_scores(q_mean, k_mean, scale)
-    indices, counts = select(scores, key_log_counts(key_len, block_k, q.device))
-    out, _ = kernels.block_sparse_attention(
-        q_video, k_video, v_video, indices, counts, block_q, block_k, key_len, scale,
-        q_rows=q_rows, extra_k=extra_k, extra_v=extra_v, extra_valid=layout.text_valid,
-    )  # fmt: skip
-    out = out.transpose(1, 2)
-    if q_rows is None and not layout.video_only:
+    routed = route_video_attention(q, k, v, ctx, block_q=block_q, block_k=block_k, select=select, tile=tile)
+    out = routed.attend().transpose(1, 2)
+    if routed.q_rows is None and not layout.video_only:
         full = torch.empty_like(q)
         full[:, layout.video_slice] = out
         out = full
