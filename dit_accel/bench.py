@@ -98,6 +98,22 @@ def median_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 20
     return statistics.median(times)
 
 
+def graph_ms(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Median milliseconds of ``fn`` replayed from a CUDA graph: GPU time without Python launch cost."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay, device)
+
+
 def dense_backends(device: torch.device) -> dict[str, list]:
     """SDPA backends to compare against: cuDNN and FlashAttention-2 on CUDA, math on CPU."""
     from torch.nn.attention import SDPBackend
@@ -203,11 +219,13 @@ def bench_kernel(
 
                 with sdpa_kernel(backends):
                     ms = median_ms(lambda q=q, k=k, v=v: sdpa_bshd(q, k, v), device)
+                    ms_graph = graph_ms(lambda q=q, k=k, v=v: sdpa_bshd(q, k, v), device)
                     out = sdpa_bshd(q, k, v)
                 if reference is None:
-                    reference, cudnn_ms = out, ms
+                    reference, cudnn_ms, cudnn_graph_ms = out, ms, ms_graph
                 records.append(
-                    base | env | {"method": backend_name, "density": 1.0, "ms": ms, "tflops": dense_flops / ms / 1e9,
+                    base | env | {"method": backend_name, "density": 1.0, "ms": ms, "ms_graph": ms_graph,
+                                  "tflops": dense_flops / ms / 1e9,
                                   "speedup_vs_cudnn": cudnn_ms / ms, "rel_l1_vs_dense": rel_l1(out, reference)}
                 )  # fmt: skip
                 print(f"{name:15s} {backend_name:6s} {ms:8.3f} ms  {dense_flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
@@ -218,6 +236,7 @@ def bench_kernel(
                 run = TopKRun(shape, config, q, k, v, pretiled=pretiled)
                 with sdpa_kernel(dense_backends(device)["cudnn"]):
                     ms = median_ms(run.full, device)
+                    ms_graph = graph_ms(run.full, device)
                     out = run.full()
                     routed = run.routing()
                     routing_ms = median_ms(run.routing, device)
@@ -228,14 +247,16 @@ def bench_kernel(
                     base | env | {
                         "method": "topk", "density": density, "block_size": list(block_size),
                         "token_order": "forward" if pretiled else "layer",
-                        "kept_fraction": float(routed.counts.float().mean()) / nk, "ms": ms,
+                        "kept_fraction": float(routed.counts.float().mean()) / nk, "ms": ms, "ms_graph": ms_graph,
+                        "speedup_vs_cudnn_graph": cudnn_graph_ms / ms_graph if ms_graph else None,
                         "ms_routing": routing_ms, "ms_attention": attention_ms,
                         "tflops": flops / ms / 1e9, "tflops_attention": flops / attention_ms / 1e9,
                         "speedup_vs_cudnn": cudnn_ms / ms, "rel_l1_vs_dense": rel_l1(out, reference),
                     }
                 )  # fmt: skip
                 print(
-                    f"{name:15s} topk {density:5.3f} {ms:8.3f} ms (routing {routing_ms:.3f}, kernel {attention_ms:.3f})"
+                    f"{name:15s} topk {density:5.3f} {ms:8.3f} ms (graph {ms_graph or 0:.3f}, routing {routing_ms:.3f},"
+                    f" kernel {attention_ms:.3f})"
                     f"  x{cudnn_ms / ms:5.2f} vs cuDNN  rel-L1 {records[-1]['rel_l1_vs_dense']:.4f}",
                     flush=True,
                 )
@@ -261,10 +282,21 @@ WAN_1_3B_CONFIG = {
 }
 
 
+E2E_VARIANTS = ("eager:dense", "eager:topk", "regional:dense", "regional:topk", "full:dense", "full:topk")
+
+
 def bench_e2e(
-    density: float, latent: tuple[int, ...], num_layers: int, compile_blocks: bool, device: torch.device
+    density: float, latent: tuple[int, ...], num_layers: int, variants: list[str], device: torch.device
 ) -> list[dict[str, Any]]:
-    """Wan2.1-1.3B-size transformer forward: dense cuDNN vs ``topk``, eager and compiled."""
+    """Wan2.1-1.3B-size transformer forward: dense cuDNN vs ``topk``, eager and compiled.
+
+    ``variants`` are ``mode:method`` with mode ``eager``, ``regional`` (Diffusers'
+    ``compile_repeated_blocks``: each block compiled once, fullgraph) or ``full``
+    (``torch.compile`` of the whole transformer). The first variant must be ``eager:dense``, the
+    baseline of every speedup.
+    """
+    if not variants or variants[0] != "eager:dense":
+        raise ValueError(f"variants must start with 'eager:dense', got {variants}")
     from diffusers import WanTransformer3DModel
     from torch.nn.attention import sdpa_kernel
 
@@ -284,18 +316,29 @@ def bench_e2e(
         "encoder_hidden_states": torch.randn((1, 512, config["text_dim"]), generator=gen, device=device, dtype=dtype),
     }
 
-    def forward():
-        return model(**inputs, return_dict=False)[0]
+    runners = {"eager": model}
+
+    def runner(mode: str) -> torch.nn.Module:
+        if mode not in runners:
+            if mode == "regional":
+                model.compile_repeated_blocks(fullgraph=True)
+                runners["regional"] = model
+            else:
+                runners["full"] = torch.compile(model)
+        return runners[mode]
 
     records: list[dict[str, Any]] = []
     outputs: dict[str, torch.Tensor] = {}
     eager_dense_ms = None
-    variants = [(False, "dense"), (False, "topk")] + ([(True, "dense"), (True, "topk")] if compile_blocks else [])
     with torch.no_grad(), sdpa_kernel(dense_backends(device)["cudnn"]):
-        for compiled, method in variants:
-            if compiled and not getattr(model, "_dit_accel_compiled", False):
-                model.compile_repeated_blocks(fullgraph=True)
-                model._dit_accel_compiled = True
+        for variant in variants:
+            mode, method = variant.split(":")
+            compiled = mode != "eager"
+            module = runner(mode)
+
+            def forward(module=module):
+                return module(**inputs, return_dict=False)[0]
+
             handle = dit_accel.apply(model, "topk", density=density) if method == "topk" else None
             start = time.perf_counter()
             forward()  # compile / autotune / warm caches
@@ -308,13 +351,14 @@ def bench_e2e(
                 eager_dense_ms = ms
             record = env | {
                 "kind": "e2e", "shape": list(latent), "method": method, "density": density if method == "topk" else 1.0,
-                "compiled": compiled, "ms": ms, "speedup_vs_cudnn": eager_dense_ms / ms, "num_layers": num_layers,
+                "compiled": compiled, "compile_mode": mode, "ms": ms, "speedup_vs_cudnn": eager_dense_ms / ms,
+                "num_layers": num_layers,
                 "first_call_s": first_call_s,
                 "rel_l1_vs_dense": rel_l1(outputs[method], outputs["dense"]) if "dense" in outputs else 0.0,
             }  # fmt: skip
             records.append(record)
             print(
-                f"e2e {'compiled' if compiled else 'eager':8s} {method:5s} {ms:9.2f} ms  "
+                f"e2e {mode:8s} {method:5s} {ms:9.2f} ms  "
                 f"x{record['speedup_vs_cudnn']:.2f} vs eager dense (first call {first_call_s:.1f} s)",
                 flush=True,
             )
@@ -326,8 +370,8 @@ def write_results(records: list[dict[str, Any]], out_dir: Path, stem: str) -> tu
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(records, indent=1))
-    columns = ["kind", "shape_name", "shape", "method", "density", "compiled", "ms", "ms_routing", "ms_attention",
-               "tflops", "speedup_vs_cudnn", "rel_l1_vs_dense"]  # fmt: skip
+    columns = ["kind", "shape_name", "shape", "method", "density", "compiled", "ms", "ms_graph", "ms_routing",
+               "ms_attention", "tflops", "speedup_vs_cudnn", "speedup_vs_cudnn_graph", "rel_l1_vs_dense"]  # fmt: skip
     columns = [c for c in columns if any(c in r for r in records)]
     lines = [f"GPU: {records[0]['gpu']} · torch {records[0]['torch']} · triton {records[0]['triton']}", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -360,7 +404,7 @@ def _run_kernel(args: argparse.Namespace) -> int:
 
 def _run_e2e(args: argparse.Namespace) -> int:
     device = _device(args.device)
-    records = bench_e2e(args.density, tuple(args.latent), args.num_layers, not args.no_compile, device)
+    records = bench_e2e(args.density, tuple(args.latent), args.num_layers, args.variants, device)
     paths = write_results(records, Path(args.out), args.name)
     print("wrote", *paths)
     return 0
@@ -390,7 +434,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e2e.add_argument("--density", type=float, default=0.1)
     e2e.add_argument("--latent", nargs=5, type=int, default=[1, 16, 21, 60, 104], metavar=("B", "C", "F", "H", "W"))
     e2e.add_argument("--num-layers", type=int, default=30)
-    e2e.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    e2e.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager:dense", "eager:topk", "regional:dense", "regional:topk"],
+        choices=E2E_VARIANTS,
+        help="mode:method runs, in order; the first must be eager:dense (the baseline)",
+    )
     e2e.add_argument("--device", default="auto")
     e2e.add_argument("--out", default=str(RESULTS_DIR))
     e2e.add_argument("--name", default="e2e_h200")

@@ -13,6 +13,7 @@ Reference: :func:`dit_accel.kernels.reference.block_sparse_attention_reference`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -180,6 +181,12 @@ def _alloc_descriptor_scratch(size: int, alignment: int, stream: int | None) -> 
     return torch.empty(size, device="cuda", dtype=torch.int8)
 
 
+@functools.cache
+def _install_descriptor_allocator() -> None:
+    """Device-built TMA descriptors need global scratch memory; Triton asks this allocator for it."""
+    triton.set_allocator(_alloc_descriptor_scratch)
+
+
 def _pick_kv_mode(k: torch.Tensor, v: torch.Tensor, block_n: int, requested: int | None) -> int:
     if requested is not None:
         return requested
@@ -234,7 +241,7 @@ def block_sparse_attention_triton(
         k_desc = TensorDescriptor.from_tensor(k.view(-1, d), [block_n, d])
         v_desc = TensorDescriptor.from_tensor(v.view(-1, d), [block_n, d])
     elif kv_mode == 2:
-        triton.set_allocator(_alloc_descriptor_scratch)
+        _install_descriptor_allocator()
     indices, counts = indices.contiguous(), counts.contiguous()
     key_bias = key_bias.float().contiguous() if key_bias is not None else None
     dummy = counts
