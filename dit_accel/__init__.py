@@ -8,6 +8,7 @@ handle.remove()
 
 from __future__ import annotations
 
+from . import editing as editing  # importing registers aligned_gen
 from . import methods as methods  # importing registers the built-in methods
 from .api import AttentionHandle, apply
 from .config import MethodConfig

@@ -6,9 +6,8 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-# Modules that add a sub-command through ``register(subparsers)``; imported lazily so that
-# ``dit-accel list`` stays fast and GPU-only commands do not import Triton kernels needlessly.
-COMMAND_MODULES = ("dit_accel.bench", "dit_accel.compare")
+# Modules that add a sub-command through ``register(subparsers)``.
+COMMAND_MODULES = ("dit_accel.bench", "dit_accel.compare", "dit_accel.aligned_report")
 
 
 def _list_methods(args: argparse.Namespace) -> int:
@@ -30,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("-v", "--verbose", action="store_true", help="also print each method's options")
     listing.set_defaults(func=_list_methods)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -41,6 +41,7 @@ import dit_accel
 from dit_accel.api import apply
 from dit_accel.metrics import video_psnr, video_ssim
 from dit_accel.pipelines import find_adapter
+from dit_accel.registry import build_config
 from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 
 DEFAULT_PROMPT = "a red circle moving right on a striped blue background"
@@ -191,7 +192,8 @@ def timed_run(
     pipe: Any, call: dict[str, Any], seed: int, label: str, device: torch.device
 ) -> tuple[np.ndarray, float, float]:
     """Run the pipeline once from ``seed``; frames, total seconds, transformer seconds."""
-    pipe.set_progress_bar_config(desc=label)
+    # Label the pipeline's own progress bar, keeping whatever else was set (e.g. disable=True in a UI).
+    pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": label})
     generator = torch.Generator("cpu").manual_seed(seed)
     with transformer_timer(_transformers(pipe), device) as transformer_seconds:
         _sync(device)
@@ -228,26 +230,25 @@ def compare(
         raise ValueError(f"warmup_runs must be an int >= 0, got {warmup_runs!r}")
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
-    options = dict(options or {})
+    config = build_config(method, **(options or {}))  # bad names and options fail before any run
     call = call_arguments(pipe, prompt, num_inference_steps, height, width, num_frames, guidance_scale)
     device = torch.device(pipe._execution_device)
 
     for _ in range(warmup_runs):
         timed_run(pipe, call, seed, "warm-up dense", device)
     dense, dense_s, dense_t = timed_run(pipe, call, seed, "dense", device)
-    with apply(pipe, method, **options) as handle:
+    with apply(pipe, config):
         for _ in range(warmup_runs):
-            timed_run(pipe, call, seed, f"warm-up {method}", device)
-        accelerated, method_s, method_t = timed_run(pipe, call, seed, method, device)
-        config = dataclasses.asdict(handle.config)
+            timed_run(pipe, call, seed, f"warm-up {config.method}", device)
+        accelerated, method_s, method_t = timed_run(pipe, call, seed, config.method, device)
 
     psnr_frames, _ = video_psnr(dense, accelerated)
     ssim_frames, _ = video_ssim(dense, accelerated)
     result = ComparisonResult(
         model=model_name or str(getattr(pipe.config, "_name_or_path", "") or "in-memory pipeline"),
         pipeline=type(pipe).__name__,
-        method=handle.config.method,
-        options=config,
+        method=config.method,
+        options={name: getattr(config, name) for name in config.option_names()},
         prompt=prompt,
         seed=seed,
         call={k: v for k, v in call.items() if k not in ("prompt", "output_type")},
@@ -402,11 +403,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", dest="num_inference_steps", type=int, default=None)
+    parser.add_argument("--steps", dest="num_inference_steps", type=int, default=None, metavar="N")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--frames", dest="num_frames", type=int, default=None, help="video pipelines only")
-    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--frames", dest="num_frames", type=int, default=None, metavar="N", help="video pipelines only")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="G")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs of each first (default: 1 on GPU)")

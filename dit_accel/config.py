@@ -107,7 +107,8 @@ class MethodConfig:
 
     @classmethod
     def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The options a user may pass (fields set in ``__init__``)."""
+        return [f.name for f in dataclasses.fields(cls) if f.init]
 
     @classmethod
     def from_options(cls, **options: Any) -> MethodConfig:

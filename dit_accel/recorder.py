@@ -161,10 +161,6 @@ class RecordConfig(MethodConfig):
         ):
             raise ValueError(f"max_tokens must be None or an int >= 1, got {self.max_tokens!r}")
 
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.init]
-
 
 class RecordAttention:
     """The ``record`` op: dense attention; copies q/k/v of the selected calls into the config's store."""

@@ -62,14 +62,30 @@ class StepTracker:
         self.warmup = True
 
     def _from_scheduler(self, t: float) -> tuple[int, int] | None:
+        """Index of ``t`` in the pipeline scheduler's timesteps, and their count.
+
+        Pipelines pass the timestep as is (Wan, HunyuanVideo) or divided by the number of training
+        timesteps (FLUX), possibly rounded to bf16. Under each scaling the nearest entry counts when
+        it is closer than half the gap to its neighbours; the scaling with the smaller relative
+        distance wins.
+        """
         timesteps = getattr(self.scheduler, "timesteps", None)
         if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
             return None
-        distance = (timesteps.detach().float().cpu() - t).abs()
-        index = int(distance.argmin())
-        if float(distance[index]) > 1e-3 * max(1.0, abs(t)):
-            return None
-        return index, int(timesteps.numel())
+        table = timesteps.detach().double().cpu()
+        train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
+        best: tuple[float, int] | None = None
+        for scale in (1.0, float(train_steps or 1.0)):
+            values = table / scale
+            distance = (values - t).abs()
+            index = int(distance.argmin())
+            neighbours = values[max(0, index - 1) : index + 2]
+            gaps = (neighbours[1:] - neighbours[:-1]).abs()
+            half_gap = max(0.5 * float(gaps.min()), 1e-9) if gaps.numel() else float("inf")
+            relative = float(distance[index]) / max(abs(float(values[index])), 1e-9)
+            if float(distance[index]) <= half_gap and (best is None or relative < best[0]):
+                best = (relative, index)
+        return None if best is None else (best[1], int(table.numel()))
 
     def observe(self, timestep: Any, step_index: int | None = None, num_steps: int | None = None) -> None:
         """Record one transformer call and update :attr:`warmup`."""

@@ -121,6 +121,20 @@ class ModelAdapter:
                 )
 
 
+class DualSingleStreamAdapter(ModelAdapter):
+    """Families with dual-stream ``transformer_blocks`` then single-stream ``single_transformer_blocks``."""
+
+    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [block.attn for block in model.transformer_blocks] + [
+            block.attn for block in model.single_transformer_blocks
+        ]
+
+    @staticmethod
+    def first_block(model: torch.nn.Module) -> torch.nn.Module:
+        """The block that receives the embedded hidden states first."""
+        return model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
+
+
 def video_call_info(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> dict[str, Any]:
     """Call facts of a video transformer whose attention sequence starts with the video tokens.
 

@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from dit_accel.context import LayerBinding
 from dit_accel.layout import TokenLayout
 
-from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output
+from .base import BoundProcessor, DualSingleStreamAdapter, InfoSource, reorder_argument, reorder_output
 
 
 def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] | None:
@@ -121,14 +121,9 @@ class FluxBlockProcessor(BoundProcessor):
             return hidden_states
 
 
-class FluxAdapter(ModelAdapter):
+class FluxAdapter(DualSingleStreamAdapter):
     model_class_names = ("FluxTransformer2DModel",)
     stock_processor_names = ("FluxAttnProcessor",)
-
-    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [block.attn for block in model.transformer_blocks] + [
-            block.attn for block in model.single_transformer_blocks
-        ]
 
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         return FluxBlockProcessor(binding)
@@ -158,7 +153,7 @@ class FluxAdapter(ModelAdapter):
         )
 
     def install_reorder_hooks(self, model: torch.nn.Module, info: InfoSource) -> list[RemovableHandle]:
-        first = model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
+        first = self.first_block(model)
         return [
             model.pos_embed.register_forward_hook(reorder_output(info, dim=0, after_text=True)),
             first.register_forward_pre_hook(reorder_argument(info, dim=1, keyword="hidden_states"), with_kwargs=True),

@@ -17,8 +17,8 @@ from dit_accel.layout import TokenLayout
 
 from .base import (
     BoundProcessor,
+    DualSingleStreamAdapter,
     InfoSource,
-    ModelAdapter,
     padding_to_valid_lengths,
     reorder_argument,
     reorder_output,
@@ -137,14 +137,9 @@ class HunyuanVideoBlockProcessor(BoundProcessor):
         return hidden_states, encoder_hidden_states
 
 
-class HunyuanVideoAdapter(ModelAdapter):
+class HunyuanVideoAdapter(DualSingleStreamAdapter):
     model_class_names = ("HunyuanVideoTransformer3DModel",)
     stock_processor_names = ("HunyuanVideoAttnProcessor2_0",)
-
-    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [block.attn for block in model.transformer_blocks] + [
-            block.attn for block in model.single_transformer_blocks
-        ]
 
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         return HunyuanVideoBlockProcessor(binding)
@@ -158,7 +153,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         return model.config.image_condition_type != "token_replace"
 
     def install_reorder_hooks(self, model: torch.nn.Module, info: InfoSource) -> list[RemovableHandle]:
-        first = model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
+        first = self.first_block(model)
         return [
             model.rope.register_forward_hook(reorder_output(info, dim=0)),
             first.register_forward_pre_hook(reorder_argument(info, dim=1)),

@@ -76,9 +76,7 @@ def test_block_sparse_attention_matches_float64(batch, heads, seq_q, seq_k, dim,
         kwargs["extra_v"] = bshd(batch, extra, heads, dim, dtype, gen)
         kwargs["extra_valid"] = torch.randint(0, extra + 1, (batch,), generator=gen, dtype=torch.int32)
     out = torch.full_like(q, float("nan"))
-    got, lse = block_sparse_attention_triton(
-        q, k, v, indices, counts, out=out, config=KERNEL_CONFIGS[config], **kwargs
-    )
+    got, lse = block_sparse_attention_triton(q, k, v, indices, counts, out=out, config=KERNEL_CONFIGS[config], **kwargs)
     ref_kwargs = {
         key: (val.double() if isinstance(val, torch.Tensor) and val.is_floating_point() else val)
         for key, val in kwargs.items()

@@ -128,3 +128,22 @@ def test_block_sparse_core_rejects_undeclared_appended_keys():
     k = torch.cat([captured["k"], captured["k"][:, :5]], dim=1)
     with pytest.raises(ValueError, match="beyond q but the layout declares 0"):
         block_sparse_video_attention(captured["q"], k, k, captured["ctx"], block_q=16, block_k=16, select=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scheduler_lookup_handles_scaled_and_rounded_timesteps(dtype):
+    """FLUX passes t / num_train_timesteps, in the model dtype; Wan passes t itself."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dit_accel.config import MethodConfig
+    from dit_accel.steps import StepTracker
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(28)
+    tracker = StepTracker(MethodConfig(dense_steps=0.25), scheduler=scheduler)
+    for index, t in enumerate(scheduler.timesteps):
+        tracker.observe((t / 1000).to(dtype))
+        assert (tracker.step_index, tracker.num_steps) == (index, 28)
+        assert tracker.warmup == (index < 7)
+        tracker.observe(t.to(dtype))
+        assert tracker.step_index == index

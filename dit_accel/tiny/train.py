@@ -1,0 +1,526 @@
+"""Train the tiny Wan text-to-video model from scratch on procedural videos, inside a time budget.
+
+    python -m dit_accel.tiny.train --out assets/tiny-wan-t2v --minutes 9               # one H200
+    python -m dit_accel.tiny.train --out /tmp/toy --minutes 0.5 --device cpu --tiny     # CPU smoke run
+
+Stage 1 trains the VAE to reconstruct short clips (L1 + a light L2 on the latents). Its per-channel
+latent mean and std are then measured on native-size videos and written into the VAE config, where
+``WanPipeline`` reads them; its reconstruction PSNR on those videos is logged. Stage 2 trains the
+transformer and the text encoder with the rectified-flow objective on normalised VAE latents of
+freshly rendered videos at three sizes (native, and two smaller ones so the model also samples well
+at CPU-test sizes), with 10% empty captions for classifier-free guidance and an EMA of the weights.
+Videos are rendered on the training device, so no data workers are needed.
+
+Time is measured from process start (imports included); the budget is split VAE 30%, transformer
+the rest, less a reserve for saving and a short evaluation. Half-way through stage 2 the EMA weights
+are saved, so a run cut short still leaves a model. The saved pipeline is bf16 (the modules the
+model classes keep in fp32 stay fp32), in shards under 16 MB, beside ``generation_defaults.json``
+(native call arguments) and ``train_record.json`` (recipe, losses, throughput, VAE PSNR, and the
+colour/motion accuracy of the evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, WanPipeline
+
+from . import GENERATION_DEFAULTS_FILE
+from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
+from .data import check_video, render_batch, sample_caption
+from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
+
+# The VAE is trained as a deterministic autoencoder (the posterior mean, which is what the pipeline
+# decodes and image-to-video encodes): sampling its untrained variance buries the signal in noise and
+# slows the first minutes badly. A light L2 keeps the latents' scale in check.
+LATENT_WEIGHT = 1e-4
+CAPTION_DROPOUT = 0.1
+EMA_DECAY = 0.998
+MAX_SHARD_SIZE = "15MB"
+TIMESTEP_SCALE = 1000.0  # the schedulers' num_train_timesteps: timestep = 1000 * sigma
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One training video size, its batch size and how often it is drawn."""
+
+    num_frames: int
+    height: int
+    width: int
+    batch: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about a run that depends on its scale (full model on a GPU, or toy on a CPU)."""
+
+    spec: TinyWanSpec
+    vae_frames: int
+    vae_crop: int
+    vae_render_sizes: tuple[int, ...]
+    vae_batch: int
+    vae_lr: float
+    buckets: tuple[Bucket, ...]
+    lr: float
+    warmup_steps: int
+    stats_batches: int
+    eval_prompts: int
+    vae_share: float = 0.3
+    reserve_seconds: float = 35.0
+
+
+FULL_PLAN = Plan(
+    spec=FULL,
+    vae_frames=9,
+    vae_crop=96,
+    vae_render_sizes=(128, 192, 256, 384),
+    vae_batch=16,
+    vae_lr=4e-4,
+    buckets=(Bucket(33, 384, 384, 32, 0.6), Bucket(17, 256, 256, 128, 0.25), Bucket(17, 128, 128, 384, 0.15)),
+    lr=4e-4,
+    warmup_steps=150,
+    stats_batches=8,
+    eval_prompts=32,
+)
+TOY_PLAN = Plan(
+    spec=TOY,
+    vae_frames=5,
+    vae_crop=32,
+    vae_render_sizes=(32, 48, 64),
+    vae_batch=2,
+    vae_lr=1e-3,
+    buckets=(Bucket(9, 64, 64, 2, 0.5), Bucket(5, 32, 32, 4, 0.5)),
+    lr=1e-3,
+    warmup_steps=5,
+    stats_batches=2,
+    eval_prompts=2,
+    reserve_seconds=9.0,
+)
+
+
+def process_age_seconds() -> float:
+    """Seconds since this process started (imports included), or 0 where /proc is missing."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@dataclass
+class Schedule:
+    """Deadlines of the stages, as ``time.monotonic()`` values."""
+
+    vae_end: float
+    checkpoint_at: float
+    train_end: float
+    end: float
+
+    @classmethod
+    def from_budget(cls, minutes: float, plan: Plan, spent: float = 0.0) -> Schedule:
+        """Split ``minutes`` of which ``spent`` seconds are already gone (process start-up)."""
+        now = time.monotonic()
+        total = minutes * 60.0 - spent
+        reserve = max(plan.reserve_seconds, 0.05 * total)
+        if total <= reserve:
+            raise ValueError(f"--minutes {minutes} leaves no time to train (need more than {reserve / 60:.2f} min)")
+        vae_end = now + plan.vae_share * (total - reserve)
+        train_end = now + total - reserve
+        return cls(vae_end, (vae_end + train_end) / 2, train_end, now + total)
+
+
+class Progress:
+    """Unbuffered loss logging every ``every`` steps, with throughput.
+
+    Losses stay on the device between log lines, so logging costs one synchronisation per line, not
+    one per step: with the non-blocking copies of the batch's scene numbers and token ids, the host
+    prepares the next step while the GPU runs this one.
+    """
+
+    def __init__(self, stage: str, every: int, until: float) -> None:
+        self.stage, self.every, self.until = stage, every, until
+        self.start = time.monotonic()
+        self.pending: list[torch.Tensor] = []
+        self.history: list[dict[str, float]] = []
+        self.samples = 0
+
+    def log(self, step: int, loss: torch.Tensor, lr: float, samples: int) -> None:
+        self.pending.append(loss.detach())
+        self.samples += samples
+        if step % self.every == 0:
+            self.flush(step, lr)
+
+    def flush(self, step: int, lr: float) -> None:
+        if not self.pending:
+            return
+        now = time.monotonic()
+        mean = float(torch.stack(self.pending).float().mean())
+        self.pending.clear()
+        self.history.append({"step": step, "loss": round(mean, 5), "seconds": round(now - self.start, 1)})
+        print(
+            f"[{self.stage}] step {step:6d}  loss {mean:.4f}  lr {lr:.2e}  "
+            f"{self.samples / (now - self.start):7.1f} samples/s  {self.until - now:6.0f} s left",
+            flush=True,
+        )
+
+    def summary(self, step: int, lr: float) -> dict[str, Any]:
+        self.flush(step, lr)
+        seconds = time.monotonic() - self.start
+        return {
+            "steps": step,
+            "seconds": round(seconds, 1),
+            "samples_per_second": round(self.samples / max(seconds, 1e-9), 2),
+            "final_loss": self.history[-1]["loss"] if self.history else None,
+            "history": self.history,
+        }
+
+
+def learning_rate(base: float, step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over steps, then cosine decay to 10% over the stage's time."""
+    cosine = 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return base * min(1.0, (step + 1) / warmup) * cosine
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """Backward, clip the gradient norm at 1, step at ``lr``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on GPUs; plain fp32 on CPUs, where bf16 is slower."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def random_videos(rng: np.random.Generator, count: int, num_frames: int, height: int, width: int, device: torch.device):
+    """``count`` random captions and their rendered ``(B, 3, F, H, W)`` videos in [-1, 1]."""
+    captions = [sample_caption(rng) for _ in range(count)]
+    seeds = rng.integers(0, 2**31 - 1, size=count).tolist()
+    return captions, render_batch(captions, seeds, num_frames, height, width, device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: the VAE.
+
+
+def vae_batch(plan: Plan, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+    """Clips rendered at a random size and cropped, so the VAE sees objects at every scale."""
+    size = int(rng.choice(plan.vae_render_sizes))
+    _, videos = random_videos(rng, plan.vae_batch, plan.vae_frames, size, size, device)
+    top, left = (int(v) for v in rng.integers(0, size - plan.vae_crop + 1, size=2))
+    return videos[..., top : top + plan.vae_crop, left : left + plan.vae_crop]
+
+
+def train_vae(
+    vae: AutoencoderKLWan, plan: Plan, until: float, rng: np.random.Generator, device: torch.device, log_every: int
+) -> dict[str, Any]:
+    vae.train()
+    optimizer = make_optimizer(vae.parameters(), plan.vae_lr)
+    progress = Progress("vae", log_every, until)
+    start, step, lr = time.monotonic(), 0, plan.vae_lr
+    while time.monotonic() < until:
+        x = vae_batch(plan, rng, device)
+        with autocast(device):
+            latents = vae.encode(x).latent_dist.mode()
+            reconstruction = vae.decode(latents).sample
+        loss = (reconstruction.float() - x).abs().mean() + LATENT_WEIGHT * latents.float().pow(2).mean()
+        lr = learning_rate(plan.vae_lr, step, plan.warmup_steps, (time.monotonic() - start) / (until - start))
+        optimizer_step(optimizer, loss, lr)
+        step += 1
+        progress.log(step, loss, lr, x.shape[0])
+    vae.eval().requires_grad_(False)
+    return progress.summary(step, lr)
+
+
+@torch.no_grad()
+def measure_vae(vae: AutoencoderKLWan, plan: Plan, rng: np.random.Generator, device: torch.device):
+    """Per-channel mean and std of the latents of native-size videos, and the reconstruction PSNR (dB)
+    of the first batch of them, the number that says whether stage 1 had enough time."""
+    native = plan.buckets[0]
+    latents, psnr = [], float("nan")
+    for index in range(plan.stats_batches):
+        count = max(1, native.batch // 4)
+        _, videos = random_videos(rng, count, native.num_frames, native.height, native.width, device)
+        with autocast(device):
+            z = vae.encode(videos).latent_dist.mode()
+            if index == 0:
+                error = (vae.decode(z).sample.float() - videos).pow(2).flatten(1).mean(dim=1)
+                psnr = float((10 * torch.log10(4.0 / error)).mean())  # values span 2: [-1, 1]
+        latents.append(z.float().transpose(0, 1).flatten(1))
+    stacked = torch.cat(latents, dim=1)
+    return stacked.mean(dim=1), stacked.std(dim=1), psnr
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: transformer and text encoder.
+
+
+@dataclass
+class Denoiser:
+    """The trained parts of stage 2, their EMA copies, and the frozen VAE with its latent statistics."""
+
+    pipe: WanPipeline
+    latents_mean: torch.Tensor
+    latents_std: torch.Tensor
+    ema: list[torch.nn.Module] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ema = [copy.deepcopy(m).requires_grad_(False) for m in self.trained]
+
+    @property
+    def trained(self) -> list[torch.nn.Module]:
+        return [self.pipe.transformer, self.pipe.text_encoder]
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        for ema, model in zip(self.ema, self.trained, strict=True):
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+
+    @torch.no_grad()
+    def latents(self, videos: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with autocast(device):
+            z = self.pipe.vae.encode(videos).latent_dist.mode().float()
+        shape = (1, -1, 1, 1, 1)
+        return (z - self.latents_mean.view(shape)) / self.latents_std.view(shape)
+
+
+def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified flow: the noisy input ``(1 - s) x0 + s noise`` and the velocity target ``noise - x0``.
+
+    The transformer sees the timestep ``TIMESTEP_SCALE * s``, as the pipeline's scheduler passes it.
+    """
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    return (1.0 - s) * x0 + s * noise, noise - x0
+
+
+def sample_sigmas(count: int, shift: float, device: torch.device) -> torch.Tensor:
+    """Logit-normal noise levels, shifted as the sampler's ``flow_shift`` shifts its schedule."""
+    u = torch.sigmoid(torch.randn(count, device=device))
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def denoiser_loss(
+    denoiser: Denoiser, plan: Plan, bucket: Bucket, rng: np.random.Generator, device: torch.device
+) -> torch.Tensor:
+    """Rectified-flow loss on one batch: predict ``noise - x0`` from ``(1 - s) x0 + s noise``."""
+    pipe = denoiser.pipe
+    captions, videos = random_videos(rng, bucket.batch, bucket.num_frames, bucket.height, bucket.width, device)
+    prompts = ["" if rng.random() < CAPTION_DROPOUT else c.text for c in captions]
+    x0 = denoiser.latents(videos, device)
+    sigma = sample_sigmas(x0.shape[0], plan.spec.flow_shift, device)
+    noisy, target = flow_pair(x0, torch.randn_like(x0), sigma)
+    text_length = int(rng.integers(CAPTION_TOKENS, PIPELINE_TEXT_LENGTH + 1))
+    with autocast(device):
+        text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=text_length)
+        prediction = pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(prediction.float(), target)
+
+
+def train_denoiser(
+    denoiser: Denoiser,
+    plan: Plan,
+    schedule: Schedule,
+    rng: np.random.Generator,
+    device: torch.device,
+    log_every: int,
+    checkpoint: Any,
+) -> dict[str, Any]:
+    for model in denoiser.trained:
+        model.train().requires_grad_(True)
+    optimizer = make_optimizer([p for m in denoiser.trained for p in m.parameters()], plan.lr)
+    progress = Progress("transformer", log_every, schedule.train_end)
+    weights = np.array([b.weight for b in plan.buckets]) / sum(b.weight for b in plan.buckets)
+    start, step, lr, saved = time.monotonic(), 0, plan.lr, False
+    while time.monotonic() < schedule.train_end:
+        bucket = plan.buckets[int(rng.choice(len(plan.buckets), p=weights))]
+        loss = denoiser_loss(denoiser, plan, bucket, rng, device)
+        lr = learning_rate(plan.lr, step, plan.warmup_steps, (time.monotonic() - start) / (schedule.train_end - start))
+        optimizer_step(optimizer, loss, lr)
+        denoiser.update_ema(step)
+        step += 1
+        progress.log(step, loss, lr, bucket.batch)
+        if not saved and time.monotonic() >= schedule.checkpoint_at:
+            checkpoint(progress.summary(step, lr))
+            saved = True
+    return progress.summary(step, lr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving and evaluation.
+
+
+def storage_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A ``dtype`` copy of a model; the modules its class keeps in fp32 (Wan's time embedding and norms) stay fp32."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    copied = copy.deepcopy(model).eval()
+    torch.nn.Module.to(copied, dtype)  # the plain cast; Diffusers' own .to() warns about the fp32 modules
+    for name, module in copied.named_modules():
+        if keep.intersection(name.split(".")):
+            module.float()
+    return copied
+
+
+def export_pipeline(denoiser: Denoiser, spec: TinyWanSpec, dtype: torch.dtype = torch.bfloat16) -> WanPipeline:
+    """The pipeline to ship: EMA transformer and text encoder, trained VAE, in ``dtype``."""
+    ema_transformer, ema_text_encoder = (storage_copy(m, dtype) for m in denoiser.ema)
+    vae = storage_copy(denoiser.pipe.vae, dtype)
+    return assemble_pipeline(ema_transformer, vae, ema_text_encoder, spec)
+
+
+def portable_tokenizer_class(directory: Path) -> None:
+    """Name the tokenizer ``PreTrainedTokenizerFast``, which transformers 4 and 5 both load."""
+    index_path = directory / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    config_path = directory / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_pipeline(pipe: WanPipeline, spec: TinyWanSpec, out: Path, record: dict[str, Any]) -> None:
+    """Write the pipeline, its call defaults and the training record to ``out`` (replacing it whole)."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
+    portable_tokenizer_class(staging)
+    (staging / GENERATION_DEFAULTS_FILE).write_text(json.dumps(spec.call_defaults(), indent=2) + "\n")
+    write_record(staging, record)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    sizes = [p.stat().st_size for p in out.rglob("*") if p.is_file()]
+    print(f"saved {out}: {sum(sizes) / 2**20:.1f} MiB in {len(sizes)} files, largest {max(sizes) / 2**20:.1f} MiB")
+
+
+def write_record(directory: Path, record: dict[str, Any]) -> None:
+    (directory / "train_record.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def evaluation_captions(count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [sample_caption(rng).text for _ in range(count)]
+
+
+@torch.no_grad()
+def evaluate(pipe: WanPipeline, spec: TinyWanSpec, count: int, until: float, seed: int = 1234) -> dict[str, Any]:
+    """Colour and motion accuracy of generated native-size videos (see ``data.check_video``)."""
+    pipe.set_progress_bar_config(disable=True)
+    prompts = evaluation_captions(count, seed)
+    checks, batch, last = [], 8, 0.0
+    for first in range(0, count, batch):
+        started = time.monotonic()
+        if started + last >= until:  # the next batch would not end in time
+            break
+        chunk = prompts[first : first + batch]
+        generator = torch.Generator("cpu").manual_seed(seed + first)
+        frames = pipe(chunk, generator=generator, output_type="np", **spec.call_defaults()).frames
+        checks += [check_video(p, f) for p, f in zip(chunk, frames, strict=True)]
+        last = time.monotonic() - started
+    if not checks:
+        return {"videos": 0}
+    return {
+        "videos": len(checks),
+        "colour_accuracy": sum(c["colour"] for c in checks) / len(checks),
+        "motion_accuracy": sum(c["motion"] for c in checks) / len(checks),
+        **spec.call_defaults(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dit_accel.tiny.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the pipeline to (replaced)")
+    parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the whole run")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    parser.add_argument("--tiny", action="store_true", help="toy-sized model and data, for a CPU smoke run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=None, help="log every N steps (default 50, toy 5)")
+    parser.add_argument("--vae-share", type=float, default=None, help="fraction of the training time for the VAE")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
+    if args.log_every is not None and args.log_every < 1:
+        parser.error(f"--log-every must be >= 1, got {args.log_every}")
+    if args.vae_share is not None and not 0.0 < args.vae_share < 1.0:
+        parser.error(f"--vae-share must be in (0, 1), got {args.vae_share}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
+    """Train and save; ``spent`` seconds of the budget are already used (the script passes its start-up)."""
+    args = parse_args(argv)
+    plan = TOY_PLAN if args.tiny else FULL_PLAN
+    if args.vae_share is not None:
+        plan = replace(plan, vae_share=args.vae_share)
+    log_every = args.log_every or (5 if args.tiny else 50)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was given but CUDA is not available; use --device cpu")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    schedule = Schedule.from_budget(args.minutes, plan, spent)
+    rng = np.random.default_rng(args.seed)
+    pipe = build_pipeline(plan.spec, seed=args.seed).to(device)
+    record: dict[str, Any] = {
+        "spec": asdict(plan.spec),
+        "plan": {k: v for k, v in asdict(plan).items() if k != "spec"},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    print(f"training on {record['device']} for {args.minutes} min; writing {args.out}", flush=True)
+
+    record["vae"] = train_vae(pipe.vae, plan, schedule.vae_end, rng, device, log_every)
+    mean, std, psnr = measure_vae(pipe.vae, plan, rng, device)
+    pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    record["vae"]["reconstruction_psnr"] = psnr
+    print(f"VAE reconstruction of native videos: {psnr:.2f} dB PSNR", flush=True)
+    print(f"latent mean {[round(v, 3) for v in mean.tolist()]}\nlatent std {[round(v, 3) for v in std.tolist()]}")
+
+    denoiser = Denoiser(pipe, mean, std)
+
+    def checkpoint(summary: dict[str, Any]) -> None:
+        save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, {**record, "transformer": summary})
+
+    record["transformer"] = train_denoiser(denoiser, plan, schedule, rng, device, log_every, checkpoint)
+    save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, record)
+    # Evaluate the saved bf16 weights on GPUs; on CPUs, where bf16 is slow, their fp32 originals.
+    final = export_pipeline(denoiser, plan.spec, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    record["evaluation"] = evaluate(final, plan.spec, plan.eval_prompts, schedule.end - 3.0)
+    print(f"evaluation: {record['evaluation']}", flush=True)
+    write_record(args.out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(spent=process_age_seconds()))

@@ -1,0 +1,128 @@
+"""The tiny Wan model: its size budget, the training script end to end (toy scale), and the trained
+weights in ``assets/tiny-wan-t2v`` (skipped until they exist): do its videos show their prompts?"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanPipeline, WanTransformer3DModel
+from safetensors import safe_open
+from transformers import UMT5EncoderModel
+
+from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
+from dit_accel.tiny.build import FULL, TOY, build_pipeline, video_tokens
+from dit_accel.tiny.data import check_video, parse_caption, render_batch
+from dit_accel.tiny.text import encode_prompts
+from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, flow_pair
+from dit_accel.tiny.train import main as train_main
+
+MiB = 2**20
+# The shipped model must stay small: its parts in bf16, each file under the 16 MB hub-free limit.
+MAX_TOTAL_BYTES, MAX_FILE_BYTES = 40 * MiB, 16 * MiB
+# "Most samples": at CPU-test size and step count, at least these fractions must show the prompt.
+MIN_COLOUR_ACCURACY, MIN_MOTION_ACCURACY = 0.75, 0.6
+PROMPTS = [
+    "a red circle moving right on a plain gray background",
+    "a blue square moving left on a striped white background",
+    "a yellow star moving up on a checkered purple background",
+    "a green triangle moving down on a dotted black background",
+    "a cyan ring moving left on a plain red background",
+    "an orange diamond moving right on a striped blue background",
+    "a pink circle growing on a plain green background",
+    "a purple square shrinking on a checkered gray background",
+]
+
+
+def assert_shippable(directory: Path) -> None:
+    """Sizes within budget; weights bf16/fp16 except those the model classes keep in fp32 (time embedding, norms)."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_TOTAL_BYTES
+    assert all(p.stat().st_size < MAX_FILE_BYTES for p in files)
+    keep_fp32 = {*WanTransformer3DModel._keep_in_fp32_modules, *UMT5EncoderModel._keep_in_fp32_modules}
+    for path in sorted(directory.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                dtype = f.get_slice(name).get_dtype()
+                assert dtype in ("BF16", "F16") or keep_fp32.intersection(name.split(".")), (path, name, dtype)
+
+
+def test_full_size_meets_the_budget() -> None:
+    """Native size gives enough tokens for block sparsity; the weights fit in 40 MB as bf16."""
+    assert video_tokens(FULL.num_frames, FULL.height, FULL.width) >= 4096
+    pipe = build_pipeline(FULL)
+    params = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+    assert 2 * params <= MAX_TOTAL_BYTES
+    assert pipe.transformer.config.attention_head_dim in (64, 128)
+
+
+def test_training_embeddings_match_the_pipeline() -> None:
+    pipe = build_pipeline(TOY)
+    prompts = [PROMPTS[0], ""]
+    expected, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=300)
+    torch.testing.assert_close(encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=300), expected)
+
+
+def test_training_objective_matches_the_sampler() -> None:
+    """A transformer that predicts the training target for one known video exactly must make the
+    pipeline (scheduler, timesteps, latent normalisation, VAE) produce that video's reconstruction."""
+    pipe = build_pipeline(TOY)
+    pipe.set_progress_bar_config(disable=True)
+    videos = render_batch([parse_caption(PROMPTS[0])], [0], 9, 64, 64, torch.device("cpu"))
+    with torch.no_grad():
+        z = pipe.vae.encode(videos).latent_dist.mode()
+        expected = (pipe.vae.decode(z).sample[0].permute(1, 2, 3, 0) + 1) / 2
+    mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4))
+    pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    x0 = Denoiser(pipe, mean, std).latents(videos, torch.device("cpu"))
+
+    def oracle(hidden_states: torch.Tensor, timestep: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
+        sigma = timestep.float() / TIMESTEP_SCALE
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noise = (hidden_states - (1 - s) * x0) / s  # the noise that puts hidden_states on x0's path
+        return (flow_pair(x0, noise, sigma)[1],)
+
+    pipe.transformer.forward = oracle
+    call = {"prompt": PROMPTS[0], "num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 6}
+    latents = pipe(**call, guidance_scale=1.0, output_type="latent").frames
+    torch.testing.assert_close(latents, x0, atol=2e-2, rtol=0)
+    frames = pipe(**call, guidance_scale=1.0, output_type="pt").frames[0]
+    torch.testing.assert_close(frames.permute(0, 2, 3, 1), expected.clamp(0, 1), atol=2e-2, rtol=0)
+
+
+def test_toy_training_writes_a_loadable_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    started = time.monotonic()
+    assert train_main(["--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny", "--log-every", "2"]) == 0
+    assert time.monotonic() - started < 0.3 * 60 + 15  # the budget holds, give or take one step on a busy CPU
+    assert_shippable(out)
+    record = json.loads((out / "train_record.json").read_text())
+    for stage in ("vae", "transformer"):
+        assert record[stage]["steps"] > 0 and 0 < record[stage]["final_loss"] < 10
+    assert json.loads((out / GENERATION_DEFAULTS_FILE).read_text()) == TOY.call_defaults()
+
+    pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
+    std = pipe.vae.config.latents_std
+    assert len(std) == TOY.z_dim and std != [1.0] * TOY.z_dim
+    frames = pipe(PROMPTS[0], num_inference_steps=2, height=32, width=32, num_frames=5, output_type="np").frames
+    assert frames.shape == (1, 5, 32, 32, 3)
+
+
+@pytest.mark.skipif(not TINY_MODEL_DIR.is_dir(), reason=f"no trained model in {TINY_MODEL_DIR} yet")
+def test_trained_model_shows_its_prompts() -> None:
+    assert_shippable(TINY_MODEL_DIR)
+    pipe = WanPipeline.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    videos = pipe(
+        PROMPTS, num_frames=17, height=128, width=128, num_inference_steps=12, generator=generator, output_type="np"
+    ).frames
+    checks = [check_video(p, v) for p, v in zip(PROMPTS, videos, strict=True)]
+    colour = sum(c["colour"] for c in checks) / len(checks)
+    motion = sum(c["motion"] for c in checks) / len(checks)
+    print(f"tiny model at 17x128x128, 12 steps: colour {colour:.2f}, motion {motion:.2f}")
+    assert colour >= MIN_COLOUR_ACCURACY, checks
+    assert motion >= MIN_MOTION_ACCURACY, checks
