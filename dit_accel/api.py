@@ -138,8 +138,6 @@ def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionH
     models = _transformers_of(target)
     tracker = StepTracker(config, scheduler=getattr(target, "scheduler", None))
     op = spec_for(config).make_op(config)
-    if hasattr(op, "prepare"):
-        tracker.prepare_callbacks.append(op.prepare)
     installed: list[_Installed] = []
     handle = AttentionHandle(config, tracker, installed)
     try:

@@ -50,9 +50,14 @@ class StepTrackingHook(ModelHook):
         info = self.adapter.capture(module, arguments)
         wanted = getattr(self.op, "token_tile", None)
         tile = wanted(info) if wanted is not None and self.adapter.can_reorder(module, arguments) else None
-        if tile is not None and info.get("grid") is not None:
+        if tile is not None:
             info |= token_order_info(info["grid"], tile, info["video_start"], info["device"])
-        self.tracker.set_call_info(info)
+        self.tracker.call_info = info
+        # Outside any compiled region: ops fill their caches here (tile orders, block sizes), so
+        # the traced attention code only ever sees cache hits.
+        prepare = getattr(self.op, "prepare", None)
+        if prepare is not None:
+            prepare(info)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.tracker.reset()

@@ -14,7 +14,6 @@ each processor instead of recompiling for every step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,17 +40,6 @@ class StepTracker:
         self.calls = 0
         self._last_timestep: float | None = None
         self.call_info: dict[str, Any] = {}
-        self.prepare_callbacks: list[Callable[[dict[str, Any]], None]] = []
-
-    def set_call_info(self, info: dict[str, Any]) -> None:
-        """Store what the adapter read off this transformer call and let ops precompute from it.
-
-        Runs outside any compiled region, so ops can fill their caches here (tile orders, block
-        sizes) and the traced attention code only ever sees cache hits.
-        """
-        self.call_info = info
-        for prepare in self.prepare_callbacks:
-            prepare(info)
 
     def reset(self) -> None:
         """Forget the current denoising run (the next call starts at step 0)."""

@@ -239,7 +239,7 @@ class AlignedGenAttention:
         return wanted(call_info) if wanted is not None else None
 
     def prepare(self, call_info: dict[str, Any]) -> None:
-        """Let the inner op precompute from the call's facts (``StepTracker.set_call_info``)."""
+        """Let the inner op precompute from the call's facts (called by the step-tracking hook)."""
         prepare = getattr(self.inner, "prepare", None)
         if prepare is not None:
             prepare(call_info)

@@ -137,3 +137,20 @@ def test_forward_level_token_reorder_equals_per_layer_gather(family, monkeypatch
     torch.testing.assert_close(reordered, gathered, rtol=1e-5, atol=1e-5)
     hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
     assert hooked == []
+
+
+def test_token_reorder_refuses_a_mismatched_order():
+    """A permutation that does not fit the tensor is an error, never a silent skip."""
+    from dit_accel.config import MethodConfig
+    from dit_accel.pipelines.base import reorder_argument
+    from dit_accel.steps import StepTracker
+
+    tracker = StepTracker(MethodConfig())
+    hook = reorder_argument(tracker, dim=1)
+    x = torch.randn(1, 5, 3)
+    assert hook(None, (x,))[0] is x  # no reorder for this call: untouched
+    tracker.call_info = {"token_order": torch.tensor([2, 0, 1, 3, 4])}
+    assert torch.equal(hook(None, (x,))[0], x[:, [2, 0, 1, 3, 4]])
+    tracker.call_info = {"token_order": torch.arange(4)}
+    with pytest.raises(RuntimeError, match="5 tokens on dim 1, but the call has 4"):
+        hook(None, (x,))

@@ -58,11 +58,16 @@ def key_log_counts(length: int, block: int, device: torch.device) -> torch.Tenso
     return _LOG_COUNT_CACHE[key]
 
 
-def video_rows(layout: TokenLayout, tile: Tile, device: torch.device) -> torch.Tensor | None:
-    """Sequence rows of the video tokens in ``tile`` order; None when they already are, contiguously."""
-    if layout.token_tile == tile and layout.grid is not None:
+def video_rows(
+    video_start: int, video_len: int, grid: Tile | None, token_tile: Tile | None, tile: Tile, device: torch.device
+) -> torch.Tensor | None:
+    """Sequence rows of the video tokens in ``tile`` order; None when they already are, contiguously.
+
+    ``token_tile`` is the order the tokens are in now (the adapter's once-per-forward reorder).
+    """
+    if token_tile == tile and grid is not None:
         return None
-    return tiled_rows(layout.video_start, layout.video_len, layout.grid, tile, device, layout.token_tile)
+    return tiled_rows(video_start, video_len, grid, tile, device, token_tile)
 
 
 def appended_rows(layout: TokenLayout, q_rows: torch.Tensor, tile: Tile) -> torch.Tensor:
@@ -78,8 +83,7 @@ def prepare_block_sparse(call_info: dict[str, Any], block_q: int, block_k: int, 
         return
     grid, device, length = call_info.get("grid"), call_info["device"], call_info["video_len"]
     tile = tile or default_tile(grid, block_q)
-    if call_info.get("token_tile") != tile or grid is None:
-        tiled_rows(call_info["video_start"], length, grid, tile, device, call_info.get("token_tile"))
+    video_rows(call_info["video_start"], length, grid, call_info.get("token_tile"), tile, device)
     key_log_counts(length, block_k, device)
 
 
@@ -134,7 +138,7 @@ def route_video_attention(
         raise ValueError(f"k has {appended} tokens beyond q but the layout declares {layout.appended_len}")
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
     tile = tile or default_tile(layout.grid, block_q)
-    rows = video_rows(layout, tile, q.device)
+    rows = video_rows(layout.video_start, layout.video_len, layout.grid, layout.token_tile, tile, q.device)
     if rows is None and not appended:
         video = layout.video_slice
         q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
