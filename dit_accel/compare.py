@@ -350,7 +350,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
     if model == str(TINY_MODEL_DIR) and not TINY_MODEL_DIR.is_dir():
         raise FileNotFoundError(
             f"the tiny model is not in {TINY_MODEL_DIR} yet: train it with "
-            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 9' or pass --model"
+            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 19' or pass --model"
         )
     return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
 

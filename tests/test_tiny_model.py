@@ -3,6 +3,7 @@ weights in ``assets/tiny-wan-t2v`` (skipped until they exist): do its videos sho
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -14,10 +15,10 @@ from safetensors import safe_open
 from transformers import UMT5EncoderModel
 
 from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
-from dit_accel.tiny.build import FULL, TOY, build_pipeline, video_tokens
+from dit_accel.tiny.build import FULL, TOY, TinyWanSpec, build_pipeline
 from dit_accel.tiny.data import check_video, parse_caption, render_batch
 from dit_accel.tiny.text import encode_prompts
-from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, flow_pair
+from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, compile_for_training, flow_pair
 from dit_accel.tiny.train import main as train_main
 
 MiB = 2**20
@@ -52,11 +53,29 @@ def assert_shippable(directory: Path) -> None:
 
 def test_full_size_meets_the_budget() -> None:
     """Native size gives enough tokens for block sparsity; the weights fit in 40 MB as bf16."""
-    assert video_tokens(FULL.num_frames, FULL.height, FULL.width) >= 4096
+    assert FULL.video_tokens(FULL.num_frames, FULL.height, FULL.width) >= 4096
     pipe = build_pipeline(FULL)
     params = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
     assert 2 * params <= MAX_TOTAL_BYTES
     assert pipe.transformer.config.attention_head_dim in (64, 128)
+
+
+@pytest.mark.parametrize("spec", [FULL, TOY], ids=["full", "toy"])
+def test_token_count_matches_the_models(spec: TinyWanSpec) -> None:
+    """The spec's compression factors are the VAE's and the pipeline's: count tokens after a real encode."""
+    pipe = build_pipeline(spec)
+    num_frames, height, width = 5, 2 * spec.spatial_factor, 4 * spec.spatial_factor
+    factors = (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)
+    assert factors == (spec.spatial_factor, spec.temporal_factor)
+    with torch.no_grad():
+        z = pipe.vae.encode(torch.zeros(1, 3, num_frames, height, width)).latent_dist.mode()
+    patches = [n // p for n, p in zip(z.shape[2:], pipe.transformer.config.patch_size, strict=True)]
+    assert patches[0] * patches[1] * patches[2] == spec.video_tokens(num_frames, height, width) > 0
+
+
+def test_spec_rejects_mismatched_vae_stages() -> None:
+    with pytest.raises(ValueError, match="one entry per down-sampling stage"):
+        TinyWanSpec(**{**TOY.__dict__, "vae_temporal_downsample": (True, True)})
 
 
 def test_training_embeddings_match_the_pipeline() -> None:
@@ -93,22 +112,67 @@ def test_training_objective_matches_the_sampler() -> None:
     torch.testing.assert_close(frames.permute(0, 2, 3, 1), expected.clamp(0, 1), atol=2e-2, rtol=0)
 
 
-def test_toy_training_writes_a_loadable_pipeline(tmp_path: Path) -> None:
-    out = tmp_path / "toy"
+def train_toy(out: Path, *extra: str) -> None:
     started = time.monotonic()
-    assert train_main(["--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny", "--log-every", "2"]) == 0
+    args = ["--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny", "--log-every", "2", *extra]
+    assert train_main(args) == 0
     assert time.monotonic() - started < 0.3 * 60 + 15  # the budget holds, give or take one step on a busy CPU
-    assert_shippable(out)
-    record = json.loads((out / "train_record.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toy") / "toy"
+    train_toy(out)
+    return out
+
+
+def test_toy_training_writes_a_loadable_pipeline(toy_model: Path) -> None:
+    assert_shippable(toy_model)
+    record = json.loads((toy_model / "train_record.json").read_text())
     for stage in ("vae", "transformer"):
         assert record[stage]["steps"] > 0 and 0 < record[stage]["final_loss"] < 10
-    assert json.loads((out / GENERATION_DEFAULTS_FILE).read_text()) == TOY.call_defaults()
+    assert len(record["vae"]["reconstruction_psnr_by_frame"]) == TOY.num_frames
+    assert json.loads((toy_model / GENERATION_DEFAULTS_FILE).read_text()) == TOY.call_defaults()
 
-    pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(toy_model, dtype=torch.float32)
     std = pipe.vae.config.latents_std
     assert len(std) == TOY.z_dim and std != [1.0] * TOY.z_dim
     frames = pipe(PROMPTS[0], num_inference_steps=2, height=32, width=32, num_frames=5, output_type="np").frames
     assert frames.shape == (1, 5, 32, 32, 3)
+
+
+def load_tensors(directory: Path, component: str) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted((directory / component).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
+    return tensors
+
+
+def test_resumed_training_keeps_the_latent_space(toy_model: Path, tmp_path: Path) -> None:
+    """Resuming trains the decoder and the transformer on; the encoder and latent statistics, which
+    define what the transformer learned to generate, stay exactly as saved."""
+    out = tmp_path / "resumed"
+    train_toy(out, "--resume", str(toy_model), "--seed", "1")
+    before, after = load_tensors(toy_model, "vae"), load_tensors(out, "vae")
+    assert before.keys() == after.keys()
+    frozen = {name for name in before if name.startswith(("encoder.", "quant_conv."))}
+    assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
+    # Few toy steps move some decoder weights by less than a bf16 step, so not every one changes.
+    assert any(not torch.equal(before[name], after[name]) for name in before.keys() - frozen)
+    old, new = (json.loads((d / "vae" / "config.json").read_text()) for d in (toy_model, out))
+    assert (old["latents_mean"], old["latents_std"]) == (new["latents_mean"], new["latents_std"])
+    transformer_before, transformer_after = load_tensors(toy_model, "transformer"), load_tensors(out, "transformer")
+    assert any(not torch.equal(transformer_before[k], transformer_after[k]) for k in transformer_before)
+    record = json.loads((out / "train_record.json").read_text())
+    assert record["resumed_from"]["transformer"]["steps"] > 0
+
+
+def test_resume_refuses_a_model_of_another_size(toy_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="differs from this script's model"):
+        train_main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(toy_model)])
+    with pytest.raises(ValueError, match=r"no model_index\.json"):
+        train_main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(tmp_path)])
 
 
 @pytest.mark.skipif(not TINY_MODEL_DIR.is_dir(), reason=f"no trained model in {TINY_MODEL_DIR} yet")
@@ -117,12 +181,33 @@ def test_trained_model_shows_its_prompts() -> None:
     pipe = WanPipeline.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-    videos = pipe(
-        PROMPTS, num_frames=17, height=128, width=128, num_inference_steps=12, generator=generator, output_type="np"
-    ).frames
+    call = FULL.quick_call()
+    videos = pipe(PROMPTS, **call, generator=generator, output_type="np").frames
     checks = [check_video(p, v) for p, v in zip(PROMPTS, videos, strict=True)]
     colour = sum(c["colour"] for c in checks) / len(checks)
     motion = sum(c["motion"] for c in checks) / len(checks)
-    print(f"tiny model at 17x128x128, 12 steps: colour {colour:.2f}, motion {motion:.2f}")
+    print(f"tiny model at {call}: colour {colour:.2f}, motion {motion:.2f}")
     assert colour >= MIN_COLOUR_ACCURACY, checks
     assert motion >= MIN_MOTION_ACCURACY, checks
+
+
+def test_compiled_training_step_matches_eager() -> None:
+    """``--compile``: the blocks really compile (no silent eager fallback) and give eager's loss and gradients."""
+    torch.manual_seed(0)
+    eager_model = build_pipeline(TOY).transformer
+    compiled_model = copy.deepcopy(eager_model)
+    compile_for_training(compiled_model)
+    latents = torch.randn(2, TOY.z_dim, 3, 8, 8)
+    timestep = torch.tensor([300.0, 800.0])
+    text = torch.randn(2, 7, TOY.text_dim)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    losses = []
+    for model in (eager_model, compiled_model):
+        loss = model(latents, timestep, text, return_dict=False)[0].square().mean()
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    for (name, p_eager), p_compiled in zip(eager_model.named_parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -379,7 +379,7 @@ def render_scenes(
 
 
 def render_video(
-    caption: Caption | str, seed: int, num_frames: int = 33, height: int = 384, width: int = 384
+    caption: Caption | str, seed: int, num_frames: int = 33, height: int = 192, width: int = 192
 ) -> np.ndarray:
     """``(F, H, W, 3)`` uint8 video of a caption (a :class:`Caption` or its text); same inputs, same pixels."""
     caption = parse_caption(caption) if isinstance(caption, str) else caption

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train the tiny Wan model on the lent GPU machine as a background job that outlives one device call
+# (a call lasts at most 10 minutes; a job started with setsid runs on while later calls poll it).
+#
+#   bash benchmarks/tiny_train_job.sh start MINUTES [train options]   # returns at once
+#   bash benchmarks/tiny_train_job.sh wait SECONDS                    # tail the log; return early if the job ended
+#   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, tar the model into OUT
+#
+# Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried.
+# The job's pid is kept in a file: polling with `pgrep -f` would match the polling shell itself.
+set -u
+JOB=/tmp/tiny-train
+MODEL=/tmp/tiny-wan-t2v
+
+job_running() { [ -f "$JOB.pid" ] && kill -0 "$(cat "$JOB.pid")" 2>/dev/null; }
+
+case "${1:-}" in
+start)
+    minutes=$2
+    shift 2
+    source benchmarks/gpu_env.sh
+    (cd /tmp && setsid nohup python3 -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" "$@" \
+        >"$JOB.log" 2>&1 </dev/null & echo $! >"$JOB.pid")
+    sleep 60
+    grep -v Warning "$JOB.log" | tail -20
+    ;;
+wait)
+    deadline=$((SECONDS + $2))
+    while job_running && [ $SECONDS -lt $deadline ]; do sleep 5; done
+    grep -v Warning "$JOB.log" | tail -25
+    job_running && echo "job still running" || echo "job ended"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    ;;
+pack)
+    out=$2
+    source benchmarks/gpu_env.sh
+    cp "$JOB.log" "$out/train.log"
+    tar -C "$(dirname "$MODEL")" -cf - "$(basename "$MODEL")" | split -b 15m - "$out/tiny-wan-t2v.tar.part-"
+    for density in 0.25 0.125; do
+        timeout 150 bash -c "cd /tmp && python3 -m dit_accel.cli compare --model $MODEL --method topk \
+            -o density=$density --out $out/compare_topk_$density --format gif" 2>&1 | grep -v Warning | tail -6
+    done
+    ls -la "$out"
+    ;;
+*)
+    echo "usage: $0 start MINUTES [options] | wait SECONDS | pack OUT" >&2
+    exit 2
+    ;;
+esac
