@@ -6,7 +6,8 @@
 #   bash benchmarks/tiny_train_job.sh wait SECONDS                    # tail the log; return early if the job ended
 #   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, tar the model into OUT
 #
-# Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried.
+# Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried, e.g.
+#   bash benchmarks/tiny_train_job.sh start 21 --resume .ckpt/tiny-wan-t2v-run2 --vae-share 0.1 --compile
 # The job's pid is kept in a file: polling with `pgrep -f` would match the polling shell itself.
 set -u
 JOB=/tmp/tiny-train
@@ -18,8 +19,12 @@ case "${1:-}" in
 start)
     minutes=$2
     shift 2
+    options=()
+    while [ $# -gt 0 ]; do  # the job runs from /tmp: make the --resume folder absolute
+        if [ "$1" = "--resume" ]; then options+=("$1" "$(realpath "$2")"); shift 2; else options+=("$1"); shift; fi
+    done
     source benchmarks/gpu_env.sh
-    (cd /tmp && setsid nohup python3 -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" "$@" \
+    (cd /tmp && setsid nohup python3 -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" "${options[@]}" \
         >"$JOB.log" 2>&1 </dev/null & echo $! >"$JOB.pid")
     sleep 60
     grep -v Warning "$JOB.log" | tail -20
