@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the tiny Wan model on the lent GPU machine as a background job that outlives one device call
 # (a call lasts at most 10 minutes; a job started with setsid runs on while later calls poll it).
+# On a machine with several GPUs it trains data-parallel on all of them (torchrun; GPUS=N to choose).
 #
 #   bash benchmarks/tiny_train_job.sh start MINUTES [train options]   # returns at once
 #   bash benchmarks/tiny_train_job.sh wait SECONDS                    # tail the log; return early if the job ended
@@ -24,8 +25,11 @@ start)
         if [ "$1" = "--resume" ]; then options+=("$1" "$(realpath "$2")"); shift 2; else options+=("$1"); shift; fi
     done
     source benchmarks/gpu_env.sh
-    (cd /tmp && setsid nohup python3 -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" "${options[@]}" \
-        >"$JOB.log" 2>&1 </dev/null & echo $! >"$JOB.pid")
+    gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+    launcher=(python3)
+    if [ "$gpus" -gt 1 ]; then launcher=(python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus"); fi
+    (cd /tmp && setsid nohup "${launcher[@]}" -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" \
+        "${options[@]}" >"$JOB.log" 2>&1 </dev/null & echo $! >"$JOB.pid")
     sleep 60
     grep -v Warning "$JOB.log" | tail -20
     ;;

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -211,3 +214,19 @@ def test_compiled_training_step_matches_eager() -> None:
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
     for (name, p_eager), p_compiled in zip(eager_model.named_parameters(), compiled_model.parameters(), strict=True):
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_data_parallel_training_keeps_the_ranks_identical(tmp_path: Path) -> None:
+    """Two processes under torchrun (gloo on CPUs): each trains on its own videos, gradients are
+    averaged, and both end with the same weights; rank 0 alone saves."""
+    out = tmp_path / "ddp"
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    command += ["-m", "dit_accel.tiny.train", "--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny"]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=240)
+    record = json.loads((out / "train_record.json").read_text())
+    assert record["processes"] == 2 and record["ranks_in_sync"] is True
+    assert record["transformer"]["steps"] > 0
+    assert WanPipeline.from_pretrained(out, dtype=torch.float32).transformer is not None

@@ -1,22 +1,25 @@
 """Train the tiny Wan text-to-video model from scratch on procedural videos, inside a time budget.
 
-    python -m dit_accel.tiny.train --out assets/tiny-wan-t2v --minutes 9               # one H200
-    python -m dit_accel.tiny.train --out /tmp/toy --minutes 0.5 --device cpu --tiny     # CPU smoke run
+    python -m dit_accel.tiny.train --out assets/tiny-wan-t2v --minutes 19 --compile        # one GPU
+    torchrun --standalone --nproc_per_node=4 -m dit_accel.tiny.train --out DIR --minutes 19   # four GPUs
+    python -m dit_accel.tiny.train --resume DIR --out DIR2 --minutes 20 --vae-share 0.1      # continue a run
+    python -m dit_accel.tiny.train --out /tmp/toy --minutes 0.5 --device cpu --tiny          # CPU smoke run
 
-Stage 1 trains the VAE to reconstruct short clips (L1 + a light L2 on the latents). Its per-channel
-latent mean and std are then measured on native-size videos and written into the VAE config, where
-``WanPipeline`` reads them; its reconstruction PSNR on those videos is logged. Stage 2 trains the
-transformer and the text encoder with the rectified-flow objective on normalised VAE latents of
-freshly rendered videos at three sizes (native, and two smaller ones so the model also samples well
-at CPU-test sizes), with 10% empty captions for classifier-free guidance and an EMA of the weights.
-Videos are rendered on the training device, so no data workers are needed.
+Stage 1 trains the VAE to reconstruct clips of the native length (L1 + a light L2 on the latents);
+when resuming, only its decoder. Its per-channel latent mean and std are then measured on
+native-size videos and written into the VAE config, where ``WanPipeline`` reads them; its
+reconstruction PSNR on those videos is logged, per frame too. Stage 2 trains the transformer and
+the text encoder with the rectified-flow objective on normalised VAE latents of freshly rendered
+videos at two sizes (native, and the smaller one CPUs sample at), with 10% empty captions for
+classifier-free guidance and an EMA of the weights. Videos are rendered on the training device, so
+no data workers are needed; under ``torchrun`` each process renders its own (see ``distributed``).
 
 Time is measured from process start (imports included); the budget is split VAE 30%, transformer
 the rest, less a reserve for saving and a short evaluation. After each quarter of stage 2 the EMA
 weights are saved, so a run cut short still leaves a model. The saved pipeline is bf16 (the modules the
 model classes keep in fp32 stay fp32), in shards under 16 MB, beside ``generation_defaults.json``
 (native call arguments) and ``train_record.json`` (recipe, losses, throughput, VAE PSNR, and the
-colour/motion accuracy of the evaluation).
+colour/motion accuracy of the evaluation at both sizes).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from diffusers import AutoencoderKLWan, WanPipeline
 from . import GENERATION_DEFAULTS_FILE
 from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
 from .data import check_video, render_batch, sample_caption
+from .distributed import Ranks, average_gradients, broadcast_, broadcast_state, close, in_sync, init_ranks, main_clock
 from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
 
 # The VAE is trained as a deterministic autoencoder (the posterior mean, which is what the pipeline
@@ -156,8 +160,8 @@ class Progress:
     prepares the next step while the GPU runs this one.
     """
 
-    def __init__(self, stage: str, every: int, until: float) -> None:
-        self.stage, self.every, self.until = stage, every, until
+    def __init__(self, stage: str, every: int, until: float, ranks: Ranks) -> None:
+        self.stage, self.every, self.until, self.ranks = stage, every, until, ranks
         self.start = time.monotonic()
         self.pending: list[torch.Tensor] = []
         self.history: list[dict[str, float]] = []
@@ -165,7 +169,7 @@ class Progress:
 
     def log(self, step: int, loss: torch.Tensor, lr: float, samples: int) -> None:
         self.pending.append(loss.detach())
-        self.samples += samples
+        self.samples += samples * self.ranks.world
         if step % self.every == 0:
             self.flush(step, lr)
 
@@ -176,6 +180,8 @@ class Progress:
         mean = float(torch.stack(self.pending).float().mean())
         self.pending.clear()
         self.history.append({"step": step, "loss": round(mean, 5), "seconds": round(now - self.start, 1)})
+        if not self.ranks.main:
+            return
         print(
             f"[{self.stage}] step {step:6d}  loss {mean:.4f}  lr {lr:.2e}  "
             f"{self.samples / (now - self.start):7.1f} samples/s  {self.until - now:6.0f} s left",
@@ -204,11 +210,12 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float) -> torch.opt
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-    """Backward, clip the gradient norm at 1, step at ``lr``."""
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, ranks: Ranks) -> None:
+    """Backward, average the gradients over ranks, clip their norm at 1, step at ``lr``."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    average_gradients(params, ranks)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -246,6 +253,7 @@ def train_vae(
     rng: np.random.Generator,
     device: torch.device,
     log_every: int,
+    ranks: Ranks,
     decoder_only: bool = False,
 ) -> dict[str, Any]:
     """Train the VAE until ``until``; with ``decoder_only`` the encoder is frozen, so the latent space
@@ -255,17 +263,17 @@ def train_vae(
     for module in frozen:
         module.eval().requires_grad_(False)
     optimizer = make_optimizer([p for p in vae.parameters() if p.requires_grad], plan.vae_lr)
-    progress = Progress("vae decoder" if decoder_only else "vae", log_every, until)
-    start, step, lr = time.monotonic(), 0, plan.vae_lr
-    while step == 0 or time.monotonic() < until:  # at least one step, however slow the machine
+    progress = Progress("vae decoder" if decoder_only else "vae", log_every, until, ranks)
+    start, step, lr = main_clock(ranks, device), 0, plan.vae_lr
+    while (now := main_clock(ranks, device)) < until or step == 0:  # at least one step, however slow the machine
         x = vae_batch(plan, rng, device)
         with autocast(device):
             with torch.set_grad_enabled(not decoder_only):
                 latents = vae.encode(x).latent_dist.mode()
             reconstruction = vae.decode(latents).sample
         loss = (reconstruction.float() - x).abs().mean() + LATENT_WEIGHT * latents.float().pow(2).mean()
-        lr = learning_rate(plan.vae_lr, step, plan.warmup_steps, (time.monotonic() - start) / (until - start))
-        optimizer_step(optimizer, loss, lr)
+        lr = learning_rate(plan.vae_lr, step, plan.warmup_steps, (now - start) / (until - start))
+        optimizer_step(optimizer, loss, lr, ranks)
         step += 1
         progress.log(step, loss, lr, x.shape[0])
     vae.eval().requires_grad_(False)
@@ -384,19 +392,23 @@ def train_denoiser(
     device: torch.device,
     log_every: int,
     checkpoint: Any,
+    ranks: Ranks,
+    shared_rng: np.random.Generator,
 ) -> dict[str, Any]:
+    """Stage 2 until ``schedule.train_end``; ``rng`` draws this rank's data, ``shared_rng`` (seeded
+    alike on all ranks) the video size of each step, so the ranks' steps cost the same."""
     for model in denoiser.trained:
         model.train().requires_grad_(True)
     optimizer = make_optimizer([p for m in denoiser.trained for p in m.parameters()], plan.lr)
-    progress = Progress("transformer", log_every, schedule.train_end)
+    progress = Progress("transformer", log_every, schedule.train_end, ranks)
     weights = np.array([b.weight for b in plan.buckets]) / sum(b.weight for b in plan.buckets)
-    start, step, lr = time.monotonic(), 0, plan.lr
-    pending_checkpoints = list(schedule.checkpoints)
-    while step == 0 or time.monotonic() < schedule.train_end:
-        bucket = plan.buckets[int(rng.choice(len(plan.buckets), p=weights))]
+    start, step, lr = main_clock(ranks, device), 0, plan.lr
+    pending_checkpoints = list(schedule.checkpoints) if ranks.main else []
+    while (now := main_clock(ranks, device)) < schedule.train_end or step == 0:
+        bucket = plan.buckets[int(shared_rng.choice(len(plan.buckets), p=weights))]
         loss = denoiser_loss(denoiser, plan, bucket, rng, device)
-        lr = learning_rate(plan.lr, step, plan.warmup_steps, (time.monotonic() - start) / (schedule.train_end - start))
-        optimizer_step(optimizer, loss, lr)
+        lr = learning_rate(plan.lr, step, plan.warmup_steps, (now - start) / (schedule.train_end - start))
+        optimizer_step(optimizer, loss, lr, ranks)
         denoiser.update_ema(step)
         step += 1
         progress.log(step, loss, lr, bucket.batch)
@@ -549,28 +561,67 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
-    """Train and save; ``spent`` seconds of the budget are already used (the script passes its start-up)."""
-    args = parse_args(argv)
-    plan = TOY_PLAN if args.tiny else FULL_PLAN
-    if args.vae_share is not None:
-        plan = replace(plan, vae_share=args.vae_share)
-    log_every = args.log_every or (5 if args.tiny else 50)
-    device = torch.device(args.device)
+def configure_device(name: str) -> torch.device:
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was given but CUDA is not available; use --device cpu")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    schedule = Schedule.from_budget(args.minutes, plan, spent)
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
+    return device
+
+
+def shared_schedule(schedule: Schedule, ranks: Ranks, device: torch.device) -> Schedule:
+    """Rank 0's deadlines on every rank (the ranks started at slightly different times)."""
+    values = torch.tensor(
+        [schedule.vae_end, schedule.train_end, schedule.end, *schedule.checkpoints], dtype=torch.float64, device=device
+    )
+    broadcast_([values], ranks)
+    vae_end, train_end, end, *checkpoints = values.tolist()
+    return Schedule(vae_end, tuple(checkpoints), train_end, end)
+
+
+def latent_statistics(
+    pipe: WanPipeline, measured: VaeMeasurement, resumed: bool, ranks: Ranks, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent mean/std the transformer trains with: rank 0's measurement, written into the VAE
+    config; when resuming, the saved ones, which the transformer was trained with."""
+    if resumed:
+        config = pipe.vae.config
+        return tuple(torch.tensor(v, device=device) for v in (config.latents_mean, config.latents_std))
+    mean, std = measured.mean.clone(), measured.std.clone()
+    broadcast_([mean, std], ranks)
+    pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    return mean, std
+
+
+def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
+    """Train and save; ``spent`` seconds of the budget are already used (the script passes its start-up).
+
+    Under ``torchrun`` every process trains on its own data and rank 0 saves and evaluates."""
+    args = parse_args(argv)
+    plan = TOY_PLAN if args.tiny else FULL_PLAN
+    if args.vae_share is not None:
+        plan = replace(plan, vae_share=args.vae_share)
+    log_every = args.log_every or (5 if args.tiny else 50)
+    ranks, device = init_ranks(configure_device(args.device))
+    try:
+        return train_and_save(args, plan, log_every, ranks, device, spent)
+    finally:
+        close(ranks)
+
+
+def train_and_save(
+    args: argparse.Namespace, plan: Plan, log_every: int, ranks: Ranks, device: torch.device, spent: float
+) -> int:
+    schedule = shared_schedule(Schedule.from_budget(args.minutes, plan, spent), ranks, device)
     record: dict[str, Any] = {
         "spec": asdict(plan.spec),
         "plan": {k: v for k, v in asdict(plan).items() if k != "spec"},
         "args": {k: str(v) for k, v in vars(args).items()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": ranks.world,
         "torch": torch.__version__,
     }
     if args.resume is None:
@@ -578,21 +629,21 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     else:
         pipe = load_for_resume(args.resume, plan.spec).to(device)
         record["resumed_from"] = read_record(args.resume)
-    print(f"training on {record['device']} for {args.minutes} min; writing {args.out}", flush=True)
+    broadcast_state([pipe.transformer, pipe.text_encoder, pipe.vae], ranks)
+    # Each rank its own videos and noise; the same video size per step on all (shared_rng).
+    rng, shared_rng = np.random.default_rng([args.seed, ranks.rank]), np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed * 1000 + ranks.rank)
+    say = print if ranks.main else (lambda *_, **__: None)
+    say(f"training on {ranks.world} x {record['device']} for {args.minutes} min; writing {args.out}", flush=True)
 
     resumed = args.resume is not None
-    record["vae"] = train_vae(pipe.vae, plan, schedule.vae_end, rng, device, log_every, decoder_only=resumed)
+    record["vae"] = train_vae(pipe.vae, plan, schedule.vae_end, rng, device, log_every, ranks, decoder_only=resumed)
     measured = measure_vae(pipe.vae, plan, rng, device)
-    if resumed:  # the transformer was trained on latents normalised with the saved statistics: keep them
-        config = pipe.vae.config
-        mean, std = (torch.tensor(v, device=device) for v in (config.latents_mean, config.latents_std))
-    else:
-        mean, std = measured.mean, measured.std
-        pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    mean, std = latent_statistics(pipe, measured, resumed, ranks, device)
     record["vae"]["reconstruction_psnr"] = measured.psnr
     record["vae"]["reconstruction_psnr_by_frame"] = measured.psnr_by_frame
-    print(f"VAE reconstruction of native videos: {measured.psnr:.2f} dB PSNR; by frame {measured.psnr_by_frame}")
-    print(f"latent mean {[round(v, 3) for v in mean.tolist()]}\nlatent std {[round(v, 3) for v in std.tolist()]}")
+    say(f"VAE reconstruction of native videos: {measured.psnr:.2f} dB PSNR; by frame {measured.psnr_by_frame}")
+    say(f"latent mean {[round(v, 3) for v in mean.tolist()]}\nlatent std {[round(v, 3) for v in std.tolist()]}")
 
     denoiser = Denoiser(pipe, mean, std)
     if args.compile:
@@ -601,7 +652,12 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     def checkpoint(summary: dict[str, Any]) -> None:
         save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, {**record, "transformer": summary})
 
-    record["transformer"] = train_denoiser(denoiser, plan, schedule, rng, device, log_every, checkpoint)
+    record["transformer"] = train_denoiser(
+        denoiser, plan, schedule, rng, device, log_every, checkpoint, ranks, shared_rng
+    )
+    record["ranks_in_sync"] = in_sync([*denoiser.trained, pipe.vae, *denoiser.ema], ranks, device)
+    if not ranks.main:
+        return 0
     save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, record)
     # Evaluate the saved bf16 weights on GPUs; on CPUs, where bf16 is slow, their fp32 originals.
     final = export_pipeline(denoiser, plan.spec, torch.bfloat16 if device.type == "cuda" else torch.float32)
