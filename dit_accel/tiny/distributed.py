@@ -72,15 +72,31 @@ def average_gradients(params: list[torch.nn.Parameter], ranks: Ranks) -> None:
         param.grad = piece.view_as(param).to(param.dtype)
 
 
-def main_clock(ranks: Ranks, device: torch.device) -> float:
-    """Rank 0's ``time.monotonic()`` on every rank: stages end, and learning rates follow their
-    schedules, at the same step on all ranks."""
-    now = time.monotonic()
-    if ranks.world == 1:
-        return now
-    value = torch.tensor([now], dtype=torch.float64, device=device)
-    dist.broadcast(value, src=0)
-    return float(value.item())
+class SharedClock:
+    """Rank 0's ``time.monotonic()``, the same on every rank, so that stages end and learning rates
+    follow their schedules at the same step everywhere.
+
+    With several ranks, reading it is a broadcast that waits for the GPU, so it is refreshed only
+    every ``every`` steps (the host keeps queueing work ahead in between); one process reads its own
+    clock at every step.
+    """
+
+    def __init__(self, ranks: Ranks, device: torch.device, every: int = 10) -> None:
+        self.ranks, self.device, self.every = ranks, device, every
+        self.value = self._read()
+
+    def _read(self) -> float:
+        now = time.monotonic()
+        if self.ranks.world == 1:
+            return now
+        value = torch.tensor([now], dtype=torch.float64, device=self.device)
+        dist.broadcast(value, src=0)
+        return float(value.item())
+
+    def now(self, step: int) -> float:
+        if self.ranks.world == 1 or step % self.every == 0:
+            self.value = self._read()
+        return self.value
 
 
 def in_sync(modules: Iterable[torch.nn.Module], ranks: Ranks, device: torch.device) -> bool:

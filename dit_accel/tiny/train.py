@@ -43,7 +43,16 @@ from diffusers import AutoencoderKLWan, WanPipeline
 from . import GENERATION_DEFAULTS_FILE
 from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
 from .data import check_video, render_batch, sample_caption
-from .distributed import Ranks, average_gradients, broadcast_, broadcast_state, close, in_sync, init_ranks, main_clock
+from .distributed import (
+    Ranks,
+    SharedClock,
+    average_gradients,
+    broadcast_,
+    broadcast_state,
+    close,
+    in_sync,
+    init_ranks,
+)
 from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
 
 # The VAE is trained as a deterministic autoencoder (the posterior mean, which is what the pipeline
@@ -264,8 +273,9 @@ def train_vae(
         module.eval().requires_grad_(False)
     optimizer = make_optimizer([p for p in vae.parameters() if p.requires_grad], plan.vae_lr)
     progress = Progress("vae decoder" if decoder_only else "vae", log_every, until, ranks)
-    start, step, lr = main_clock(ranks, device), 0, plan.vae_lr
-    while (now := main_clock(ranks, device)) < until or step == 0:  # at least one step, however slow the machine
+    clock = SharedClock(ranks, device)
+    start, step, lr = clock.value, 0, plan.vae_lr
+    while (now := clock.now(step)) < until or step == 0:  # at least one step, however slow the machine
         x = vae_batch(plan, rng, device)
         with autocast(device):
             with torch.set_grad_enabled(not decoder_only):
@@ -402,9 +412,10 @@ def train_denoiser(
     optimizer = make_optimizer([p for m in denoiser.trained for p in m.parameters()], plan.lr)
     progress = Progress("transformer", log_every, schedule.train_end, ranks)
     weights = np.array([b.weight for b in plan.buckets]) / sum(b.weight for b in plan.buckets)
-    start, step, lr = main_clock(ranks, device), 0, plan.lr
+    clock = SharedClock(ranks, device)
+    start, step, lr = clock.value, 0, plan.lr
     pending_checkpoints = list(schedule.checkpoints) if ranks.main else []
-    while (now := main_clock(ranks, device)) < schedule.train_end or step == 0:
+    while (now := clock.now(step)) < schedule.train_end or step == 0:
         bucket = plan.buckets[int(shared_rng.choice(len(plan.buckets), p=weights))]
         loss = denoiser_loss(denoiser, plan, bucket, rng, device)
         lr = learning_rate(plan.lr, step, plan.warmup_steps, (now - start) / (schedule.train_end - start))
