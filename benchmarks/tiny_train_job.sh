@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/tiny_train_job.sh start MINUTES [train options]   # returns at once
 #   bash benchmarks/tiny_train_job.sh wait SECONDS                    # tail the log; return early if the job ended
-#   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, tar the model into OUT
+#   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, time a step's parts, tar the model into OUT
 #
 # Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried, e.g.
 #   bash benchmarks/tiny_train_job.sh start 21 --resume .ckpt/tiny-wan-t2v-run2 --vae-share 0.1 --compile
@@ -49,6 +49,8 @@ pack)
         timeout 150 bash -c "cd /tmp && python3 -m dit_accel.cli compare --model $MODEL --method topk \
             -o density=$density --out $out/compare_topk_$density --format gif" 2>&1 | grep -v Warning | tail -6
     done
+    # a script's own folder, not the cwd, goes on sys.path: dit_accel comes from /tmp/pkg
+    timeout 120 python3 benchmarks/tiny_step_split.py --out "$out/tiny_step_split_h200.json" 2>&1 | grep -v Warning | tail -3
     ls -la "$out"
     ;;
 *)

@@ -11,7 +11,8 @@ native-size videos and written into the VAE config, where ``WanPipeline`` reads 
 reconstruction PSNR on those videos is logged, per frame too. Stage 2 trains the transformer and
 the text encoder with the rectified-flow objective on normalised VAE latents of freshly rendered
 videos at two sizes (native, and the smaller one CPUs sample at), with 10% empty captions for
-classifier-free guidance and an EMA of the weights. Videos are rendered on the training device, so
+classifier-free guidance and an EMA of the weights; each encoded video is trained on about twice,
+with fresh noise (data echoing, see ``echo``). Videos are rendered on the training device, so
 no data workers are needed; under ``torchrun`` each process renders its own (see ``distributed``).
 
 Time is measured from process start (imports included); the budget is split VAE 30%, transformer
@@ -53,6 +54,7 @@ from .distributed import (
     in_sync,
     init_ranks,
 )
+from .echo import EchoPool
 from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
 
 # The VAE is trained as a deterministic autoencoder (the posterior mean, which is what the pipeline
@@ -94,6 +96,7 @@ class Plan:
     eval_prompts: int
     vae_share: float = 0.3
     reserve_seconds: float = 35.0
+    echo: int = 1  # stage 2 trains on each encoded sample this many times on average (``echo``)
 
 
 FULL_PLAN = Plan(
@@ -111,6 +114,7 @@ FULL_PLAN = Plan(
     warmup_steps=100,
     stats_batches=8,
     eval_prompts=32,
+    echo=2,
 )
 TOY_PLAN = Plan(
     spec=TOY,
@@ -125,6 +129,7 @@ TOY_PLAN = Plan(
     stats_batches=2,
     eval_prompts=2,
     reserve_seconds=9.0,
+    echo=2,
 )
 
 
@@ -378,13 +383,15 @@ def sample_sigmas(count: int, shift: float, device: torch.device) -> torch.Tenso
 
 
 def denoiser_loss(
-    denoiser: Denoiser, plan: Plan, bucket: Bucket, rng: np.random.Generator, device: torch.device
+    denoiser: Denoiser, plan: Plan, bucket: Bucket, pool: EchoPool, rng: np.random.Generator, device: torch.device
 ) -> torch.Tensor:
-    """Rectified-flow loss on one batch: predict ``noise - x0`` from ``(1 - s) x0 + s noise``."""
+    """Rectified-flow loss on one batch: predict ``noise - x0`` from ``(1 - s) x0 + s noise``; the
+    batch is topped up from the bucket's ``pool`` of recently encoded samples."""
     pipe = denoiser.pipe
-    captions, videos = random_videos(rng, bucket.batch, bucket.num_frames, bucket.height, bucket.width, device)
-    prompts = ["" if rng.random() < CAPTION_DROPOUT else c.text for c in captions]
-    x0 = denoiser.latents(videos, device)
+    count = pool.fresh_count(bucket.batch)
+    captions, videos = random_videos(rng, count, bucket.num_frames, bucket.height, bucket.width, device)
+    x0, texts = pool.batch(denoiser.latents(videos, device), [c.text for c in captions], bucket.batch, rng)
+    prompts = ["" if rng.random() < CAPTION_DROPOUT else text for text in texts]
     sigma = sample_sigmas(x0.shape[0], plan.spec.flow_shift, device)
     noisy, target = flow_pair(x0, torch.randn_like(x0), sigma)
     text_length = int(rng.integers(CAPTION_TOKENS, PIPELINE_TEXT_LENGTH + 1))
@@ -412,12 +419,14 @@ def train_denoiser(
     optimizer = make_optimizer([p for m in denoiser.trained for p in m.parameters()], plan.lr)
     progress = Progress("transformer", log_every, schedule.train_end, ranks)
     weights = np.array([b.weight for b in plan.buckets]) / sum(b.weight for b in plan.buckets)
+    pools = [EchoPool(plan.echo) for _ in plan.buckets]
     clock = SharedClock(ranks, device)
     start, step, lr = clock.value, 0, plan.lr
     pending_checkpoints = list(schedule.checkpoints) if ranks.main else []
     while (now := clock.now(step)) < schedule.train_end or step == 0:
-        bucket = plan.buckets[int(shared_rng.choice(len(plan.buckets), p=weights))]
-        loss = denoiser_loss(denoiser, plan, bucket, rng, device)
+        index = int(shared_rng.choice(len(plan.buckets), p=weights))
+        bucket = plan.buckets[index]
+        loss = denoiser_loss(denoiser, plan, bucket, pools[index], rng, device)
         lr = learning_rate(plan.lr, step, plan.warmup_steps, (now - start) / (schedule.train_end - start))
         optimizer_step(optimizer, loss, lr, ranks)
         denoiser.update_ema(step)
@@ -562,6 +571,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the latent space and its statistics, and stage 2 continues the transformer and text encoder",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks in stage 2")
+    parser.add_argument(
+        "--echo",
+        type=int,
+        default=None,
+        help="stage 2 encodes 1/N of each batch anew and reuses recent samples for the rest (default 2)",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
@@ -569,6 +584,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--log-every must be >= 1, got {args.log_every}")
     if args.vae_share is not None and not 0.0 < args.vae_share < 1.0:
         parser.error(f"--vae-share must be in (0, 1), got {args.vae_share}")
+    if args.echo is not None and args.echo < 1:
+        parser.error(f"--echo must be >= 1, got {args.echo}")
     return args
 
 
@@ -615,6 +632,8 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     plan = TOY_PLAN if args.tiny else FULL_PLAN
     if args.vae_share is not None:
         plan = replace(plan, vae_share=args.vae_share)
+    if args.echo is not None:
+        plan = replace(plan, echo=args.echo)
     log_every = args.log_every or (5 if args.tiny else 50)
     ranks, device = init_ranks(configure_device(args.device))
     try:
