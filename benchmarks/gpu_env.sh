@@ -1,6 +1,7 @@
 # Source this on the lent GPU machine (repository root as cwd): makes `dit_accel` importable with
 # its root folders mapped as in pyproject.toml, and installs the carried wheels (diffusers is not
-# on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`).
+# on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`). A new checkout makes `.whl`
+# (git-ignored) with `pip download --no-deps -d .whl diffusers==0.42.1`.
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg/dit_accel

@@ -216,6 +216,26 @@ def test_compiled_training_step_matches_eager() -> None:
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_compiled_training_serves_new_shapes_without_recompiling() -> None:
+    """Training pads prompts to a new length at every step and alternates two video sizes: after the
+    first few, no shape may cost another compilation (static graphs would hit the recompile limit)."""
+    torch.manual_seed(1)
+    model = build_pipeline(TOY).transformer
+    compile_for_training(model)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    sizes = [(2, 3, 8, 8), (1, 5, 8, 12)]  # (batch, latent frames, height, width)
+    graphs = []
+    for step, text_length in enumerate([24, 31, 40, 57, 64, 77, 90, 101, 128, 150]):
+        batch, frames, height, width = sizes[step % 2]
+        latents = torch.randn(batch, TOY.z_dim, frames, height, width)
+        text = torch.randn(batch, text_length, TOY.text_dim)
+        model(latents, torch.full((batch,), 500.0), text, return_dict=False)[0].square().mean().backward()
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1  # it compiles at all
+    assert graphs[-1] == graphs[3] <= 4, graphs
+
+
 def test_data_parallel_training_keeps_the_ranks_identical(tmp_path: Path) -> None:
     """Two processes under torchrun (gloo on CPUs): each trains on its own videos, gradients are
     averaged, and both end with the same weights; rank 0 alone saves."""

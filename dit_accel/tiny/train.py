@@ -440,9 +440,15 @@ def train_denoiser(
 
 def compile_for_training(transformer: torch.nn.Module) -> None:
     """Compile the transformer's blocks one by one (Diffusers' regional compilation, one graph for all
-    eight); a block whose compilation fails runs eagerly rather than ending the run."""
+    eight); a block whose compilation fails runs eagerly rather than ending the run.
+
+    Shapes are left to automatic dynamism: training varies the prompt padding at every step and
+    switches between two video sizes, so static graphs would recompile for each new shape until
+    Dynamo's recompile limit (8), and run eagerly after it. With automatic dynamism the second
+    shape seen marks the sizes that changed as symbolic, and a few graphs serve every later step.
+    """
     torch._dynamo.config.suppress_errors = True
-    transformer.compile_repeated_blocks(dynamic=False)
+    transformer.compile_repeated_blocks(dynamic=None)
 
 
 # --------------------------------------------------------------------------------------------------
