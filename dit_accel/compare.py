@@ -120,6 +120,33 @@ def is_video_pipeline(pipe: Any) -> bool:
     return "num_frames" in inspect.signature(pipe.__call__).parameters
 
 
+# Arguments compare sets itself, from its own options or to make the two runs comparable.
+MANAGED_CALL_ARGUMENTS = (
+    "prompt",
+    "num_inference_steps",
+    "height",
+    "width",
+    "num_frames",
+    "guidance_scale",
+    "output_type",
+    "generator",
+    "return_dict",
+)
+
+
+def check_pipeline_kwargs(pipe: Any, pipeline_kwargs: dict[str, Any]) -> None:
+    """Refuse names the pipeline's ``__call__`` does not take, and those compare sets itself."""
+    accepted = inspect.signature(pipe.__call__).parameters
+    for name in pipeline_kwargs:
+        if name in MANAGED_CALL_ARGUMENTS:
+            raise ValueError(f"{name} is set by compare itself; use its own option, not pipeline_kwargs")
+        if name not in accepted:
+            raise ValueError(
+                f"{name} is not an argument of {type(pipe).__name__}.__call__; it takes "
+                f"{', '.join(n for n in accepted if n not in MANAGED_CALL_ARGUMENTS and n != 'kwargs')}"
+            )
+
+
 def call_arguments(
     pipe: Any,
     prompt: str,
@@ -128,10 +155,13 @@ def call_arguments(
     width: int | None,
     num_frames: int | None,
     guidance_scale: float | None,
+    pipeline_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The pipeline call, without the generator; options left None keep the pipeline's defaults."""
+    """The pipeline call, without the generator; options left None keep the pipeline's defaults, and
+    ``pipeline_kwargs`` passes any other argument of the pipeline (a negative prompt, a prompt template)."""
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty str, got {prompt!r}")
+    check_pipeline_kwargs(pipe, pipeline_kwargs or {})
     if num_frames is not None and not is_video_pipeline(pipe):
         raise ValueError(f"num_frames is only for video pipelines; {type(pipe).__name__} makes images")
     given = {
@@ -145,7 +175,12 @@ def call_arguments(
         value = given[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return {"prompt": prompt, "output_type": "np", **{k: v for k, v in given.items() if v is not None}}
+    return {
+        "prompt": prompt,
+        "output_type": "np",
+        **{k: v for k, v in given.items() if v is not None},
+        **(pipeline_kwargs or {}),
+    }
 
 
 def _transformers(pipe: Any) -> list[torch.nn.Module]:
@@ -215,6 +250,7 @@ def compare(
     width: int | None = None,
     num_frames: int | None = None,
     guidance_scale: float | None = None,
+    pipeline_kwargs: dict[str, Any] | None = None,
     warmup_runs: int = 0,
     out_dir: str | Path | None = None,
     video_format: str = "gif",
@@ -223,15 +259,16 @@ def compare(
     """Run ``pipe`` dense and with ``method`` on the same call; measure and optionally write the outputs.
 
     ``warmup_runs`` untimed runs of each precede the timed ones (compilation, autotuning, cuDNN
-    plans). With ``out_dir``, a side-by-side video (``video_format``: gif or mp4; PNG for images) and
-    a JSON record are written there and listed in ``result.outputs``.
+    plans). ``pipeline_kwargs`` go to both runs' pipeline calls as they are. With ``out_dir``, a
+    side-by-side video (``video_format``: gif or mp4; PNG for images) and a JSON record are written
+    there and listed in ``result.outputs``.
     """
     if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 0:
         raise ValueError(f"warmup_runs must be an int >= 0, got {warmup_runs!r}")
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
     config = build_config(method, **(options or {}))  # bad names and options fail before any run
-    call = call_arguments(pipe, prompt, num_inference_steps, height, width, num_frames, guidance_scale)
+    call = call_arguments(pipe, prompt, num_inference_steps, height, width, num_frames, guidance_scale, pipeline_kwargs)
     device = torch.device(pipe._execution_device)
 
     for _ in range(warmup_runs):
@@ -315,7 +352,8 @@ def write_outputs(result: ComparisonResult, out_dir: Path, video_format: str = "
     media = write_video(side_by_side(result.dense, result.accelerated, "dense", label), out_dir / f"{stem}.{suffix}")
     record_path = out_dir / f"{stem}.json"
     result.outputs = {"video": str(media), "record": str(record_path)}
-    record_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    # default=repr: pipeline_kwargs may hold values JSON has no type for (tensors, callables)
+    record_path.write_text(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,7 +364,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE a Python literal (``0.25``, ``(2, 8, 8)``, ``[0, 1]``) or else a string."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"method options are KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
     try:
         return key.strip(), ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
@@ -375,6 +413,7 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         video_format=args.format,
         model_name=args.model,
+        pipeline_kwargs=dict(args.call),
         **given,
     )
     print(
@@ -400,6 +439,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--method", required=True, help="method name (see 'dit-accel list')")
     parser.add_argument(
         "-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE", help="method option"
+    )
+    parser.add_argument(
+        "--call",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other argument of the pipeline's call, e.g. negative_prompt='blurry' or max_sequence_length=128",
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""``dit-accel compare`` on tiny random-weight Wan and FLUX pipelines built offline."""
+"""``dit-accel compare`` on tiny random-weight Wan, HunyuanVideo and FLUX pipelines built offline."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLHunyuanVideo,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    HunyuanVideoPipeline,
+)
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from tiny_models import tiny_hunyuan
+from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
 from dit_accel.cli import main as cli_main
 from dit_accel.compare import compare, parse_option, side_by_side
@@ -32,25 +40,29 @@ def wan_pipe():
     return pipe
 
 
+def one_layer_clip(vocab: int, width: int, heads: int, positions: int) -> CLIPTextModel:
+    """A one-layer CLIP text encoder over the word-level tokenizer's ids (pad 0, end 1)."""
+    config = CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=2 * width + 1,
+        num_attention_heads=heads,
+        num_hidden_layers=1,
+        max_position_embeddings=positions,
+        projection_dim=width,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
 def tiny_flux_pipeline() -> FluxPipeline:
     """FLUX with one dual and one single block; the word-level tokenizer stands in for CLIP's and T5's."""
     torch.manual_seed(0)
     clip_tokenizer, t5_tokenizer = build_tokenizer(model_max_length=16), build_tokenizer()
     vocab = len(t5_tokenizer)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=1,
-            max_position_embeddings=16,
-            projection_dim=32,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
-    )
+    clip = one_layer_clip(vocab, width=32, heads=4, positions=16)
     t5 = T5EncoderModel(
         T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4, is_encoder_decoder=False)
     )
@@ -85,6 +97,48 @@ def tiny_flux_pipeline() -> FluxPipeline:
         text_encoder_2=t5,
         tokenizer_2=t5_tokenizer,
         transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_hunyuan_video_pipeline() -> HunyuanVideoPipeline:
+    """HunyuanVideo with the tiny transformer of the adapter tests, a 3-layer Llama, a 1-layer CLIP and a
+    3-level VAE (4x space, 4x time); the word-level tokenizer stands in for both tokenizers."""
+    torch.manual_seed(0)
+    llama_tokenizer, clip_tokenizer = build_tokenizer(model_max_length=512), build_tokenizer(model_max_length=77)
+    vocab = len(llama_tokenizer)
+    llama = LlamaModel(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=8,  # the transformer's text_embed_dim
+            intermediate_size=16,
+            num_hidden_layers=3,  # the pipeline reads the third-last hidden state
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    )
+    clip = one_layer_clip(vocab, width=8, heads=2, positions=77)  # width: the transformer's pooled_projection_dim
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=False,
+    )
+    pipe = HunyuanVideoPipeline(
+        text_encoder=llama,
+        tokenizer=llama_tokenizer,
+        transformer=tiny_hunyuan(),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder_2=clip,
+        tokenizer_2=clip_tokenizer,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -136,6 +190,28 @@ def test_flux_compares_images(tmp_path: Path) -> None:
         compare(pipe, "topk", prompt="a red circle", num_frames=9, **call)
 
 
+def test_hunyuan_video_compares_videos_with_pipeline_arguments(tmp_path: Path) -> None:
+    """HunyuanVideo joins video and (padded) text tokens in one attention; its Llama prompt template is
+    cropped at a token count that only the real tokenizer matches, so the test passes its own template
+    through ``pipeline_kwargs``, as a user with another tokenizer would."""
+    pipe = tiny_hunyuan_video_pipeline()
+    template = {"template": "describe: {}", "crop_start": 1}
+    kwargs = {"prompt_template": template, "max_sequence_length": 12}
+    call = {"num_inference_steps": 2, "height": 64, "width": 64, "num_frames": 9}  # 3 latent frames of 8x8 tokens
+    result = compare(pipe, "topk", SPARSE, prompt=PROMPT, seed=2, out_dir=tmp_path, pipeline_kwargs=kwargs, **call)
+    assert result.pipeline == "HunyuanVideoPipeline"
+    assert result.dense.shape == (9, 64, 64, 3) and result.dense.std() > 0
+    assert len(result.psnr_per_frame) == 9 and 0 < result.psnr < math.inf
+    assert result.call == {**call, **kwargs}
+    record = json.loads(Path(result.outputs["record"]).read_text())
+    assert record["call"]["prompt_template"] == template and record["frames"] == 9
+
+    with pytest.raises(ValueError, match="height is set by compare itself"):
+        compare(pipe, "dense", prompt=PROMPT, pipeline_kwargs={"height": 64}, **call)
+    with pytest.raises(ValueError, match="negative_promt is not an argument of HunyuanVideoPipeline"):
+        compare(pipe, "dense", prompt=PROMPT, pipeline_kwargs={"negative_promt": "x"}, **call)
+
+
 def test_cli_uses_the_model_folders_defaults(wan_pipe, tmp_path: Path, capsys) -> None:
     model = tmp_path / "toy-model"
     wan_pipe.save_pretrained(model)
@@ -143,9 +219,10 @@ def test_cli_uses_the_model_folders_defaults(wan_pipe, tmp_path: Path, capsys) -
     out = tmp_path / "out"
     argv = ["compare", "--model", str(model), "--method", "topk", "--device", "cpu", "--out", str(out)]
     argv += ["-o", "density=0.34", "-o", "block_size=16", "--steps", "1", "--guidance-scale", "1.0"]
+    argv += ["--call", "max_sequence_length=64"]
     assert cli_main(argv) == 0
     record = json.loads((out / "compare-topk-seed0.json").read_text())
-    assert record["call"] == {**WAN_CALL, "num_inference_steps": 1, "guidance_scale": 1.0}
+    assert record["call"] == {**WAN_CALL, "num_inference_steps": 1, "guidance_scale": 1.0, "max_sequence_length": 64}
     assert record["model"] == str(model) and record["dtype"] == "float32"
     assert "PSNR" in capsys.readouterr().out
 
