@@ -8,7 +8,7 @@
 #   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, time a step's parts, tar the model into OUT
 #
 # Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried, e.g.
-#   bash benchmarks/tiny_train_job.sh start 21 --resume .ckpt/tiny-wan-t2v-run2 --vae-share 0.1 --compile
+#   bash benchmarks/tiny_train_job.sh start 21 --resume .ckpt/RUN_DIR --vae-share 0.1 --compile
 # The job's pid is kept in a file: polling with `pgrep -f` would match the polling shell itself.
 set -u
 JOB=/tmp/tiny-train
