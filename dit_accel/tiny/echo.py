@@ -2,9 +2,10 @@
 several times, with fresh noise each time.
 
 A stage-2 step renders videos, encodes them with the frozen VAE and trains the transformer on the
-latents. The encoder's 3-D convolutions are a large share of that step: on a CPU, where both are
-compute-bound, 40% at 17x128x128 and 24% at 33x192x192; on a GPU more, as convolutions of 16-32
-channels run far below the rate of the transformer's matmuls. Echoing (Choi et al., "Faster Neural
+latents. Rendering and encoding are a large share of that step: on a CPU, where both are
+compute-bound, 34% at 17x128x128 and 30% at 33x192x192 (``benchmarks/tiny_step_split.py``); on a
+GPU likely more, as convolutions of 16-32 channels run far below the rate of the transformer's
+matmuls. Echoing (Choi et al., "Faster Neural
 Network Training with Data Echoing", 2019) encodes only ``1/echo`` of each batch anew and fills the
 rest from a pool of recently encoded samples, drawn at random so that repeats are spread over
 steps. Every use draws its own noise, noise level and caption dropout, so a repeated latent is still

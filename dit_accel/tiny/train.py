@@ -385,16 +385,24 @@ def sample_sigmas(count: int, shift: float, device: torch.device) -> torch.Tenso
 def denoiser_loss(
     denoiser: Denoiser, plan: Plan, bucket: Bucket, pool: EchoPool, rng: np.random.Generator, device: torch.device
 ) -> torch.Tensor:
-    """Rectified-flow loss on one batch: predict ``noise - x0`` from ``(1 - s) x0 + s noise``; the
-    batch is topped up from the bucket's ``pool`` of recently encoded samples."""
-    pipe = denoiser.pipe
+    """Rectified-flow loss on one freshly drawn batch of ``bucket``'s size, topped up from the bucket's
+    ``pool`` of recently encoded samples, with caption dropout and a random prompt padding."""
     count = pool.fresh_count(bucket.batch)
     captions, videos = random_videos(rng, count, bucket.num_frames, bucket.height, bucket.width, device)
     x0, texts = pool.batch(denoiser.latents(videos, device), [c.text for c in captions], bucket.batch, rng)
     prompts = ["" if rng.random() < CAPTION_DROPOUT else text for text in texts]
+    text_length = int(rng.integers(CAPTION_TOKENS, PIPELINE_TEXT_LENGTH + 1))
+    return flow_loss(denoiser, plan, x0, prompts, text_length, device)
+
+
+def flow_loss(
+    denoiser: Denoiser, plan: Plan, x0: torch.Tensor, prompts: list[str], text_length: int, device: torch.device
+) -> torch.Tensor:
+    """Rectified-flow loss of normalised latents ``x0``: predict ``noise - x0`` from ``(1 - s) x0 + s
+    noise``, under ``prompts`` padded to ``text_length`` tokens."""
+    pipe = denoiser.pipe
     sigma = sample_sigmas(x0.shape[0], plan.spec.flow_shift, device)
     noisy, target = flow_pair(x0, torch.randn_like(x0), sigma)
-    text_length = int(rng.integers(CAPTION_TOKENS, PIPELINE_TEXT_LENGTH + 1))
     with autocast(device):
         text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=text_length)
         prediction = pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0]
