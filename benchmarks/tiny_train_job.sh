@@ -7,14 +7,19 @@
 #   bash benchmarks/tiny_train_job.sh wait SECONDS                    # tail the log; return early if the job ended
 #   bash benchmarks/tiny_train_job.sh pack OUT                        # compare topk vs dense, time a step's parts, tar the model into OUT
 #
+# The machine goes back after 30 s idle, taking the job with it (run 3's first try was lost so):
+# chain `start` and `wait` in one call, e.g. `... start 24 --compile; bash ... wait 480`, and send
+# each next `wait` as soon as the last returns.
 # Carry `.whl` (diffusers) on every call; `start` also needs the checkpoint named by --resume carried, e.g.
 #   bash benchmarks/tiny_train_job.sh start 21 --resume .ckpt/RUN_DIR --vae-share 0.1 --compile
-# The job's pid is kept in a file: polling with `pgrep -f` would match the polling shell itself.
+# The job writes its exit status to a file when it ends, and `wait` polls for that file: a pid kept
+# from the starting call did not outlive it on the lent machine (run 3 read "ended" while training
+# went on), and `pgrep -f` would match the polling shell itself.
 set -u
 JOB=/tmp/tiny-train
 MODEL=/tmp/tiny-wan-t2v
 
-job_running() { [ -f "$JOB.pid" ] && kill -0 "$(cat "$JOB.pid")" 2>/dev/null; }
+job_running() { [ -f "$JOB.log" ] && [ ! -f "$JOB.rc" ]; }
 
 case "${1:-}" in
 start)
@@ -28,8 +33,9 @@ start)
     gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}
     launcher=(python3)
     if [ "$gpus" -gt 1 ]; then launcher=(python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus"); fi
-    (cd /tmp && setsid nohup "${launcher[@]}" -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" \
-        "${options[@]}" >"$JOB.log" 2>&1 </dev/null & echo $! >"$JOB.pid")
+    rm -f "$JOB.rc"
+    (cd /tmp && setsid nohup bash -c '"$@"; echo $? >"'"$JOB.rc"'"' job "${launcher[@]}" -m dit_accel.tiny.train \
+        --out "$MODEL" --minutes "$minutes" "${options[@]}" >"$JOB.log" 2>&1 </dev/null &)
     sleep 60
     grep -v Warning "$JOB.log" | tail -20
     ;;
@@ -37,7 +43,7 @@ wait)
     deadline=$((SECONDS + $2))
     while job_running && [ $SECONDS -lt $deadline ]; do sleep 5; done
     grep -v Warning "$JOB.log" | tail -25
-    job_running && echo "job still running" || echo "job ended"
+    job_running && echo "job still running" || echo "job ended with status $(cat "$JOB.rc" 2>/dev/null)"
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     ;;
 pack)
