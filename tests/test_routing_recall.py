@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_recall.py"
+from benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def recall_module():
-    spec = importlib.util.spec_from_file_location("routing_recall", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("routing_recall")
 
 
 def test_everything_kept_means_full_recall_and_no_error(recall_module) -> None:

@@ -21,7 +21,7 @@ from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 from dit_accel.tiny.build import FULL, TOY, TinyWanSpec, build_pipeline
 from dit_accel.tiny.data import check_video, parse_caption, render_batch
 from dit_accel.tiny.text import encode_prompts
-from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, compile_for_training, flow_pair
+from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, compile_for_training, flow_pair, load_for_resume
 from dit_accel.tiny.train import main as train_main
 
 MiB = 2**20
@@ -176,6 +176,21 @@ def test_resume_refuses_a_model_of_another_size(toy_model: Path, tmp_path: Path)
         train_main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(toy_model)])
     with pytest.raises(ValueError, match=r"no model_index\.json"):
         train_main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(tmp_path)])
+
+
+# Every saved tiny pipeline in assets/: the shipped model and intermediate weights kept to resume from.
+SAVED_MODELS = sorted(TINY_MODEL_DIR.parent.glob(f"{TINY_MODEL_DIR.name}*/"))
+
+
+@pytest.mark.parametrize("directory", SAVED_MODELS, ids=[d.name for d in SAVED_MODELS])
+def test_saved_weights_are_shippable_and_resumable(directory: Path) -> None:
+    """Within the size budget, of the full model's sizes, with the record of the run that made them."""
+    assert_shippable(directory)
+    pipe = load_for_resume(directory, FULL)
+    assert pipe.vae.config.latents_mean is not None and len(pipe.vae.config.latents_std) == FULL.z_dim
+    record = json.loads((directory / "train_record.json").read_text())
+    assert record["spec"] == json.loads(json.dumps(FULL.__dict__))
+    assert json.loads((directory / GENERATION_DEFAULTS_FILE).read_text()) == FULL.call_defaults()
 
 
 @pytest.mark.skipif(not TINY_MODEL_DIR.is_dir(), reason=f"no trained model in {TINY_MODEL_DIR} yet")
