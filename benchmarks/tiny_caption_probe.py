@@ -24,11 +24,17 @@ from diffusers import WanPipeline
 from dit_accel.bench import environment
 from dit_accel.tiny.build import FULL
 from dit_accel.tiny.data import COLOURS, Caption, hue_distance, render_batch, sample_caption
-from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH, encode_prompts
-from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, flow_pair
+from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH
+from dit_accel.tiny.train import Denoiser, saved_latent_statistics, velocity_loss
 
-OPPOSITE_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking"}
-OPPOSITE_MOTION["shrinking"] = "growing"
+OPPOSITE_MOTION = {
+    "left": "right",
+    "right": "left",
+    "up": "down",
+    "down": "up",
+    "growing": "shrinking",
+    "shrinking": "growing",
+}
 
 
 def motion_swapped(caption: Caption) -> Caption:
@@ -57,14 +63,11 @@ def caption_losses(
     """Mean flow loss of ``x0`` at noise level ``sigma`` under each variant's captions, one shared noise."""
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     sigmas = torch.full((x0.shape[0],), sigma)
-    noisy, target = flow_pair(x0, noise, sigmas)
-    pipe = denoiser.pipe
-    losses = {}
-    for name, captions in variants.items():
-        text = encode_prompts(pipe.tokenizer, pipe.text_encoder, [c.text for c in captions], PIPELINE_TEXT_LENGTH)
-        prediction = pipe.transformer(noisy, sigmas * TIMESTEP_SCALE, text, return_dict=False)[0]
-        losses[name] = float((prediction - target).square().mean())
-    return losses
+    prompts = {name: [c.text for c in captions] for name, captions in variants.items()}
+    return {
+        name: float(velocity_loss(denoiser.pipe, x0, noise, sigmas, texts, PIPELINE_TEXT_LENGTH, x0.device))
+        for name, texts in prompts.items()
+    }
 
 
 def main() -> None:
@@ -77,13 +80,12 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = WanPipeline.from_pretrained(args.model, dtype=torch.float32)
-    config = pipe.vae.config
-    denoiser = Denoiser(pipe, torch.tensor(config.latents_mean), torch.tensor(config.latents_std))
+    cpu = torch.device("cpu")
+    denoiser = Denoiser(pipe, *saved_latent_statistics(pipe, cpu))
     rng = np.random.default_rng(args.seed)
     captions = probe_captions(args.videos, rng)
     frames, height, width, _ = FULL.quick
     seeds = rng.integers(0, 2**31 - 1, size=len(captions)).tolist()
-    cpu = torch.device("cpu")
     x0 = denoiser.latents(render_batch(captions, seeds, frames, height, width, cpu), cpu)
     variants = {
         "true": captions,
@@ -100,7 +102,7 @@ def main() -> None:
         "model": str(args.model),
         "videos": len(captions),
         "size": FULL.quick[:3],
-        "environment": environment(torch.device("cpu")),
+        "environment": environment(cpu),
         "results": rows,
     }
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -21,7 +21,14 @@ from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 from dit_accel.tiny.build import FULL, TOY, TinyWanSpec, build_pipeline
 from dit_accel.tiny.data import check_video, parse_caption, render_batch
 from dit_accel.tiny.text import encode_prompts
-from dit_accel.tiny.train import TIMESTEP_SCALE, Denoiser, compile_for_training, flow_pair, load_for_resume
+from dit_accel.tiny.train import (
+    TIMESTEP_SCALE,
+    Denoiser,
+    compile_for_training,
+    flow_pair,
+    load_for_resume,
+    velocity_loss,
+)
 from dit_accel.tiny.train import main as train_main
 
 MiB = 2**20
@@ -86,6 +93,23 @@ def test_training_embeddings_match_the_pipeline() -> None:
     prompts = [PROMPTS[0], ""]
     expected, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=300)
     torch.testing.assert_close(encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=300), expected)
+
+
+def test_training_loss_is_zero_for_the_exact_velocity() -> None:
+    """The training loss gives the transformer the noisy latents and the timestep of its target's noise
+    level: a transformer that reads ``x0`` back from them and returns ``noise - x0`` scores zero."""
+    torch.manual_seed(0)
+    pipe = build_pipeline(TOY)
+    x0 = torch.randn(2, TOY.z_dim, 2, 8, 8)
+    noise = torch.randn_like(x0)
+
+    def oracle(hidden_states: torch.Tensor, timestep: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
+        s = (timestep.float() / TIMESTEP_SCALE).view(-1, 1, 1, 1, 1)
+        return (noise - (hidden_states - s * noise) / (1 - s),)
+
+    pipe.transformer.forward = oracle
+    loss = velocity_loss(pipe, x0, noise, torch.tensor([0.3, 0.8]), PROMPTS[:2], 30, torch.device("cpu"))
+    assert float(loss) < 1e-10
 
 
 def test_training_objective_matches_the_sampler() -> None:
@@ -179,7 +203,7 @@ def test_resume_refuses_a_model_of_another_size(toy_model: Path, tmp_path: Path)
 
 
 # Every saved tiny pipeline in assets/: the shipped model and intermediate weights kept to resume from.
-SAVED_MODELS = sorted(TINY_MODEL_DIR.parent.glob(f"{TINY_MODEL_DIR.name}*/"))
+SAVED_MODELS = sorted(p for p in TINY_MODEL_DIR.parent.glob(f"{TINY_MODEL_DIR.name}*") if p.is_dir())
 
 
 @pytest.mark.parametrize("directory", SAVED_MODELS, ids=[d.name for d in SAVED_MODELS])

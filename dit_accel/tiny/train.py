@@ -399,10 +399,23 @@ def flow_loss(
     denoiser: Denoiser, plan: Plan, x0: torch.Tensor, prompts: list[str], text_length: int, device: torch.device
 ) -> torch.Tensor:
     """Rectified-flow loss of normalised latents ``x0``: predict ``noise - x0`` from ``(1 - s) x0 + s
-    noise``, under ``prompts`` padded to ``text_length`` tokens."""
-    pipe = denoiser.pipe
+    noise``, under ``prompts`` padded to ``text_length`` tokens, at random noise and noise levels."""
     sigma = sample_sigmas(x0.shape[0], plan.spec.flow_shift, device)
-    noisy, target = flow_pair(x0, torch.randn_like(x0), sigma)
+    return velocity_loss(denoiser.pipe, x0, torch.randn_like(x0), sigma, prompts, text_length, device)
+
+
+def velocity_loss(
+    pipe: WanPipeline,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    prompts: list[str],
+    text_length: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Mean squared error of the transformer's velocity for ``x0`` at the given ``noise`` and noise
+    levels ``sigma``: :func:`flow_loss` with its draws made by the caller (probes fix them)."""
+    noisy, target = flow_pair(x0, noise, sigma)
     with autocast(device):
         text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=text_length)
         prediction = pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0]
@@ -624,14 +637,19 @@ def shared_schedule(schedule: Schedule, ranks: Ranks, device: torch.device) -> S
     return Schedule(vae_end, tuple(checkpoints), train_end, end)
 
 
+def saved_latent_statistics(pipe: WanPipeline, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel latent mean and std in a saved pipeline's VAE config, where ``WanPipeline`` reads them."""
+    config = pipe.vae.config
+    return tuple(torch.tensor(v, device=device) for v in (config.latents_mean, config.latents_std))
+
+
 def latent_statistics(
     pipe: WanPipeline, measured: VaeMeasurement, resumed: bool, ranks: Ranks, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The latent mean/std the transformer trains with: rank 0's measurement, written into the VAE
     config; when resuming, the saved ones, which the transformer was trained with."""
     if resumed:
-        config = pipe.vae.config
-        return tuple(torch.tensor(v, device=device) for v in (config.latents_mean, config.latents_std))
+        return saved_latent_statistics(pipe, device)
     mean, std = measured.mean.clone(), measured.std.clone()
     broadcast_([mean, std], ranks)
     pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
