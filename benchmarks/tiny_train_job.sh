@@ -11,7 +11,7 @@
 # A call runs at most 10 minutes, so keep MINUTES at 9 or less; carry `.whl` (diffusers) on every call
 # and the folder named by --resume. Back here, unpack a segment with
 #   cat /work/.device/N/tiny-wan-t2v.tar.part-* | tar -C .ckpt -xf -     # .ckpt/tiny-wan-t2v
-# e.g. run 4: `train 9 --vae-share 0.25 --compile`, then `train 8.4 --resume .ckpt/run4a --vae-share 0.05 --compile`.
+# e.g. run 5: `train 8.5 --resume assets/tiny-wan-t2v-run5 --vae-share 0.1 --compile`, then `train 8.5 --resume .ckpt/run5a ...`.
 set -u
 MODEL=/tmp/tiny-wan-t2v
 : "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,14 @@ from dit_accel.tiny.data import check_video, parse_caption, render_batch
 from dit_accel.tiny.text import encode_prompts
 from dit_accel.tiny.train import (
     TIMESTEP_SCALE,
+    TOY_PLAN,
     Denoiser,
     compile_for_training,
+    flow_loss,
     flow_pair,
+    frame_weighted_mse,
     load_for_resume,
+    parse_args,
     velocity_loss,
 )
 from dit_accel.tiny.train import main as train_main
@@ -95,21 +100,70 @@ def test_training_embeddings_match_the_pipeline() -> None:
     torch.testing.assert_close(encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=300), expected)
 
 
-def test_training_loss_is_zero_for_the_exact_velocity() -> None:
-    """The training loss gives the transformer the noisy latents and the timestep of its target's noise
-    level: a transformer that reads ``x0`` back from them and returns ``noise - x0`` scores zero."""
-    torch.manual_seed(0)
+def oracle_pipeline(x0: torch.Tensor, first_frame_error: float) -> WanPipeline:
+    """A toy pipeline whose transformer reads the exact velocity ``noise - x0`` off the noisy latents and
+    the timestep (it knows ``x0``), plus ``first_frame_error`` on latent frame 0."""
     pipe = build_pipeline(TOY)
-    x0 = torch.randn(2, TOY.z_dim, 2, 8, 8)
-    noise = torch.randn_like(x0)
 
     def oracle(hidden_states: torch.Tensor, timestep: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
         s = (timestep.float() / TIMESTEP_SCALE).view(-1, 1, 1, 1, 1)
-        return (noise - (hidden_states - s * noise) / (1 - s),)
+        velocity = (hidden_states.float() - x0) / s
+        velocity[:, :, 0] += first_frame_error
+        return (velocity,)
 
     pipe.transformer.forward = oracle
-    loss = velocity_loss(pipe, x0, noise, torch.tensor([0.3, 0.8]), PROMPTS[:2], 30, torch.device("cpu"))
-    assert float(loss) < 1e-10
+    return pipe
+
+
+def test_training_loss_is_zero_for_the_exact_velocity() -> None:
+    """The training loss gives the transformer the noisy latents and the timestep of its target's noise
+    level: a transformer that returns ``noise - x0`` from them scores zero, and an error on the first
+    of two latent frames costs its weighted share (1/2 plainly, 3/4 with that frame weighted 3)."""
+    torch.manual_seed(0)
+    x0 = torch.randn(2, TOY.z_dim, 2, 8, 8)
+    noise, sigma, cpu = torch.randn_like(x0), torch.tensor([0.3, 0.8]), torch.device("cpu")
+    assert float(velocity_loss(oracle_pipeline(x0, 0.0), x0, noise, sigma, PROMPTS[:2], 30, cpu)) < 1e-8
+    off = oracle_pipeline(x0, 1.0)
+    assert float(velocity_loss(off, x0, noise, sigma, PROMPTS[:2], 30, cpu)) == pytest.approx(0.5, rel=1e-4)
+    assert float(velocity_loss(off, x0, noise, sigma, PROMPTS[:2], 30, cpu, 3.0)) == pytest.approx(0.75, rel=1e-4)
+    # flow_loss draws its own noise and levels, and takes the weight from the plan
+    denoiser = Denoiser(off, torch.zeros(TOY.z_dim), torch.ones(TOY.z_dim))
+    plan = replace(TOY_PLAN, first_frame_weight=3.0)
+    assert float(flow_loss(denoiser, plan, x0, PROMPTS[:2], 30, cpu)) == pytest.approx(0.75, rel=1e-3)
+
+
+def test_first_frame_weight_scales_only_the_first_latent_frame() -> None:
+    torch.manual_seed(1)
+    prediction, target = torch.randn(2, 3, 5, 4, 6), torch.randn(2, 3, 5, 4, 6)
+    plain = torch.nn.functional.mse_loss(prediction, target)
+    torch.testing.assert_close(frame_weighted_mse(prediction, target, 1.0), plain)
+    per_frame = (prediction - target).square().mean(dim=(0, 1, 3, 4))
+    expected = (4.0 * per_frame[0] + per_frame[1:].sum()) / (4.0 + 4)
+    torch.testing.assert_close(frame_weighted_mse(prediction, target, 4.0), expected)
+    # an error in frame 0 alone counts W / mean(weights) times as much as the same error in frame 1
+    first, second = target.clone(), target.clone()
+    first[:, :, 0] += 1.0
+    second[:, :, 1] += 1.0
+    ratio = frame_weighted_mse(first, target, 3.0) / frame_weighted_mse(second, target, 3.0)
+    assert float(ratio) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--minutes", "0"], "--minutes must be > 0"),
+        (["--minutes", "1", "--vae-share", "1"], "--vae-share must be in"),
+        (["--minutes", "1", "--echo", "0"], "--echo must be >= 1"),
+        (["--minutes", "1", "--first-frame-weight", "0"], "--first-frame-weight must be > 0"),
+        (["--minutes", "1", "--log-every", "0"], "--log-every must be >= 1"),
+    ],
+)
+def test_training_script_rejects_bad_options(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), *option])
+    assert message in capsys.readouterr().err
 
 
 def test_training_objective_matches_the_sampler() -> None:
