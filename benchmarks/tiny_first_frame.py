@@ -1,5 +1,6 @@
 """Is the tiny model's first frame its weak one? Per video frame, how often generated videos show
-the caption's colour; per latent frame, how much the VAE latents of real videos vary across space.
+the caption's colour; per latent frame, how much the VAE latents of real videos vary across space,
+and how large the transformer's error on them is against that spread.
 
     python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v-run5 --captions 16 \\
         --out benchmarks/results/tiny_first_frame_run5_cpu.json
@@ -9,7 +10,10 @@ frames. If that first latent varies less across space (in the normalised units t
 predicts), an error of the same size costs the first decoded frame more of its content; the
 record's ``suggested_first_frame_weight`` is the squared ratio of the later frames' spatial std to
 the first's, the weight that would make the training loss count errors relative to each frame's
-content (``--first-frame-weight`` of ``dit_accel.tiny.train``). Quick size (17x128x128, 12 steps).
+content (``--first-frame-weight`` of ``dit_accel.tiny.train``). ``relative_error_by_frame`` checks
+the premise on the model: at each noise level, the mean squared error of the clean latents the
+transformer's velocity implies, per latent frame, over that frame's spatial variance (1: no better
+than a flat guess of the frame's mean). Quick size (17x128x128, 12 steps).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from diffusers import WanPipeline
 from dit_accel.bench import environment
 from dit_accel.tiny.build import FULL
 from dit_accel.tiny.data import nearest_colour, parse_caption, read_video, render_batch
-from dit_accel.tiny.train import Denoiser, evaluation_captions, saved_latent_statistics
+from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH
+from dit_accel.tiny.train import Denoiser, evaluation_captions, flow_pair, predict_velocity, saved_latent_statistics
 
 
 def colour_by_frame(captions: list[str], videos: np.ndarray) -> list[float]:
@@ -45,11 +50,27 @@ def spatial_std_by_latent_frame(latents: torch.Tensor) -> list[float]:
     return latents.float().std(dim=(3, 4)).mean(dim=(0, 1)).tolist()
 
 
+@torch.no_grad()
+def relative_error_by_frame(
+    pipe: WanPipeline, x0: torch.Tensor, prompts: list[str], sigma: float, seed: int
+) -> list[float]:
+    """Per latent frame, the squared error of the clean latents implied by the transformer's velocity
+    at noise level ``sigma`` (``noisy - sigma * velocity``), over the frame's spatial variance."""
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    sigmas = torch.full((x0.shape[0],), sigma)
+    noisy, target = flow_pair(x0, noise, sigmas)
+    velocity = predict_velocity(pipe, noisy, sigmas, prompts, PIPELINE_TEXT_LENGTH, x0.device)
+    error = (sigma**2) * (velocity - target).square().mean(dim=(0, 1, 3, 4))
+    variance = x0.float().var(dim=(3, 4)).mean(dim=(0, 1))
+    return (error / variance).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a saved tiny WanPipeline")
     parser.add_argument("--captions", type=int, default=16, help="random grammar captions")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.3, 0.6, 0.85])
     parser.add_argument("--out", type=Path, required=True, help="JSON record to write")
     args = parser.parse_args()
 
@@ -66,7 +87,12 @@ def main() -> None:
     seeds = list(range(args.seed, args.seed + len(captions)))
     size = call["num_frames"], call["height"], call["width"]
     rendered = render_batch([parse_caption(c) for c in captions], seeds, *size, cpu)
-    spread = spatial_std_by_latent_frame(denoiser.latents(rendered, cpu))
+    x0 = denoiser.latents(rendered, cpu)
+    spread = spatial_std_by_latent_frame(x0)
+    relative = {
+        str(sigma): [round(e, 4) for e in relative_error_by_frame(pipe, x0, captions, sigma, args.seed + i)]
+        for i, sigma in enumerate(args.sigmas)
+    }
     record = {
         "model": str(args.model),
         "call": call,
@@ -75,6 +101,7 @@ def main() -> None:
         "colour_by_frame": [round(c, 4) for c in colour],
         "latent_spatial_std_by_frame": [round(s, 4) for s in spread],
         "suggested_first_frame_weight": round((float(np.mean(spread[1:])) / spread[0]) ** 2, 2),
+        "relative_error_by_frame": relative,
     }
     print(json.dumps(record), flush=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

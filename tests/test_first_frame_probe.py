@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from benchmark_scripts import load_script
+from tiny_oracle import oracle_pipeline
 
+from dit_accel.tiny.build import TOY
 from dit_accel.tiny.data import render_video
 
 CAPTIONS = [
@@ -45,3 +47,16 @@ def test_spatial_spread_is_per_latent_frame(probe: ModuleType) -> None:
     expected = [float(latents[:, :, t].std(dim=(2, 3)).mean()) for t in range(5)]
     assert spread == pytest.approx(expected, rel=1e-5)
     assert spread[0] == pytest.approx(0.0, abs=1e-5) and spread[1] < spread[2] < spread[3] < spread[4]
+
+
+def test_relative_error_is_the_first_frames_error_over_its_spatial_variance(probe: ModuleType) -> None:
+    torch.manual_seed(2)
+    x0 = torch.randn(2, TOY.z_dim, 3, 8, 8) * torch.tensor([0.5, 1.0, 2.0]).view(1, 1, 3, 1, 1)
+    prompts = CAPTIONS[:2]
+    assert probe.relative_error_by_frame(oracle_pipeline(x0, 0.0), x0, prompts, 0.6, 0) == pytest.approx(
+        [0.0, 0.0, 0.0], abs=1e-6
+    )
+    # a velocity error of 1 on frame 0 is a clean-latent error of sigma = 0.6 there
+    relative = probe.relative_error_by_frame(oracle_pipeline(x0, 1.0), x0, prompts, 0.6, 0)
+    variance = float(x0[:, :, 0].var(dim=(2, 3)).mean())
+    assert relative == pytest.approx([0.36 / variance, 0.0, 0.0], rel=1e-4, abs=1e-6)

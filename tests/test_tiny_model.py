@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from safetensors import safe_open
+from tiny_oracle import oracle_pipeline
 from transformers import UMT5EncoderModel
 
 from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
@@ -98,21 +99,6 @@ def test_training_embeddings_match_the_pipeline() -> None:
     prompts = [PROMPTS[0], ""]
     expected, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=300)
     torch.testing.assert_close(encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=300), expected)
-
-
-def oracle_pipeline(x0: torch.Tensor, first_frame_error: float) -> WanPipeline:
-    """A toy pipeline whose transformer reads the exact velocity ``noise - x0`` off the noisy latents and
-    the timestep (it knows ``x0``), plus ``first_frame_error`` on latent frame 0."""
-    pipe = build_pipeline(TOY)
-
-    def oracle(hidden_states: torch.Tensor, timestep: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
-        s = (timestep.float() / TIMESTEP_SCALE).view(-1, 1, 1, 1, 1)
-        velocity = (hidden_states.float() - x0) / s
-        velocity[:, :, 0] += first_frame_error
-        return (velocity,)
-
-    pipe.transformer.forward = oracle
-    return pipe
 
 
 def test_training_loss_is_zero_for_the_exact_velocity() -> None:

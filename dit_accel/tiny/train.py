@@ -420,10 +420,23 @@ def velocity_loss(
     """Mean squared error of the transformer's velocity for ``x0`` at the given ``noise`` and noise
     levels ``sigma``: :func:`flow_loss` with its draws made by the caller (probes fix them)."""
     noisy, target = flow_pair(x0, noise, sigma)
+    prediction = predict_velocity(pipe, noisy, sigma, prompts, text_length, device)
+    return frame_weighted_mse(prediction, target, first_frame_weight)
+
+
+def predict_velocity(
+    pipe: WanPipeline,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor,
+    prompts: list[str],
+    text_length: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The transformer's velocity (fp32) for ``noisy`` latents at noise levels ``sigma``, under ``prompts``
+    padded to ``text_length`` tokens, timesteps scaled as the pipeline's scheduler scales them."""
     with autocast(device):
         text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, pad_to=text_length)
-        prediction = pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0]
-    return frame_weighted_mse(prediction.float(), target, first_frame_weight)
+        return pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0].float()
 
 
 def frame_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, first_frame_weight: float) -> torch.Tensor:
