@@ -24,6 +24,7 @@ from dit_accel.tiny.build import FULL, TOY, TinyWanSpec, build_pipeline
 from dit_accel.tiny.data import check_video, parse_caption, render_batch
 from dit_accel.tiny.text import encode_prompts
 from dit_accel.tiny.train import (
+    FULL_PLAN,
     TIMESTEP_SCALE,
     TOY_PLAN,
     Denoiser,
@@ -33,6 +34,7 @@ from dit_accel.tiny.train import (
     frame_weighted_mse,
     load_for_resume,
     parse_args,
+    plan_from_args,
     velocity_loss,
 )
 from dit_accel.tiny.train import main as train_main
@@ -132,6 +134,13 @@ def test_first_frame_weight_scales_only_the_first_latent_frame() -> None:
     second[:, :, 1] += 1.0
     ratio = frame_weighted_mse(first, target, 3.0) / frame_weighted_mse(second, target, 3.0)
     assert float(ratio) == pytest.approx(3.0)
+
+
+def test_training_options_replace_the_plans_defaults(tmp_path: Path) -> None:
+    given = ["--vae-share", "0.2", "--echo", "3", "--first-frame-weight", "4"]
+    plan = plan_from_args(parse_args(["--out", str(tmp_path), "--minutes", "1", "--tiny", *given]))
+    assert plan == replace(TOY_PLAN, vae_share=0.2, echo=3, first_frame_weight=4.0)
+    assert plan_from_args(parse_args(["--out", str(tmp_path), "--minutes", "1"])) == FULL_PLAN
 
 
 @pytest.mark.parametrize(

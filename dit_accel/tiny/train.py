@@ -695,18 +695,19 @@ def latent_statistics(
     return mean, std
 
 
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The toy or full plan, with the options given on the command line in place of its defaults."""
+    plan = TOY_PLAN if args.tiny else FULL_PLAN
+    given = {"vae_share": args.vae_share, "echo": args.echo, "first_frame_weight": args.first_frame_weight}
+    return replace(plan, **{name: value for name, value in given.items() if value is not None})
+
+
 def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     """Train and save; ``spent`` seconds of the budget are already used (the script passes its start-up).
 
     Under ``torchrun`` every process trains on its own data and rank 0 saves and evaluates."""
     args = parse_args(argv)
-    plan = TOY_PLAN if args.tiny else FULL_PLAN
-    if args.vae_share is not None:
-        plan = replace(plan, vae_share=args.vae_share)
-    if args.echo is not None:
-        plan = replace(plan, echo=args.echo)
-    if args.first_frame_weight is not None:
-        plan = replace(plan, first_frame_weight=args.first_frame_weight)
+    plan = plan_from_args(args)
     log_every = args.log_every or (5 if args.tiny else 50)
     ranks, device = init_ranks(configure_device(args.device))
     try:
