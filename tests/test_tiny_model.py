@@ -137,9 +137,9 @@ def test_first_frame_weight_scales_only_the_first_latent_frame() -> None:
 
 
 def test_training_options_replace_the_plans_defaults(tmp_path: Path) -> None:
-    given = ["--vae-share", "0.2", "--echo", "3", "--first-frame-weight", "4"]
+    given = ["--vae-share", "0.2", "--echo", "3", "--lr", "2e-4", "--first-frame-weight", "4"]
     plan = plan_from_args(parse_args(["--out", str(tmp_path), "--minutes", "1", "--tiny", *given]))
-    assert plan == replace(TOY_PLAN, vae_share=0.2, echo=3, first_frame_weight=4.0)
+    assert plan == replace(TOY_PLAN, vae_share=0.2, echo=3, lr=2e-4, first_frame_weight=4.0)
     assert plan_from_args(parse_args(["--out", str(tmp_path), "--minutes", "1"])) == FULL_PLAN
 
 
@@ -150,6 +150,7 @@ def test_training_options_replace_the_plans_defaults(tmp_path: Path) -> None:
         (["--minutes", "1", "--vae-share", "1"], "--vae-share must be in"),
         (["--minutes", "1", "--echo", "0"], "--echo must be >= 1"),
         (["--minutes", "1", "--first-frame-weight", "0"], "--first-frame-weight must be > 0"),
+        (["--minutes", "1", "--lr", "0"], "--lr must be > 0"),
         (["--minutes", "1", "--log-every", "0"], "--log-every must be >= 1"),
     ],
 )

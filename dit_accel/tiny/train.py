@@ -630,6 +630,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks in stage 2")
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate of stage 2 (default 4e-4 full, 1e-3 toy); lower it when resuming a trained model",
+    )
+    parser.add_argument(
         "--first-frame-weight",
         type=float,
         default=None,
@@ -650,6 +656,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--vae-share must be in (0, 1), got {args.vae_share}")
     if args.echo is not None and args.echo < 1:
         parser.error(f"--echo must be >= 1, got {args.echo}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     if args.first_frame_weight is not None and not args.first_frame_weight > 0:
         parser.error(f"--first-frame-weight must be > 0, got {args.first_frame_weight}")
     return args
@@ -698,8 +706,9 @@ def latent_statistics(
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The toy or full plan, with the options given on the command line in place of its defaults."""
     plan = TOY_PLAN if args.tiny else FULL_PLAN
-    given = {"vae_share": args.vae_share, "echo": args.echo, "first_frame_weight": args.first_frame_weight}
-    return replace(plan, **{name: value for name, value in given.items() if value is not None})
+    names = ("vae_share", "echo", "lr", "first_frame_weight")  # the Plan fields that options of these names set
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return replace(plan, **given)
 
 
 def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
