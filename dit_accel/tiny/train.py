@@ -444,8 +444,9 @@ def frame_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, first_fra
     against 1 for the others (weights normalised to mean 1; weight 1 is the plain mean squared error).
 
     Why: the causal VAE codes the first video frame alone, and its latent varies about half as much
-    across space as the later ones (run 5: spatial std 0.23 against 0.44-0.64, normalised), so an
-    error of the same size costs the first decoded frame about four times as much of its content.
+    across space as the later ones (run 5: std 0.28 against 0.51-0.59, normalised; measured by
+    ``benchmarks/tiny_first_frame.py``), so an error of the same size costs the first decoded frame
+    about four times as much of its content.
     """
     per_frame = (prediction - target).square().mean(dim=(0, 1, 3, 4))
     weights = torch.ones_like(per_frame)
