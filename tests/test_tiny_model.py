@@ -128,7 +128,7 @@ def test_first_frame_weight_scales_only_the_first_latent_frame() -> None:
     per_frame = (prediction - target).square().mean(dim=(0, 1, 3, 4))
     expected = (4.0 * per_frame[0] + per_frame[1:].sum()) / (4.0 + 4)
     torch.testing.assert_close(frame_weighted_mse(prediction, target, 4.0), expected)
-    # an error in frame 0 alone counts W / mean(weights) times as much as the same error in frame 1
+    # an error in frame 0 alone counts W times as much as the same error in frame 1
     first, second = target.clone(), target.clone()
     first[:, :, 0] += 1.0
     second[:, :, 1] += 1.0
