@@ -30,7 +30,14 @@ from dit_accel.bench import environment
 from dit_accel.tiny.build import FULL
 from dit_accel.tiny.data import nearest_colour, parse_caption, read_video, render_batch
 from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH
-from dit_accel.tiny.train import Denoiser, evaluation_captions, flow_pair, predict_velocity, saved_latent_statistics
+from dit_accel.tiny.train import (
+    Denoiser,
+    evaluation_captions,
+    flow_pair,
+    mse_by_latent_frame,
+    predict_velocity,
+    saved_latent_statistics,
+)
 
 
 def colour_by_frame(captions: list[str], videos: np.ndarray) -> list[float]:
@@ -60,7 +67,7 @@ def relative_error_by_frame(
     sigmas = torch.full((x0.shape[0],), sigma)
     noisy, target = flow_pair(x0, noise, sigmas)
     velocity = predict_velocity(pipe, noisy, sigmas, prompts, PIPELINE_TEXT_LENGTH, x0.device)
-    error = (sigma**2) * (velocity - target).square().mean(dim=(0, 1, 3, 4))
+    error = (sigma**2) * mse_by_latent_frame(velocity, target)
     variance = x0.float().var(dim=(3, 4)).mean(dim=(0, 1))
     return (error / variance).tolist()
 

@@ -8,8 +8,8 @@
 #
 # Why segments: a job left running between calls was lost twice (run 3's first try, and run 4's
 # 23-minute try after 8 minutes): the machine went back between two calls and took the job with it.
-# A call runs at most 10 minutes, so keep MINUTES at 9.5 or less (9.5 ended 554 s into the call); carry `.whl` (diffusers) on every call
-# and the folder named by --resume. Back here, unpack a segment with
+# A call runs at most 10 minutes, so keep MINUTES at 9.5 or less (9.5 ended 554 s into the call);
+# carry `.whl` (diffusers) on every call and the folder named by --resume. Back here, unpack a segment with
 #   cat /work/.device/N/tiny-wan-t2v.tar.part-* | tar -C .ckpt -xf -     # .ckpt/tiny-wan-t2v
 # e.g. `train 8.5 --resume assets/tiny-wan-t2v-run5 --vae-share 0.04 --compile`, then
 # `train 8.5 --resume .ckpt/<the segment before> --vae-share 0.04 --compile`, and so on.

@@ -439,6 +439,11 @@ def predict_velocity(
         return pipe.transformer(noisy, sigma * TIMESTEP_SCALE, text, return_dict=False)[0].float()
 
 
+def mse_by_latent_frame(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``(B, C, F, H, W)`` latents per latent frame: shape ``(F,)``."""
+    return (prediction - target).square().mean(dim=(0, 1, 3, 4))
+
+
 def frame_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, first_frame_weight: float) -> torch.Tensor:
     """Mean squared error of ``(B, C, F, H, W)`` latents with latent frame 0 weighted ``first_frame_weight``
     against 1 for the others (weights normalised to mean 1; weight 1 is the plain mean squared error).
@@ -448,7 +453,7 @@ def frame_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, first_fra
     ``benchmarks/tiny_first_frame.py``), so an error of the same size costs the first decoded frame
     about four times as much of its content.
     """
-    per_frame = (prediction - target).square().mean(dim=(0, 1, 3, 4))
+    per_frame = mse_by_latent_frame(prediction, target)
     weights = torch.ones_like(per_frame)
     weights[0] = first_frame_weight
     return (per_frame * weights).sum() / weights.sum()
