@@ -27,6 +27,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from dit_accel import kernels
+from dit_accel.bench import environment
 from dit_accel.methods.sparse_common import key_log_counts
 from dit_accel.recorder import RecordedCall, load_qkv, record_qkv
 from dit_accel.tiling import default_tile, tile_permutation
@@ -125,6 +126,7 @@ def main() -> None:
     }
     print("mean over calls:", summary)
     record = {"model": args.model, "prompt": args.prompt, "call": {**call, "num_inference_steps": args.steps}}
+    record["environment"] = environment(torch.device("cpu"))  # the pipeline above runs on the CPU
     record |= {"block_q": args.block_q, "block_k": args.block_k, "summary": summary, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
