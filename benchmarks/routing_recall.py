@@ -12,7 +12,7 @@ each recorded call and density, per head and query block:
 Runs anywhere (exact attention is materialised one head at a time, fp32), e.g. on a CPU:
 
     python benchmarks/routing_recall.py --model assets/tiny-wan-t2v --out benchmarks/results/x.json \\
-        --frames 17 --height 128 --width 128 --steps 12 --layers 0 4 7 --at-steps 0 6 11
+        --frames 17 --height 128 --width 128 --steps 12 --layers 0 4 7 --at-steps 0 6 11   # the default steps here
 """
 
 from __future__ import annotations
@@ -89,11 +89,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 4, 7])
-    parser.add_argument("--at-steps", type=int, nargs="+", default=[0, 15, 29])
+    parser.add_argument(
+        "--at-steps", type=int, nargs="+", default=None, help="steps to record (default: first, middle and last)"
+    )
     parser.add_argument("--densities", type=float, nargs="+", default=[0.125, 0.25, 0.5])
     parser.add_argument("--block-q", type=int, default=128)
     parser.add_argument("--block-k", type=int, default=64)
     args = parser.parse_args()
+    if args.at_steps is None:
+        args.at_steps = [0, args.steps // 2, args.steps - 1]
 
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

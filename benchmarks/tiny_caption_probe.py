@@ -1,7 +1,7 @@
 """Does the tiny model use its caption's motion and colour words? The flow loss of rendered videos
 under the true caption against the same caption with the motion word (or the colour) swapped.
 
-    python benchmarks/tiny_caption_probe.py --model assets/tiny-wan-t2v-run5 --out probe.json
+    python benchmarks/tiny_caption_probe.py --model assets/tiny-wan-t2v --out probe.json
 
 A model that uses a word predicts worse when the word is wrong: the swapped caption's loss is
 higher, most of all at high noise, where the video itself no longer shows the answer. Every variant

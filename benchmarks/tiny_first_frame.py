@@ -2,7 +2,7 @@
 the caption's colour; per latent frame, how much the VAE latents of real videos vary across space,
 and how large the transformer's error on them is against that spread.
 
-    python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v-run5 --captions 16 \\
+    python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v --captions 16 \\
         --out benchmarks/results/tiny_first_frame_run5_cpu.json
 
 The causal VAE codes the first video frame alone and every later latent frame from four video

@@ -1,6 +1,6 @@
 """How well the tiny model's videos show their prompts, across guidance scales and step counts.
 
-    python benchmarks/tiny_prompt_sweep.py --model assets/tiny-wan-t2v-run5 --guidance 3 5 8 --steps 12 24 \\
+    python benchmarks/tiny_prompt_sweep.py --model assets/tiny-wan-t2v --guidance 3 5 8 --steps 12 24 \\
         --captions 16 --out benchmarks/results/tiny_prompt_sweep_run5_cpu.json
 
 Generates at the quick size (``FULL.quick_call()``, 17x128x128, the size of the trained-model test)

@@ -199,7 +199,22 @@ def record_qkv(
     with apply(pipe, config) as handle:
         pipe(**call_kwargs)
         models = [type(m).__name__ for m in handle.transformers]
+    if unrecorded := _requested_but_unrecorded(config):
+        raise ValueError(
+            f"requested but never recorded: {'; '.join(unrecorded)}. Check them against num_inference_steps "
+            "and the model's layers"
+        )
     return config.store.save(path, model_class=models[0], models=models, pipeline_class=type(pipe).__name__)
+
+
+def _requested_but_unrecorded(config: RecordConfig) -> list[str]:
+    """The requested steps and layers the run never reached: a file missing them would skew any statistic."""
+    problems = []
+    for name, attribute, requested in (("steps", "step", config.steps), ("layers", "layer", config.layers)):
+        seen = {getattr(c, attribute) for c in config.store.calls}
+        if requested is not None and (missing := sorted(set(requested) - seen)):
+            problems.append(f"{name} {missing} (recorded: {sorted(seen)})")
+    return problems
 
 
 def load_qkv(path: str | Path) -> tuple[list[RecordedCall], dict[str, Any]]:

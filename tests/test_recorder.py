@@ -116,5 +116,10 @@ def test_options_are_validated(pipe, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="unknown option"):
         dit_accel.apply(pipe, "record", store=None)
     assert "store" not in RecordConfig.option_names()
-    with pytest.raises(ValueError, match="nothing was recorded"):
+    with pytest.raises(ValueError, match=r"never recorded: steps \[99\] \(recorded: \[\]\)"):
         record_qkv(pipe, tmp_path / "none.safetensors", steps=[99], **CALL)
+    with pytest.raises(ValueError, match=r"never recorded: steps \[2\] \(recorded: \[0\]\)\."):
+        record_qkv(pipe, tmp_path / "part.safetensors", steps=[0, 2], **CALL)
+    with pytest.raises(ValueError, match=r"steps \[5\] \(recorded: \[1\]\); layers \[40\] \(recorded: \[0\]\)"):
+        record_qkv(pipe, tmp_path / "both.safetensors", steps=[1, 5], layers=[0, 40], **CALL)
+    assert not list(tmp_path.glob("*.safetensors"))

@@ -1,5 +1,5 @@
 """The tiny Wan model: its size budget, the training script end to end (toy scale), and the trained
-weights in ``assets/tiny-wan-t2v`` (skipped until they exist): do its videos show their prompts?"""
+weights in ``assets/tiny-wan-t2v``: do its videos show their prompts?"""
 
 from __future__ import annotations
 
@@ -267,7 +267,6 @@ def test_saved_weights_are_shippable_and_resumable(directory: Path) -> None:
     assert json.loads((directory / GENERATION_DEFAULTS_FILE).read_text()) == FULL.call_defaults()
 
 
-@pytest.mark.skipif(not TINY_MODEL_DIR.is_dir(), reason=f"no trained model in {TINY_MODEL_DIR} yet")
 def test_trained_model_shows_its_prompts() -> None:
     assert_shippable(TINY_MODEL_DIR)
     pipe = WanPipeline.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
