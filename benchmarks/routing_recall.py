@@ -96,8 +96,10 @@ def main() -> None:
     parser.add_argument("--block-q", type=int, default=128)
     parser.add_argument("--block-k", type=int, default=64)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.at_steps is None:
-        args.at_steps = [0, args.steps // 2, args.steps - 1]
+        args.at_steps = sorted({0, args.steps // 2, args.steps - 1})
 
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

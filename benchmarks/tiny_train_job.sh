@@ -11,8 +11,8 @@
 # A call runs at most 10 minutes, so keep MINUTES at 9.5 or less (9.5 ended 554 s into the call);
 # carry `.whl` (diffusers) on every call and the folder named by --resume. Back here, unpack a segment with
 #   cat /work/.device/N/tiny-wan-t2v.tar.part-* | tar -C .ckpt -xf -     # .ckpt/tiny-wan-t2v
-# e.g. run 6: `train 8.5 --resume assets/tiny-wan-t2v-run5 --vae-share 0.04 --lr 2e-4 --first-frame-weight 4
-# --compile`, then `train 8.5 --resume .ckpt/<the segment before> ... --lr 1e-4 ...`, and so on.
+# e.g. to continue the shipped model: `train 8.5 --resume assets/tiny-wan-t2v --vae-share 0.04 --lr 1e-4
+# --first-frame-weight 4 --compile`, then `train 8.5 --resume .ckpt/<the segment before> ...`, and so on.
 set -u
 MODEL=/tmp/tiny-wan-t2v
 : "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"

@@ -387,8 +387,9 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
         raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     if model == str(TINY_MODEL_DIR) and not TINY_MODEL_DIR.is_dir():
         raise FileNotFoundError(
-            f"the tiny model is not in {TINY_MODEL_DIR} yet: train it with "
-            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 19' or pass --model"
+            f"the tiny model is not in {TINY_MODEL_DIR}: it ships in the repository's assets/ (a git "
+            "checkout, not the wheel); pass --model, or train it with "
+            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 19'"
         )
     return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
 

@@ -16,14 +16,16 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
     HunyuanVideoPipeline,
+    WanPipeline,
 )
 from PIL import Image
 from tiny_models import tiny_hunyuan
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
+import dit_accel.compare
 from dit_accel.cli import main as cli_main
-from dit_accel.compare import compare, parse_option, side_by_side
-from dit_accel.tiny import GENERATION_DEFAULTS_FILE
+from dit_accel.compare import compare, load_pipeline, parse_option, side_by_side
+from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 from dit_accel.tiny.build import TOY, build_pipeline
 from dit_accel.tiny.text import build_tokenizer
 
@@ -225,6 +227,15 @@ def test_cli_uses_the_model_folders_defaults(wan_pipe, tmp_path: Path, capsys) -
     assert record["call"] == {**WAN_CALL, "num_inference_steps": 1, "guidance_scale": 1.0, "max_sequence_length": 64}
     assert record["model"] == str(model) and record["dtype"] == "float32"
     assert "PSNR" in capsys.readouterr().out
+
+
+def test_default_model_is_the_shipped_tiny_model(monkeypatch, tmp_path: Path) -> None:
+    pipe = load_pipeline(str(TINY_MODEL_DIR), device="cpu")
+    assert isinstance(pipe, WanPipeline) and pipe.transformer.dtype == torch.float32
+    missing = tmp_path / "tiny-wan-t2v"
+    monkeypatch.setattr(dit_accel.compare, "TINY_MODEL_DIR", missing)
+    with pytest.raises(FileNotFoundError, match=r"ships in the repository's assets/ .* pass --model"):
+        load_pipeline(str(missing), device="cpu")
 
 
 def test_bad_arguments_are_named(wan_pipe) -> None:

@@ -122,4 +122,6 @@ def test_options_are_validated(pipe, tmp_path: Path) -> None:
         record_qkv(pipe, tmp_path / "part.safetensors", steps=[0, 2], **CALL)
     with pytest.raises(ValueError, match=r"steps \[5\] \(recorded: \[1\]\); layers \[40\] \(recorded: \[0\]\)"):
         record_qkv(pipe, tmp_path / "both.safetensors", steps=[1, 5], layers=[0, 40], **CALL)
+    with pytest.raises(ValueError, match="nothing was recorded"):
+        RecordConfig().store.save(tmp_path / "empty.safetensors")
     assert not list(tmp_path.glob("*.safetensors"))

@@ -252,7 +252,7 @@ def test_resume_refuses_a_model_of_another_size(toy_model: Path, tmp_path: Path)
         train_main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(tmp_path)])
 
 
-# Every saved tiny pipeline in assets/: the shipped model and intermediate weights kept to resume from.
+# Every saved tiny pipeline in assets/: the shipped model, and any intermediate weights kept there to resume from.
 SAVED_MODELS = sorted(p for p in TINY_MODEL_DIR.parent.glob(f"{TINY_MODEL_DIR.name}*") if p.is_dir())
 
 
