@@ -22,7 +22,6 @@ from PIL import Image
 from tiny_models import tiny_hunyuan
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
-import dit_accel.compare
 from dit_accel.cli import main as cli_main
 from dit_accel.compare import compare, load_pipeline, parse_option, side_by_side
 from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
@@ -233,7 +232,7 @@ def test_default_model_is_the_shipped_tiny_model(monkeypatch, tmp_path: Path) ->
     pipe = load_pipeline(str(TINY_MODEL_DIR), device="cpu")
     assert isinstance(pipe, WanPipeline) and pipe.transformer.dtype == torch.float32
     missing = tmp_path / "tiny-wan-t2v"
-    monkeypatch.setattr(dit_accel.compare, "TINY_MODEL_DIR", missing)
+    monkeypatch.setattr("dit_accel.compare.TINY_MODEL_DIR", missing)
     with pytest.raises(FileNotFoundError, match=r"ships in the repository's assets/ .* pass --model"):
         load_pipeline(str(missing), device="cpu")
 
