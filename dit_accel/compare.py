@@ -39,6 +39,7 @@ from PIL import Image
 
 import dit_accel
 from dit_accel.api import apply
+from dit_accel.bench import environment
 from dit_accel.metrics import video_psnr, video_ssim
 from dit_accel.pipelines import find_adapter
 from dit_accel.registry import build_config
@@ -98,6 +99,7 @@ class ComparisonResult:
         )
         record["frames"] = int(self.dense.shape[0])
         record["versions"] = _versions()
+        record["environment"] = environment(torch.device(self.device))  # names the GPU the timings came from
         return _finite_or_none(record)
 
 

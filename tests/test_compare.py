@@ -22,6 +22,7 @@ from PIL import Image
 from tiny_models import tiny_hunyuan
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
+from dit_accel.bench import environment
 from dit_accel.cli import main as cli_main
 from dit_accel.compare import compare, load_pipeline, parse_option, side_by_side
 from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
@@ -173,6 +174,7 @@ def test_sparse_method_record_and_gif(wan_pipe, tmp_path: Path) -> None:
     assert record["frames"] == 9 and record["pipeline"] == "WanPipeline" and record["seed"] == 3
     for key in ("dense_seconds", "method_seconds", "speedup", "transformer_speedup", "versions", "dtype", "device"):
         assert key in record
+    assert record["environment"] == environment(torch.device(record["device"]))
 
     with Image.open(result.outputs["video"]) as gif:
         assert gif.n_frames == 9
