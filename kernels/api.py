@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .ops import HAS_TRITON, block_sparse_attention, gather_blocks, pool_blocks, select_blocks, use_triton
+from .ops import (
+    HAS_TRITON,
+    block_sparse_attention,
+    gather_blocks,
+    merge_attention,
+    pool_blocks,
+    select_blocks,
+    use_triton,
+)
 from .reference import block_counts, keep_count, routing_scores
 
 __all__ = [
@@ -11,6 +19,7 @@ __all__ = [
     "block_sparse_attention",
     "gather_blocks",
     "keep_count",
+    "merge_attention",
     "pool_blocks",
     "routing_scores",
     "select_blocks",

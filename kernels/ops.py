@@ -18,6 +18,7 @@ try:
     from .block_pooling import gather_blocks_triton, pool_blocks_triton
     from .block_selection import MAX_KEY_BLOCKS, select_blocks_triton
     from .block_sparse_attention import block_sparse_attention_triton
+    from .lse_merge import merge_attention_triton
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - platforms without Triton
@@ -146,3 +147,46 @@ def _(q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows=None, k
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = q.new_empty(q.shape[:3], dtype=lse_dtype) if return_lse else q.new_empty(0, dtype=torch.float32)
     return torch.empty_like(q), lse
+
+
+@torch.library.custom_op("dit_accel::merge_attention", mutates_args=())
+def merge_attention(out1: Tensor, lse1: Tensor, out2: Tensor, lse2: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact union ``(out, lse)`` of two partial attentions (see ``reference.merge_attention_reference``)."""
+    if use_triton(out1) and out1.dtype != torch.float64 and out1.stride(-1) == 1 and out2.stride(-1) == 1:
+        return merge_attention_triton(out1, lse1, out2, lse2)
+    return reference.merge_attention_reference(out1, lse1, out2, lse2)
+
+
+@merge_attention.register_fake
+def _(out1, lse1, out2, lse2):
+    lse_dtype = torch.float64 if out1.dtype == torch.float64 else torch.float32
+    return torch.empty_like(out1), out1.new_empty(out1.shape[:3], dtype=lse_dtype)
+
+
+def _merge_setup(ctx, inputs, output) -> None:
+    out1, lse1, out2, lse2 = inputs
+    ctx.save_for_backward(out1, lse1, out2, lse2, output[1])
+
+
+def _merge_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+    """With ``a_i = e^{l_i - lse}``: ``d o_i = a_i g``, ``d l_i = a_i (<g, o_i - o> + g_lse)``; empty parts get 0."""
+    out1, lse1, out2, lse2, lse = ctx.saved_tensors
+    cdt = _mean_dtype(out1)
+    lse = lse.to(cdt)
+    live = ~torch.isneginf(lse)
+    lse_safe = torch.where(live, lse, 0.0)
+    a1 = torch.where(live, torch.exp(lse1.to(cdt) - lse_safe), 0.0)
+    a2 = torch.where(live, torch.exp(lse2.to(cdt) - lse_safe), 0.0)
+    o1 = torch.where(a1[..., None] > 0, out1.to(cdt), 0.0)
+    o2 = torch.where(a2[..., None] > 0, out2.to(cdt), 0.0)
+    g = grad_out.to(cdt)
+    g_dot_o = (g * (a1[..., None] * o1 + a2[..., None] * o2)).sum(-1)
+    g_lse = grad_lse.to(cdt) if grad_lse is not None else torch.zeros_like(lse)
+    grad_l1 = a1 * ((g * o1).sum(-1) - g_dot_o + g_lse)
+    grad_l2 = a2 * ((g * o2).sum(-1) - g_dot_o + g_lse)
+    grad_o1 = (a1[..., None] * g).to(out1.dtype)
+    grad_o2 = (a2[..., None] * g).to(out2.dtype)
+    return grad_o1, grad_l1.to(lse1.dtype), grad_o2, grad_l2.to(lse2.dtype)
+
+
+merge_attention.register_autograd(_merge_backward, setup_context=_merge_setup)

@@ -194,3 +194,29 @@ def block_sparse_attention_reference(
         if lse is not None:
             lse[:, :, chunk_rows] = row_lse
     return out, lse
+
+
+def merge_attention_reference(
+    out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact union of two partial attentions over disjoint key sets, by their natural-log LSEs.
+
+    ``o = (e^{l1-m} o1 + e^{l2-m} o2) / (e^{l1-m} + e^{l2-m})`` and ``lse = m + log(e^{l1-m} + e^{l2-m})``
+    with ``m = max(l1, l2)``. A part with LSE ``-inf`` contributes nothing (its output is not
+    trusted); two empty parts give 0 and ``-inf``. Returns out in out1's dtype and lse fp32 (fp64
+    for fp64 inputs); differentiable.
+    """
+    cdt = _compute_dtype(out1)
+    l1, l2 = lse1.to(cdt), lse2.to(cdt)
+    m = torch.maximum(l1, l2)
+    empty = torch.isneginf(m)
+    m_safe = torch.where(empty, 0.0, m)
+    w1, w2 = torch.exp(l1 - m_safe), torch.exp(l2 - m_safe)
+    total = torch.where(empty, 1.0, w1 + w2)
+    a1 = torch.where(empty, 0.0, w1 / total)[..., None]
+    a2 = torch.where(empty, 0.0, w2 / total)[..., None]
+    o1 = torch.where(a1 > 0, out1.to(cdt), 0.0)
+    o2 = torch.where(a2 > 0, out2.to(cdt), 0.0)
+    out = (a1 * o1 + a2 * o2).to(out1.dtype)
+    lse = torch.where(empty, -math.inf, m_safe + torch.log(total))
+    return out, lse
