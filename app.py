@@ -14,7 +14,7 @@ import argparse
 
 import dit_accel
 from dit_accel.demo import DemoSession, run_comparison, run_style_batch
-from dit_accel.tiny import TINY_MODEL_DIR
+from dit_accel.tiny_model import TINY_MODEL_DIR
 
 ACCELERATION_METHODS = [m for m in dit_accel.list_methods() if m not in ("aligned_gen", "record")]
 

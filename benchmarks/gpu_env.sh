@@ -1,6 +1,6 @@
-# Source this on the lent GPU machine (repository root as cwd): makes `dit_accel` importable with
-# its root folders mapped as in pyproject.toml, and installs the carried wheels (diffusers is not
-# on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`). A new checkout makes `.whl`
+# Source this on the lent GPU machine (repository root as cwd): makes `dit_accel` (its root folders
+# mapped as in pyproject.toml) and the lab code of `tools/` importable, and installs the carried wheels
+# (diffusers is not on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`). A new checkout makes `.whl`
 # (git-ignored) with `pip download --no-deps -d .whl diffusers==0.42.1`.
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -9,6 +9,7 @@ cp -r dit_accel/. /tmp/pkg/dit_accel/
 for folder in kernels pipelines editing; do
     if [ -d "$folder" ]; then cp -r "$folder" "/tmp/pkg/dit_accel/$folder"; fi
 done
+cp -r tools /tmp/pkg/tools  # lab code (tiny-model training): python3 -m tools.tiny_wan.train
 export PYTHONPATH=/tmp/pkg:/tmp/site
 export PYTHONUNBUFFERED=1
 set +e

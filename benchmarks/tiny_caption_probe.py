@@ -1,7 +1,7 @@
 """Does the tiny model use its caption's motion and colour words? The flow loss of rendered videos
 under the true caption against the same caption with the motion word (or the colour) swapped.
 
-    python benchmarks/tiny_caption_probe.py --model assets/tiny-wan-t2v --out probe.json
+    PYTHONPATH=. python benchmarks/tiny_caption_probe.py --model assets/tiny-wan-t2v --out probe.json
 
 A model that uses a word predicts worse when the word is wrong: the swapped caption's loss is
 higher, most of all at high noise, where the video itself no longer shows the answer. Every variant
@@ -22,10 +22,10 @@ import torch
 from diffusers import WanPipeline
 
 from dit_accel.bench import environment
-from dit_accel.tiny.build import FULL
-from dit_accel.tiny.data import COLOURS, Caption, hue_distance, render_batch, sample_caption
-from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH
-from dit_accel.tiny.train import Denoiser, saved_latent_statistics, velocity_loss
+from tools.tiny_wan.build import FULL
+from tools.tiny_wan.data import COLOURS, Caption, hue_distance, render_batch, sample_caption
+from tools.tiny_wan.text import PIPELINE_TEXT_LENGTH
+from tools.tiny_wan.train import Denoiser, saved_latent_statistics, velocity_loss
 
 OPPOSITE_MOTION = {
     "left": "right",

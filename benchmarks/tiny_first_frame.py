@@ -2,7 +2,7 @@
 the caption's colour; per latent frame, how much the VAE latents of real videos vary across space,
 and how large the transformer's error on them is against that spread.
 
-    python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v --captions 16 \\
+    PYTHONPATH=. python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v --captions 16 \\
         --out benchmarks/results/tiny_first_frame_run5_cpu.json
 
 The causal VAE codes the first video frame alone and every later latent frame from four video
@@ -10,7 +10,7 @@ frames. If that first latent varies less across space (in the normalised units t
 predicts), an error of the same size costs the first decoded frame more of its content; the
 record's ``suggested_first_frame_weight`` is the squared ratio of the later frames' spatial std to
 the first's, the weight that would make the training loss count errors relative to each frame's
-content (``--first-frame-weight`` of ``dit_accel.tiny.train``). ``relative_error_by_frame`` checks
+content (``--first-frame-weight`` of ``tools.tiny_wan.train``). ``relative_error_by_frame`` checks
 the premise on the model: at each noise level, the mean squared error of the clean latents the
 transformer's velocity implies, per latent frame, over that frame's spatial variance (1: no better
 than a flat guess of the frame's mean). Quick size (17x128x128, 12 steps).
@@ -27,10 +27,10 @@ import torch
 from diffusers import WanPipeline
 
 from dit_accel.bench import environment
-from dit_accel.tiny.build import FULL
-from dit_accel.tiny.data import nearest_colour, parse_caption, read_video, render_batch
-from dit_accel.tiny.text import PIPELINE_TEXT_LENGTH
-from dit_accel.tiny.train import (
+from tools.tiny_wan.build import FULL
+from tools.tiny_wan.data import nearest_colour, parse_caption, read_video, render_batch
+from tools.tiny_wan.text import PIPELINE_TEXT_LENGTH
+from tools.tiny_wan.train import (
     Denoiser,
     evaluation_captions,
     flow_pair,

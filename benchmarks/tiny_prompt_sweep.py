@@ -1,6 +1,6 @@
 """How well the tiny model's videos show their prompts, across guidance scales and step counts.
 
-    python benchmarks/tiny_prompt_sweep.py --model assets/tiny-wan-t2v --guidance 3 5 8 --steps 12 24 \\
+    PYTHONPATH=. python benchmarks/tiny_prompt_sweep.py --model assets/tiny-wan-t2v --guidance 3 5 8 --steps 12 24 \\
         --captions 16 --out benchmarks/results/tiny_prompt_sweep_run5_cpu.json
 
 Generates at the quick size (``FULL.quick_call()``, 17x128x128, the size of the trained-model test)
@@ -22,8 +22,8 @@ import torch
 from diffusers import WanPipeline
 
 from dit_accel.bench import environment
-from dit_accel.tiny.build import FULL
-from dit_accel.tiny.train import evaluate
+from tools.tiny_wan.build import FULL
+from tools.tiny_wan.train import evaluate
 
 
 def main() -> None:

@@ -1,14 +1,14 @@
 """Where a stage-2 training step of the tiny Wan model spends its time: rendering the videos,
 encoding them with the VAE, and the loss with its backward (text encoder and transformer).
 
-Decides how much data echoing (``--echo``, ``dit_accel/tiny/echo.py``) can buy: it divides the
+Decides how much data echoing (``--echo``, ``tools/tiny_wan/echo.py``) can buy: it divides the
 render and encode parts by the echo factor. Each part is timed on its own with the project's
 ``median_ms`` (CUDA events after warm-up on a GPU; median of 3 after one warm-up on a CPU), on real
 renders and the training code's own ``flow_loss``; the model is randomly initialised, as costs do
 not depend on the weights.
 
-    python benchmarks/tiny_step_split.py --out benchmarks/results/tiny_step_split_cpu.json --batch 1   # CPU
-    python benchmarks/tiny_step_split.py --out $OUT/tiny_step_split_h200.json                        # GPU, plan batches
+    PYTHONPATH=. python benchmarks/tiny_step_split.py --out benchmarks/results/tiny_step_split_cpu.json --batch 1  # CPU
+    python benchmarks/tiny_step_split.py --out $OUT/tiny_step_split_h200.json  # GPU after gpu_env.sh, plan batches
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from dit_accel.bench import environment, median_ms
-from dit_accel.tiny.build import FULL, build_pipeline
-from dit_accel.tiny.text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH
-from dit_accel.tiny.train import FULL_PLAN, Bucket, Denoiser, configure_device, flow_loss, random_videos
+from tools.tiny_wan.build import FULL, build_pipeline
+from tools.tiny_wan.text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH
+from tools.tiny_wan.train import FULL_PLAN, Bucket, Denoiser, configure_device, flow_loss, random_videos
 
 MEAN_TEXT_LENGTH = (CAPTION_TOKENS + PIPELINE_TEXT_LENGTH) // 2  # training pads prompts uniformly in between
 

@@ -29,7 +29,7 @@ train)
     gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}
     launcher=(python3)
     if [ "$gpus" -gt 1 ]; then launcher=(python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus"); fi
-    (cd /tmp && "${launcher[@]}" -m dit_accel.tiny.train --out "$MODEL" --minutes "$minutes" "${options[@]}") 2>&1 \
+    (cd /tmp && "${launcher[@]}" -m tools.tiny_wan.train --out "$MODEL" --minutes "$minutes" "${options[@]}") 2>&1 \
         | grep -v Warning | tee "$OUT/train.log" | tail -25
     tar -C "$(dirname "$MODEL")" -cf - "$(basename "$MODEL")" | split -b 15m - "$OUT/tiny-wan-t2v.tar.part-"
     ls -la "$OUT"

@@ -43,7 +43,7 @@ from dit_accel.bench import environment
 from dit_accel.metrics import video_psnr, video_ssim
 from dit_accel.pipelines import find_adapter
 from dit_accel.registry import build_config
-from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
+from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 
 DEFAULT_PROMPT = "a red circle moving right on a striped blue background"
 VIDEO_FORMATS = ("gif", "mp4")
@@ -391,7 +391,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
         raise FileNotFoundError(
             f"the tiny model is not in {TINY_MODEL_DIR}: it ships in the repository's assets/ (a git "
             "checkout, not the wheel); pass --model, or train it with "
-            f"'python -m dit_accel.tiny.train --out {TINY_MODEL_DIR} --minutes 19'"
+            f"'python -m tools.tiny_wan.train --out {TINY_MODEL_DIR} --minutes 19'"
         )
     return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from benchmark_scripts import load_script
 
-from dit_accel.tiny.build import TOY, build_pipeline
-from dit_accel.tiny.data import COLOURS, MIN_TURN_DEGREES, hue_distance, parse_caption
-from dit_accel.tiny.train import Denoiser
+from tools.tiny_wan.build import TOY, build_pipeline
+from tools.tiny_wan.data import COLOURS, MIN_TURN_DEGREES, hue_distance, parse_caption
+from tools.tiny_wan.train import Denoiser
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel,
 from dit_accel.bench import environment
 from dit_accel.cli import main as cli_main
 from dit_accel.compare import compare, load_pipeline, parse_option, side_by_side
-from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
-from dit_accel.tiny.build import TOY, build_pipeline
-from dit_accel.tiny.text import build_tokenizer
+from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
+from tools.tiny_wan.build import TOY, build_pipeline
+from tools.tiny_wan.text import build_tokenizer
 
 PROMPT = "a red circle moving right on a striped blue background"
 WAN_CALL = {"num_inference_steps": 2, "height": 64, "width": 64, "num_frames": 9}

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dit_accel.demo import DemoSession, parse_options, run_comparison
-from dit_accel.tiny.build import TOY, build_pipeline
+from tools.tiny_wan.build import TOY, build_pipeline
 
 
 def test_parse_options_accepts_commas_newlines_and_literals():

@@ -10,8 +10,8 @@ import torch
 from benchmark_scripts import load_script
 from tiny_oracle import oracle_pipeline
 
-from dit_accel.tiny.build import TOY
-from dit_accel.tiny.data import render_video
+from tools.tiny_wan.build import TOY
+from tools.tiny_wan.data import render_video
 
 CAPTIONS = [
     "a red circle moving right on a plain gray background",

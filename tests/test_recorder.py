@@ -11,7 +11,7 @@ import torch
 import dit_accel
 from dit_accel.layout import TokenLayout
 from dit_accel.recorder import RecordConfig, load_qkv, record_qkv, truncate_video
-from dit_accel.tiny.build import TOY, build_pipeline
+from tools.tiny_wan.build import TOY, build_pipeline
 
 CALL = {
     "prompt": "a red circle moving right on a striped blue background",

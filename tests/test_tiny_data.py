@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dit_accel.tiny.data import (
+from tools.tiny_wan.data import (
     COLOURS,
     MOTIONS,
     Caption,
@@ -20,7 +20,7 @@ from dit_accel.tiny.data import (
     sample_caption,
     vocabulary,
 )
-from dit_accel.tiny.text import CAPTION_TOKENS, build_tokenizer
+from tools.tiny_wan.text import CAPTION_TOKENS, build_tokenizer
 
 
 def sampled(count: int, seed: int = 0) -> list[Caption]:

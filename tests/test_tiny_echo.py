@@ -1,4 +1,4 @@
-"""Data echoing in stage 2 (dit_accel/tiny/echo.py): which samples a batch holds and how often each is used."""
+"""Data echoing in stage 2 (tools/tiny_wan/echo.py): which samples a batch holds and how often each is used."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dit_accel.tiny.echo import EchoPool
+from tools.tiny_wan.echo import EchoPool
 
 SAMPLE_SHAPE = (3, 2, 5)  # an odd latent shape; row i of a batch is filled with its sample id
 

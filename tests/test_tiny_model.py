@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,11 +20,11 @@ from safetensors import safe_open
 from tiny_oracle import oracle_pipeline
 from transformers import UMT5EncoderModel
 
-from dit_accel.tiny import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
-from dit_accel.tiny.build import FULL, TOY, TinyWanSpec, build_pipeline
-from dit_accel.tiny.data import check_video, parse_caption, render_batch
-from dit_accel.tiny.text import encode_prompts
-from dit_accel.tiny.train import (
+from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
+from tools.tiny_wan.build import FULL, TOY, TinyWanSpec, build_pipeline
+from tools.tiny_wan.data import check_video, parse_caption, render_batch
+from tools.tiny_wan.text import encode_prompts
+from tools.tiny_wan.train import (
     FULL_PLAN,
     TIMESTEP_SCALE,
     TOY_PLAN,
@@ -37,8 +38,9 @@ from dit_accel.tiny.train import (
     plan_from_args,
     velocity_loss,
 )
-from dit_accel.tiny.train import main as train_main
+from tools.tiny_wan.train import main as train_main
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout's root, where tools/ is importable
 MiB = 2**20
 # The shipped model must stay small: its parts in bf16, each file under the 16 MB hub-free limit.
 MAX_TOTAL_BYTES, MAX_FILE_BYTES = 40 * MiB, 16 * MiB
@@ -332,8 +334,9 @@ def test_data_parallel_training_keeps_the_ranks_identical(tmp_path: Path) -> Non
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    command += ["-m", "dit_accel.tiny.train", "--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny"]
-    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=240)
+    command += ["-m", "tools.tiny_wan.train", "--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(command, check=True, cwd=tmp_path, env=env, capture_output=True, timeout=240)
     record = json.loads((out / "train_record.json").read_text())
     assert record["processes"] == 2 and record["ranks_in_sync"] is True
     assert record["transformer"]["steps"] > 0

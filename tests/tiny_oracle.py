@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import WanPipeline
 
-from dit_accel.tiny.build import TOY, build_pipeline
-from dit_accel.tiny.train import TIMESTEP_SCALE
+from tools.tiny_wan.build import TOY, build_pipeline
+from tools.tiny_wan.train import TIMESTEP_SCALE
 
 
 def oracle_pipeline(x0: torch.Tensor, first_frame_error: float) -> WanPipeline:

@@ -1,9 +1,9 @@
 """Train the tiny Wan text-to-video model from scratch on procedural videos, inside a time budget.
 
-    python -m dit_accel.tiny.train --out assets/tiny-wan-t2v --minutes 19 --compile        # one GPU
-    torchrun --standalone --nproc_per_node=4 -m dit_accel.tiny.train --out DIR --minutes 19   # four GPUs
-    python -m dit_accel.tiny.train --resume DIR --out DIR2 --minutes 20 --vae-share 0.1      # continue a run
-    python -m dit_accel.tiny.train --out /tmp/toy --minutes 0.5 --device cpu --tiny          # CPU smoke run
+    python -m tools.tiny_wan.train --out assets/tiny-wan-t2v --minutes 19 --compile        # one GPU
+    torchrun --standalone --nproc_per_node=4 -m tools.tiny_wan.train --out DIR --minutes 19   # four GPUs
+    python -m tools.tiny_wan.train --resume DIR --out DIR2 --minutes 20 --vae-share 0.1      # continue a run
+    python -m tools.tiny_wan.train --out /tmp/toy --minutes 0.5 --device cpu --tiny          # CPU smoke run
 
 Stage 1 trains the VAE to reconstruct clips of the native length (L1 + a light L2 on the latents);
 when resuming, only its decoder. Its per-channel latent mean and std are then measured on
@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, WanPipeline
 
-from . import GENERATION_DEFAULTS_FILE
+from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE
+
 from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
 from .data import check_video, render_batch, sample_caption
 from .distributed import (
@@ -618,7 +619,7 @@ def evaluate(pipe: WanPipeline, call: dict[str, Any], count: int, until: float, 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dit_accel.tiny.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.tiny_wan.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the pipeline to (replaced)")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the whole run")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,6 @@
 """Tokenizer and text encoder of the tiny Wan model, built offline.
 
-The tokenizer is word-level over the caption grammar (:func:`dit_accel.tiny.data.vocabulary`),
+The tokenizer is word-level over the caption grammar (:func:`tools.tiny_wan.data.vocabulary`),
 lower-cases, drops punctuation and ends every prompt with ``</s>``, as T5 tokenizers do, so
 ``WanPipeline`` uses it unchanged. Unknown words become ``<unk>``.
 
