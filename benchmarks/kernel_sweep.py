@@ -38,7 +38,7 @@ VARIANTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default="benchmarks/results/kernel")
     parser.add_argument("--shape", default="wan-1.3b-480p")
     args = parser.parse_args()
     device = torch.device("cuda")

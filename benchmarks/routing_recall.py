@@ -11,7 +11,7 @@ each recorded call and density, per head and query block:
 
 Runs anywhere (exact attention is materialised one head at a time, fp32), e.g. on a CPU:
 
-    python benchmarks/routing_recall.py --model assets/tiny-wan-t2v --out benchmarks/results/x.json \\
+    python benchmarks/routing_recall.py --model assets/tiny-wan-t2v --out benchmarks/results/quality/x.json \\
         --frames 17 --height 128 --width 128 --steps 12 --layers 0 4 7   # records steps 0, 6 and 11
 """
 

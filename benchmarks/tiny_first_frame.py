@@ -3,7 +3,7 @@ the caption's colour; per latent frame, how much the VAE latents of real videos 
 and how large the transformer's error on them is against that spread.
 
     PYTHONPATH=. python benchmarks/tiny_first_frame.py --model assets/tiny-wan-t2v --captions 16 \\
-        --out benchmarks/results/tiny_first_frame_run5_cpu.json
+        --out benchmarks/results/tiny-model/tiny_first_frame_run5_cpu.json
 
 The causal VAE codes the first video frame alone and every later latent frame from four video
 frames. If that first latent varies less across space (in the normalised units the transformer

@@ -1,7 +1,7 @@
 """How well the tiny model's videos show their prompts, across guidance scales and step counts.
 
     PYTHONPATH=. python benchmarks/tiny_prompt_sweep.py --model assets/tiny-wan-t2v --guidance 3 5 8 --steps 12 24 \\
-        --captions 16 --out benchmarks/results/tiny_prompt_sweep_run5_cpu.json
+        --captions 16 --out benchmarks/results/tiny-model/tiny_prompt_sweep_run5_cpu.json
 
 Generates at the quick size (``FULL.quick_call()``, 17x128x128, the size of the trained-model test)
 from random grammar captions and scores them with ``data.check_video`` (the training script's own

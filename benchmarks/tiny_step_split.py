@@ -7,7 +7,8 @@ render and encode parts by the echo factor. Each part is timed on its own with t
 renders and the training code's own ``flow_loss``; the model is randomly initialised, as costs do
 not depend on the weights.
 
-    PYTHONPATH=. python benchmarks/tiny_step_split.py --out benchmarks/results/tiny_step_split_cpu.json --batch 1  # CPU
+    PYTHONPATH=. python benchmarks/tiny_step_split.py --batch 1 \\
+        --out benchmarks/results/tiny-model/tiny_step_split_cpu.json  # CPU
     python benchmarks/tiny_step_split.py --out $OUT/tiny_step_split_h200.json  # GPU after gpu_env.sh, plan batches
 """
 

@@ -4,7 +4,7 @@ Kernel benchmarks time the whole ``topk`` op (routing + block-sparse kernel + ex
 routing alone and the kernel alone, on random (never zero) q/k/v at the reference shapes of
 DESIGN.md, next to cuDNN and FlashAttention-2 (torch's flash backend) dense attention. The e2e
 benchmark times a full random-weight Wan2.1-1.3B-size transformer forward, eager and with
-regional ``torch.compile``. Results go to ``benchmarks/results/`` as JSON records plus a markdown
+regional ``torch.compile``. Results go to ``benchmarks/results/kernel|e2e/`` as JSON records plus a markdown
 table. Timings are medians after warm-up (``triton.testing.do_bench`` on CUDA).
 """
 
@@ -426,7 +426,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that the adapters set up once per forward",
     )
     kernel.add_argument("--device", default="auto")
-    kernel.add_argument("--out", default=str(RESULTS_DIR))
+    kernel.add_argument("--out", default=str(RESULTS_DIR / "kernel"))
     kernel.add_argument("--name", default="kernel_h200")
     kernel.set_defaults(func=_run_kernel)
 
@@ -442,6 +442,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mode:method runs, in order; the first must be eager:dense (the baseline)",
     )
     e2e.add_argument("--device", default="auto")
-    e2e.add_argument("--out", default=str(RESULTS_DIR))
+    e2e.add_argument("--out", default=str(RESULTS_DIR / "e2e"))
     e2e.add_argument("--name", default="e2e_h200")
     e2e.set_defaults(func=_run_e2e)

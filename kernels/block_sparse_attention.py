@@ -155,7 +155,7 @@ def _block_sparse_attn_fwd(
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch configuration. Defaults are the H200 sweep's winners (benchmarks/results/kernel_sweep*.json).
+    """Launch configuration. Defaults are the H200 sweep's winners (benchmarks/results/kernel/kernel_sweep*.json).
 
     Attributes:
         kv_mode: 0 pointer loads, 1 host TMA descriptors (contiguous padded K/V), 2 device-built
