@@ -19,14 +19,17 @@ from pathlib import Path
 
 import torch
 
+from dit_accel import kernels
 from dit_accel.bench import SHAPES, TopKRun, environment, random_qkv, rel_l1
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_pooling import gather_blocks_triton, pool_blocks_triton
 from dit_accel.kernels.block_selection import select_blocks_triton
 from dit_accel.kernels.block_sparse_attention import KernelConfig, block_sparse_attention_triton, tma_supported
+from dit_accel.kernels.block_sparse_attention_bwd import block_sparse_attention_backward_triton
 from dit_accel.methods.topk import TopKConfig
 
 TOLERANCE = {torch.bfloat16: 1.2e-2, torch.float16: 2e-3}
+BACKWARD_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
 
 
 def random_lists(batch: int, heads: int, nq: int, nk: int, density: float, gen: torch.Generator):
@@ -74,6 +77,40 @@ def check_attention(dtype, dim, bm, bn, kv_mode, seq, extra, gen, lazy=False) ->
         "check": "attention", "dtype": str(dtype), "head_dim": dim, "block": [bm, bn], "kv_mode": kv_mode,
         "lazy_rescale": lazy, "seq": seq,
         "extra": extra, "rel_err": error, "lse_ok": lse_ok, "ok": error < TOLERANCE[dtype] and lse_ok,
+    }  # fmt: skip
+
+
+def check_attention_backward(gen, shape=(1, 4, 4000, 128), dtype=torch.bfloat16, bm=128, bn=64) -> dict:
+    """Triton dq/dk/dv (with a key bias and an LSE gradient) against fp32 reference autograd, and the
+    op's autograd (LSE kept by the forward) against the direct backward call."""
+    batch, heads, seq, dim = shape
+    device = gen.device
+    q, k, v = (
+        torch.randn(batch, seq, heads, dim, generator=gen, device=device, dtype=dtype).transpose(1, 2) for _ in range(3)
+    )
+    nk = math.ceil(seq / bn)
+    indices, counts = random_lists(batch, heads, math.ceil(seq / bm), nk, 0.3, gen)
+    kwargs = {"block_m": bm, "block_n": bn, "key_len": seq, "scale": dim**-0.5}
+    kwargs["key_bias"] = torch.randn(batch, heads, nk, generator=gen, device=device)
+    out, lse = block_sparse_attention_triton(q, k, v, indices, counts, return_lse=True, **kwargs)
+    dout = torch.randn(batch, heads, seq, dim, generator=gen, device=device, dtype=dtype)
+    dlse = torch.randn(batch, heads, seq, generator=gen, device=device)
+    got = block_sparse_attention_backward_triton(dout, q, k, v, out, lse, indices, counts, dlse=dlse, **kwargs)
+    want = reference.block_sparse_attention_backward_reference(
+        dout.float(), q.float(), k.float(), v.float(), None, None, indices, counts, dlse=dlse, **kwargs
+    )
+    errors = {f"d{name}": float((g.float() - w).norm() / w.norm()) for name, g, w in zip("qkv", got, want, strict=True)}
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    op_out, _ = kernels.block_sparse_attention(
+        *leaves, indices, counts, bm, bn, seq, kwargs["scale"], key_bias=kwargs["key_bias"]
+    )
+    direct = block_sparse_attention_backward_triton(dout, q, k, v, op_out.detach(), lse, indices, counts, **kwargs)
+    via_op = torch.autograd.grad(op_out, leaves, dout)
+    op_error = max(float((a.float() - b.float()).abs().max()) for a, b in zip(via_op, direct, strict=True))
+    ok = max(errors.values()) < BACKWARD_TOLERANCE[dtype] and op_error < 1e-3
+    return {
+        "check": "attention-backward", "dtype": str(dtype), "shape": list(shape), "block": [bm, bn],
+        "rel_err": errors, "op_vs_direct_max_abs": op_error, "ok": ok,
     }  # fmt: skip
 
 
@@ -131,6 +168,8 @@ def main() -> int:
             for kv_mode in (1, 2, 0) if tma_supported(torch.empty(1, device=device)) else (0,):
                 results.append(check_attention(dtype, dim, bm, bn, kv_mode, 4999, 77, gen, lazy=kv_mode == 2))
     results.append(check_attention(torch.bfloat16, 128, 128, 64, 2, 8192, 0, gen))
+    results.append(check_attention_backward(gen))
+    results.append(check_attention_backward(gen, dtype=torch.float16, bm=64, bn=64))
     results += check_routing(gen)
     results += check_topk_op(gen)
     for result in results:

@@ -18,6 +18,7 @@ try:
     from .block_pooling import gather_blocks_triton, pool_blocks_triton
     from .block_selection import MAX_KEY_BLOCKS, select_blocks_triton
     from .block_sparse_attention import block_sparse_attention_triton
+    from .block_sparse_attention_bwd import block_sparse_attention_backward_triton
     from .lse_merge import merge_attention_triton
 
     HAS_TRITON = True
@@ -95,6 +96,16 @@ def _(scores, density=None, top_p=None, min_blocks=1, log_counts=None):
     return scores.new_empty(*lead, width, dtype=torch.int32), scores.new_empty(*lead, dtype=torch.int32)
 
 
+# Attribute on a forward output holding the LSE the caller did not ask for but the backward needs.
+# Autograd hands setup_context the very output object in eager mode; when it is absent (traced
+# graphs), the backward recomputes the LSE.
+_LSE_FOR_BACKWARD = "_dit_accel_lse_for_backward"
+
+
+def _backward_supported(q_rows: Tensor | None, extra_k: Tensor | None) -> bool:
+    return q_rows is None and extra_k is None
+
+
 @torch.library.custom_op("dit_accel::block_sparse_attention", mutates_args=())
 def block_sparse_attention(
     q: Tensor,
@@ -117,8 +128,10 @@ def block_sparse_attention(
 
     Returns ``(out, lse)``: ``out`` has q's shape and strides; with ``q_rows`` only those rows are
     written (the caller fills the rest). ``lse`` is ``(B, H, S)`` fp32, or empty when not asked for.
+    Differentiable in q, k, v (not with ``q_rows`` or extra keys; ``key_bias`` gets no gradient).
     """
     out = torch.empty_like(q)
+    keep_lse = not return_lse and _backward_supported(q_rows, extra_k) and any(t.requires_grad for t in (q, k, v))
     kwargs = dict(
         block_m=block_m,
         block_n=block_n,
@@ -130,15 +143,19 @@ def block_sparse_attention(
         q_rows=q_rows,
         key_len=key_len,
         out=out,
-        return_lse=return_lse,
+        return_lse=return_lse or keep_lse,
     )
     if use_triton(q) and q.shape[-1] in (16, 32, 64, 128, 256):
         out, lse = block_sparse_attention_triton(q, k, v, indices, counts, **kwargs)
     else:
         out, lse = reference.block_sparse_attention_reference(q, k, v, indices, counts, **kwargs)
-    if lse is None:
+    if lse is not None and q.dtype != torch.float64:
+        lse = lse.float()
+    if keep_lse:  # for the backward only: handed to setup_context on the output, not returned
+        setattr(out, _LSE_FOR_BACKWARD, lse)
+    if lse is None or keep_lse:
         return out, q.new_empty(0, dtype=torch.float32)
-    return out, lse.float() if q.dtype != torch.float64 else lse
+    return out, lse
 
 
 @block_sparse_attention.register_fake
@@ -147,6 +164,47 @@ def _(q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows=None, k
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = q.new_empty(q.shape[:3], dtype=lse_dtype) if return_lse else q.new_empty(0, dtype=torch.float32)
     return torch.empty_like(q), lse
+
+
+def _attention_setup(ctx, inputs: tuple, output: tuple) -> None:
+    q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows, key_bias, extra_k, *_, return_lse = inputs
+    out, lse = output
+    if not return_lse:
+        lse = getattr(out, _LSE_FOR_BACKWARD, None)
+        if lse is not None:
+            delattr(out, _LSE_FOR_BACKWARD)
+    ctx.unsupported = [name for name, t in (("q_rows", q_rows), ("extra_k", extra_k)) if t is not None]
+    ctx.sizes = (block_m, block_n, key_len, scale)
+    ctx.return_lse = return_lse
+    ctx.save_for_backward(q, k, v, indices, counts, key_bias, out, lse)
+
+
+def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+    """dq, dk, dv: Triton on CUDA, the reference elsewhere; the LSE is recomputed if none was kept."""
+    if ctx.unsupported:
+        raise NotImplementedError(
+            f"block_sparse_attention has no backward with {' and '.join(ctx.unsupported)}: "
+            "they are forward-only features (pass q_rows=None and extra_k=None to train through it)"
+        )
+    q, k, v, indices, counts, key_bias, out, lse = ctx.saved_tensors
+    block_m, block_n, key_len, scale = ctx.sizes
+    if lse is None:
+        with torch.no_grad():
+            out, lse = block_sparse_attention(
+                q, k, v, indices, counts, block_m, block_n, key_len, scale, key_bias=key_bias, return_lse=True
+            )
+    kwargs = dict(block_m=block_m, block_n=block_n, key_len=key_len, scale=scale, key_bias=key_bias)
+    kwargs["dlse"] = grad_lse if ctx.return_lse else None
+    if use_triton(q) and q.dtype != torch.float64 and q.shape[-1] in (16, 32, 64, 128, 256):
+        dq, dk, dv = block_sparse_attention_backward_triton(grad_out, q, k, v, out, lse, indices, counts, **kwargs)
+    else:
+        dq, dk, dv = reference.block_sparse_attention_backward_reference(
+            grad_out, q, k, v, out, lse, indices, counts, **kwargs
+        )
+    return (dq, dk, dv) + (None,) * 12
+
+
+block_sparse_attention.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 @torch.library.custom_op("dit_accel::merge_attention", mutates_args=())

@@ -220,3 +220,56 @@ def merge_attention_reference(
     out = (a1 * o1 + a2 * o2).to(out1.dtype)
     lse = torch.where(empty, -math.inf, m_safe + torch.log(total))
     return out, lse
+
+
+def transpose_block_lists(
+    indices: torch.Tensor, counts: torch.Tensor, num_key_blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per key block, the query blocks whose lists hold it: ``(t_indices, t_counts)``.
+
+    ``t_indices`` is ``(B, H, NK, NQ)`` int32, each row's first ``t_counts`` entries ascending and
+    the rest -1; ``t_counts`` is ``(B, H, NK)`` int32. The backward walks these for dk and dv.
+    """
+    num_q_blocks = indices.shape[-2]
+    mask = block_mask_from_lists(indices, counts, num_key_blocks).transpose(-1, -2)
+    query_blocks = torch.arange(num_q_blocks, device=indices.device, dtype=torch.int32)
+    t_indices = torch.where(mask, query_blocks, num_q_blocks).sort(dim=-1).values
+    t_indices = torch.where(t_indices == num_q_blocks, -1, t_indices).to(torch.int32)
+    return t_indices.contiguous(), mask.sum(dim=-1, dtype=torch.int32)
+
+
+def block_sparse_attention_backward_reference(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    block_m: int,
+    block_n: int,
+    key_len: int | None = None,
+    scale: float | None = None,
+    key_bias: torch.Tensor | None = None,
+    dlse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of :func:`block_sparse_attention_reference` (no ``q_rows``, no extra keys).
+
+    Recomputes the forward under autograd in fp32 (fp64 for fp64 inputs); ``out`` and ``lse`` are
+    accepted for the kernel's signature and not needed. ``dlse`` is the gradient of the LSE output.
+    """
+    cdt = _compute_dtype(q)
+    with torch.enable_grad():
+        qc, kc, vc = (x.detach().to(cdt).requires_grad_() for x in (q, k, v))
+        o, lse_c = block_sparse_attention_reference(
+            qc, kc, vc, indices, counts, block_m=block_m, block_n=block_n, key_len=key_len, scale=scale,
+            key_bias=key_bias.detach() if key_bias is not None else None, return_lse=True,
+        )  # fmt: skip
+        outputs, grads = [o], [dout.to(cdt)]
+        if dlse is not None:
+            outputs.append(lse_c)
+            grads.append(dlse.to(cdt))
+        dq, dk, dv = torch.autograd.grad(outputs, (qc, kc, vc), grads)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

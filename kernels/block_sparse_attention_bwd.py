@@ -1,0 +1,275 @@
+"""Block-sparse FlashAttention backward (Triton): dq, dk, dv for the forward's block lists.
+
+Three launches, after the FlashAttention-2 backward:
+    1. ``delta = rowsum(dout * out) - dlse`` per query row (fp32). The ``dlse`` term is the
+       gradient reaching the forward's LSE output (e.g. through an LSE merge): since
+       ``d lse_i / d s_ij = p_ij``, it folds into ``ds = p * (dp - delta)``.
+    2. dq: one program per query block walks that block's key-block list, as the forward does.
+    3. dk, dv: one program per key block walks the transposed list (the query blocks that attend
+       to it, :func:`~dit_accel.kernels.reference.transpose_block_lists`), so no atomics are needed.
+Probabilities are recomputed from the forward's LSE with exp2 and the scale folded in; all
+accumulation is fp32. Query rows whose LSE is ``-inf`` (they attended to nothing) get zero gradient.
+
+Reference: :func:`dit_accel.kernels.reference.block_sparse_attention_backward_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import transpose_block_lists
+
+LOG2E = 1.4426950408889634
+PREPROCESS_ROWS = 64
+
+
+@triton.jit
+def _bwd_preprocess(
+    Out, DOut, DLse, Delta,
+    stride_ob, stride_oh, stride_os,
+    stride_gb, stride_gh, stride_gs,
+    stride_lb, stride_lh,
+    H, S,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, HAS_DLSE: tl.constexpr,
+):  # fmt: skip
+    """Grid (row tiles, B * H): ``Delta`` ``(B*H, S)`` fp32 = rowsum(dout * out) - dlse."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = rows < S
+    o = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], mask=ok[:, None])
+    do = tl.load(DOut + b * stride_gb + h * stride_gh + rows[:, None] * stride_gs + offs_d[None, :], mask=ok[:, None])
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    if HAS_DLSE:
+        delta -= tl.load(DLse + b * stride_lb + h * stride_lh + rows, mask=ok, other=0.0).to(tl.float32)
+    tl.store(Delta + pid_bh.to(tl.int64) * S + rows, delta, mask=ok)
+
+
+@triton.jit
+def _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, S):
+    """LSE in log2 units (+inf for padded or empty rows, so their p is 0) and delta of query rows."""
+    lse = tl.load(Lse + b * stride_lb + h * stride_lh + rows, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(Delta + pid_bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _block_sparse_attn_bwd_dq(
+    Q, K, V, DOut, Lse, Delta, DQ, BlockIdx, BlockCnt, KeyBias,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_gb, stride_gh, stride_gs,
+    stride_dqb, stride_dqh, stride_dqs,
+    stride_lb, stride_lh,
+    stride_ib, stride_ih, stride_iq,
+    stride_cb, stride_ch,
+    stride_bb, stride_bh,
+    H, Sq, Sk, k_rows, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """Grid (query blocks, B * H): dq of one query block over its listed key blocks."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < Sq
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
+    do = tl.load(
+        DOut + b * stride_gb + h * stride_gh + rows[:, None] * stride_gs + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    count = tl.load(BlockCnt + b * stride_cb + h * stride_ch + pid_m)
+    idx_base = BlockIdx + b * stride_ib + h * stride_ih + pid_m * stride_iq
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    for i in range(0, count):
+        j = tl.load(idx_base + i)
+        cols = (j * BLOCK_N + offs_n).to(tl.int64)
+        col_ok = cols < k_rows
+        k = tl.load(k_base + cols[:, None] * stride_ks + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        bias_log2 = 0.0
+        if HAS_BIAS:
+            bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + j) * 1.4426950408889634
+        col_bias = tl.where(cols < Sk, bias_log2, float("-inf"))
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale + col_bias[None, :] - lse[:, None])
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    dq *= scale
+    tl.store(
+        DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+@triton.jit
+def _block_sparse_attn_bwd_dkdv(
+    Q, K, V, DOut, Lse, Delta, DK, DV, TBlockIdx, TBlockCnt, KeyBias,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_gb, stride_gh, stride_gs,
+    stride_dkb, stride_dkh, stride_dks,
+    stride_dvb, stride_dvh, stride_dvs,
+    stride_lb, stride_lh,
+    stride_ib, stride_ih, stride_in,
+    stride_cb, stride_ch,
+    stride_bb, stride_bh,
+    H, Sq, Sk, k_rows, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """Grid (key blocks, B * H): dk, dv of one key block over the query blocks that listed it."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = cols < k_rows
+    k = tl.load(
+        K + b * stride_kb + h * stride_kh + cols[:, None] * stride_ks + offs_d[None, :], mask=col_ok[:, None], other=0.0
+    )
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vs + offs_d[None, :], mask=col_ok[:, None], other=0.0
+    )
+    bias_log2 = 0.0
+    if HAS_BIAS:
+        bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + pid_n) * 1.4426950408889634
+    col_bias = tl.where(cols < Sk, bias_log2, float("-inf"))
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    count = tl.load(TBlockCnt + b * stride_cb + h * stride_ch + pid_n)
+    idx_base = TBlockIdx + b * stride_ib + h * stride_ih + pid_n * stride_in
+    q_base = Q + b * stride_qb + h * stride_qh
+    g_base = DOut + b * stride_gb + h * stride_gh
+    for t in range(0, count):
+        i = tl.load(idx_base + t)
+        rows = (i * BLOCK_M + offs_m).to(tl.int64)
+        row_ok = rows < Sq
+        q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(g_base + rows[:, None] * stride_gs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale + col_bias[:, None] - lse[None, :])
+        dv = tl.dot(p_t.to(do.dtype), do, dv)
+        dp_t = tl.dot(v, tl.trans(do))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk)
+    dk *= scale
+    tl.store(
+        DK + b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
+    tl.store(
+        DV + b * stride_dvb + h * stride_dvh + cols[:, None] * stride_dvs + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def block_sparse_attention_backward_triton(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    block_m: int,
+    block_n: int,
+    key_len: int | None = None,
+    scale: float | None = None,
+    key_bias: torch.Tensor | None = None,
+    dlse: torch.Tensor | None = None,
+    num_warps: int = 4,
+    num_stages: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of :func:`block_sparse_attention_triton` (no ``q_rows``, no extra keys).
+
+    ``out`` and ``lse`` (natural log, ``(B, H, S)``) are the forward's; ``dlse`` is the gradient of
+    that LSE, if any. ``key_bias`` gets no gradient. dk/dv rows at or beyond ``key_len`` are 0.
+    """
+    b, h, seq_q, d = q.shape
+    if d not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.shape != v.shape:
+        raise ValueError("q, k and v need a contiguous last dimension, and k and v the same shape")
+    dout, out = _last_dim_contiguous(dout), _last_dim_contiguous(out)
+    lse = lse.contiguous()
+    dlse = dlse.contiguous() if dlse is not None else None
+    key_len = k.shape[2] if key_len is None else key_len
+    scale = d**-0.5 if scale is None else scale
+    num_k_blocks = math.ceil(key_len / block_n)
+    indices, counts = indices.contiguous(), counts.contiguous()
+    t_indices, t_counts = transpose_block_lists(indices, counts, num_k_blocks)
+    bias = key_bias.float().contiguous() if key_bias is not None else counts.float()
+    bias_strides = (bias.stride(0), bias.stride(1)) if key_bias is not None else (0, 0)
+    dq = torch.empty_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    delta = torch.empty(b * h, seq_q, device=q.device, dtype=torch.float32)
+    _bwd_preprocess[(triton.cdiv(seq_q, PREPROCESS_ROWS), b * h)](
+        out, dout, dlse if dlse is not None else delta, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        dlse.stride(0) if dlse is not None else 0, dlse.stride(1) if dlse is not None else 0,
+        h, seq_q,
+        HEAD_DIM=d, BLOCK_S=PREPROCESS_ROWS, HAS_DLSE=dlse is not None,
+    )  # fmt: skip
+    common = (
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+    )  # fmt: skip
+    sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
+    meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None}
+    launch = {"num_warps": num_warps, "num_stages": num_stages}
+    _block_sparse_attn_bwd_dq[(triton.cdiv(seq_q, block_m), b * h)](
+        q, k, v, dout, lse, delta, dq, indices, counts, bias,
+        *common,
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        lse.stride(0), lse.stride(1),
+        indices.stride(0), indices.stride(1), indices.stride(2),
+        counts.stride(0), counts.stride(1),
+        *bias_strides, *sizes, **meta, **launch,
+    )  # fmt: skip
+    _block_sparse_attn_bwd_dkdv[(num_k_blocks, b * h)](
+        q, k, v, dout, lse, delta, dk, dv, t_indices, t_counts, bias,
+        *common,
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        lse.stride(0), lse.stride(1),
+        t_indices.stride(0), t_indices.stride(1), t_indices.stride(2),
+        t_counts.stride(0), t_counts.stride(1),
+        *bias_strides, *sizes, **meta, **launch,
+    )  # fmt: skip
+    return dq, dk, dv

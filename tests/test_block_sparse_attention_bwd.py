@@ -1,0 +1,112 @@
+"""Backward of block-sparse attention: Triton (interpreter) and the op's autograd vs float64 autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_kernels import random_block_lists, rel_err
+
+from dit_accel import kernels
+from dit_accel.kernels import reference
+from dit_accel.kernels.block_sparse_attention import block_sparse_attention_triton
+from dit_accel.kernels.block_sparse_attention_bwd import block_sparse_attention_backward_triton
+
+
+def test_transpose_block_lists_lists_every_query_block_of_each_key_block():
+    gen = torch.Generator().manual_seed(0)
+    nq, nk = 7, 5
+    indices, counts = random_block_lists(2, 3, nq, nk, gen)
+    t_indices, t_counts = reference.transpose_block_lists(indices, counts, nk)
+    assert t_indices.shape == (2, 3, nk, nq) and t_indices.dtype == torch.int32 and t_counts.dtype == torch.int32
+    for b in range(2):
+        for h in range(3):
+            for j in range(nk):
+                want = [i for i in range(nq) if j in indices[b, h, i, : counts[b, h, i]].tolist()]
+                assert t_counts[b, h, j] == len(want)
+                assert t_indices[b, h, j, : len(want)].tolist() == want
+                assert (t_indices[b, h, j, len(want) :] == -1).all()
+
+
+CASES = [
+    # batch, heads, seq_q, seq_k, head_dim, block_m, block_n, bias, dlse, dtype
+    (1, 2, 45, 45, 16, 16, 16, True, False, torch.float32),
+    (2, 1, 70, 53, 32, 32, 16, False, True, torch.float32),
+    (1, 2, 37, 61, 64, 16, 32, True, True, torch.float16),
+    (2, 1, 53, 41, 32, 16, 16, False, False, torch.float16),
+]
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 5e-3}
+
+
+@pytest.mark.parametrize(("batch", "heads", "seq_q", "seq_k", "dim", "bm", "bn", "bias", "dlse", "dtype"), CASES)
+def test_triton_backward_matches_float64_autograd(batch, heads, seq_q, seq_k, dim, bm, bn, bias, dlse, dtype):
+    gen = torch.Generator().manual_seed(seq_q * 7 + seq_k)
+    q = torch.randn(batch, seq_q, heads, dim, generator=gen).to(dtype).transpose(1, 2)  # Diffusers' layout
+    nq, nk = math.ceil(seq_q / bm), math.ceil(seq_k / bn)
+    k = torch.randn(batch, heads, nk * bn, dim, generator=gen).to(dtype)  # padded beyond seq_k
+    v = torch.randn(batch, heads, nk * bn, dim, generator=gen).to(dtype)
+    indices, counts = random_block_lists(batch, heads, nq, nk, gen)  # empty and full rows
+    kwargs = {"block_m": bm, "block_n": bn, "key_len": seq_k, "scale": dim**-0.5}
+    kwargs["key_bias"] = torch.randn(batch, heads, nk, generator=gen) if bias else None
+    out, lse = block_sparse_attention_triton(q, k, v, indices, counts, return_lse=True, **kwargs)
+    dout = torch.randn(batch, heads, seq_q, dim, generator=gen).to(dtype)
+    grad_lse = torch.randn(batch, heads, seq_q, generator=gen) if dlse else None
+    got = block_sparse_attention_backward_triton(dout, q, k, v, out, lse, indices, counts, dlse=grad_lse, **kwargs)
+    ref_kwargs = {key: val.double() if isinstance(val, torch.Tensor) else val for key, val in kwargs.items()}
+    want = reference.block_sparse_attention_backward_reference(
+        dout.double(), q.double(), k.double(), v.double(), None, None, indices, counts,
+        dlse=grad_lse.double() if dlse else None, **ref_kwargs,
+    )  # fmt: skip
+    for name, g, w in zip("qkv", got, want, strict=True):
+        assert g.dtype == dtype and g.shape == w.shape
+        assert rel_err(g, w) < TOLERANCE[dtype], f"d{name}"
+    assert (got[1][:, :, seq_k:] == 0).all() and (got[2][:, :, seq_k:] == 0).all(), "padding keys get no gradient"
+    assert (got[0][0, 0, :bm] == 0).all(), "a query block that attends to nothing gets no gradient"
+
+
+def test_op_autograd_on_cpu_matches_reference_autograd():
+    gen = torch.Generator().manual_seed(3)
+    seq, dim, bm, bn = 43, 16, 16, 8
+    q, k, v = (torch.randn(2, 2, seq, dim, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    indices, counts = random_block_lists(2, 2, math.ceil(seq / bm), math.ceil(seq / bn), gen)
+    bias = torch.randn(2, 2, math.ceil(seq / bn), generator=gen, dtype=torch.float64)
+    args = (indices, counts, bm, bn, seq, 0.3)
+    out, lse = kernels.block_sparse_attention(q, k, v, *args, key_bias=bias)
+    assert lse.numel() == 0, "the returned value contract is unchanged when grads are needed"
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    ref_out, _ = reference.block_sparse_attention_reference(
+        q, k, v, indices, counts, block_m=bm, block_n=bn, key_len=seq, scale=0.3, key_bias=bias
+    )
+    want = torch.autograd.grad(ref_out, (q, k, v), dout)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_op_gradients_through_the_lse_output_pass_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    seq, dim = 19, 4
+    q, k, v = (torch.randn(1, 1, seq, dim, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    indices, counts = random_block_lists(1, 1, 3, 3, gen)
+    counts.clamp_(min=1)  # finite LSE everywhere, so finite differences are defined
+    indices[..., 0] = torch.where(indices[..., 0] < 0, 0, indices[..., 0])
+
+    def attention(q, k, v):
+        return kernels.block_sparse_attention(q, k, v, indices, counts, 8, 8, seq, 0.5, return_lse=True)
+
+    assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=True)
+
+
+@pytest.mark.parametrize("feature", ["q_rows", "extra_k"])
+def test_forward_only_features_refuse_a_backward_by_name(feature):
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 1, 32, 16, generator=gen, requires_grad=True) for _ in range(3))
+    indices = torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
+    counts = torch.full((1, 1, 2), 2, dtype=torch.int32)
+    extra = {"q_rows": torch.arange(32, dtype=torch.int32)}
+    if feature == "extra_k":
+        extra = {"extra_k": torch.randn(1, 1, 5, 16), "extra_v": torch.randn(1, 1, 5, 16)}
+    out, _ = kernels.block_sparse_attention(q, k, v, indices, counts, 16, 16, 32, 0.25, **extra)
+    with pytest.raises(NotImplementedError, match=feature):
+        out.sum().backward()
