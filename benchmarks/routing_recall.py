@@ -28,7 +28,7 @@ from diffusers import DiffusionPipeline
 
 from dit_accel import kernels
 from dit_accel.bench import environment
-from dit_accel.methods.sparse_common import key_log_counts
+from dit_accel.methods.routing import key_log_counts
 from dit_accel.recorder import RecordedCall, load_qkv, record_qkv
 from dit_accel.tiling import default_tile, tile_permutation
 

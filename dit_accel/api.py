@@ -13,18 +13,22 @@ from dit_accel.pipelines import ModelAdapter, find_adapter, supported_model_name
 from .config import MethodConfig
 from .context import LayerBinding
 from .hooks import install_step_hook, remove_step_hook
-from .registry import build_config, spec_for
+from .methods.base import AttentionMethod
+from .registry import build_config, method_for
 from .steps import StepTracker
+
+STATE_ATTRIBUTE = "dit_accel_state"
 
 
 @dataclass
 class _Installed:
-    """One transformer taken over: its adapter and the processors it had before."""
+    """One transformer taken over: its adapter, the processors it had before, added state modules."""
 
     model: torch.nn.Module
     adapter: ModelAdapter
     originals: list[tuple[torch.nn.Module, Any]]
     module_hooks: list[Any]
+    stateful: list[torch.nn.Module]
 
 
 class AttentionHandle:
@@ -33,8 +37,11 @@ class AttentionHandle:
     Also a context manager: ``with dit_accel.apply(pipe, "topk", density=0.1): pipe(...)``.
     """
 
-    def __init__(self, config: MethodConfig, tracker: StepTracker, installed: list[_Installed]) -> None:
+    def __init__(
+        self, config: MethodConfig, method: AttentionMethod, tracker: StepTracker, installed: list[_Installed]
+    ) -> None:
         self.config = config
+        self.method = method
         self.tracker = tracker
         self._installed = installed
         self._detach: list[Callable[[], None]] = []
@@ -46,6 +53,11 @@ class AttentionHandle:
     @property
     def transformers(self) -> list[torch.nn.Module]:
         return [item.model for item in self._installed]
+
+    @property
+    def dense_fallbacks(self) -> dict[str, int]:
+        """Reason -> number of attention calls that ran dense instead of the method (e.g. too few tokens)."""
+        return dict(self.tracker.dense_fallbacks)
 
     def reset(self) -> None:
         """Start step counting afresh (only needed for direct transformer calls)."""
@@ -61,6 +73,8 @@ class AttentionHandle:
                 module.set_processor(processor)
             for hook in item.module_hooks:
                 hook.remove()
+            for module in item.stateful:
+                delattr(module, STATE_ATTRIBUTE)
             remove_step_hook(item.model)
 
     def __enter__(self) -> AttentionHandle:
@@ -94,28 +108,33 @@ def _transformers_of(target: Any) -> list[torch.nn.Module]:
     return models
 
 
-def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker, op: Any) -> _Installed:
+def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker, method: AttentionMethod) -> _Installed:
     adapter = find_adapter(model)
     modules = adapter.attention_modules(model)
     adapter.check_processors(modules)
-    install_step_hook(model, tracker, adapter, op)
+    install_step_hook(model, tracker, adapter, method)
     dense_count = config.dense_layer_count(len(modules))
-    originals = []
+    installed = _Installed(model=model, adapter=adapter, originals=[], module_hooks=[], stateful=[])
     for index, module in enumerate(modules):
+        state = method.layer_state(index, len(modules), module)
+        if state is not None:
+            module.add_module(STATE_ATTRIBUTE, state)
+            installed.stateful.append(module)
         binding = LayerBinding(
-            op=op,
+            op=method,
             tracker=tracker,
             layer_index=index,
             num_layers=len(modules),
             dense_layer=index < dense_count,
+            module_state=state,
         )
-        originals.append((module, module.processor))
+        installed.originals.append((module, module.processor))
         processor = adapter.make_processor(binding)
         processor._attention_backend = getattr(module.processor, "_attention_backend", None)
         processor._parallel_config = getattr(module.processor, "_parallel_config", None)
         module.set_processor(processor)
-    hooks = adapter.install_reorder_hooks(model, tracker) if hasattr(op, "token_tile") else []
-    return _Installed(model=model, adapter=adapter, originals=originals, module_hooks=hooks)
+    installed.module_hooks = adapter.install_reorder_hooks(model, tracker)
+    return installed
 
 
 def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionHandle:
@@ -130,22 +149,22 @@ def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionH
     Returns:
         An :class:`AttentionHandle`; ``handle.remove()`` restores the original processors.
 
-    An op that needs more than its processors (AlignedGen's VAE-encoded style image and capture
-    hook) defines ``op.attach(target, transformers) -> detach``; it is called once after the
+    A method that needs more than its processors (AlignedGen's VAE-encoded style image and capture
+    hook) overrides ``attach(target, transformers) -> detach``; it is called once after the
     processors are installed, and ``detach()`` runs first in ``handle.remove()``.
     """
     config = build_config(method, **options)
     models = _transformers_of(target)
     tracker = StepTracker(config, scheduler=getattr(target, "scheduler", None))
-    op = spec_for(config).make_op(config)
+    instance = method_for(config)
     installed: list[_Installed] = []
-    handle = AttentionHandle(config, tracker, installed)
+    handle = AttentionHandle(config, instance, tracker, installed)
     try:
         for model in models:
-            installed.append(_install(model, config, tracker, op))
-        attach = getattr(op, "attach", None)
-        if attach is not None:
-            handle._detach.append(attach(target, handle.transformers))
+            installed.append(_install(model, config, tracker, instance))
+        detach = instance.attach(target, handle.transformers)
+        if detach is not None:
+            handle._detach.append(detach)
     except Exception:
         handle.remove()
         raise

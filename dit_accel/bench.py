@@ -1,17 +1,20 @@
 """``dit-accel bench kernel|e2e``: attention speed and error against cuDNN SDPA, in one run.
 
-Kernel benchmarks time the whole ``topk`` op (routing + block-sparse kernel + exact text rows), the
-routing alone and the kernel alone, on random (never zero) q/k/v at the reference shapes of
-DESIGN.md, next to cuDNN and FlashAttention-2 (torch's flash backend) dense attention. The e2e
-benchmark times a full random-weight Wan2.1-1.3B-size transformer forward, eager and with
-regional ``torch.compile``. Results go to ``benchmarks/results/kernel|e2e/`` as JSON records plus a markdown
-table. Timings are medians after warm-up (``triton.testing.do_bench`` on CUDA).
+Kernel benchmarks time any registered method as a whole (routing + exact block-sparse kernel +
+tail + exact text rows), its routing alone and its kernel alone, on each backend (FA4 and Triton
+when FA4 is installed), on random (never zero) q/k/v at the reference shapes of DESIGN.md, next to
+cuDNN, FlashAttention-2 (torch's flash backend) and FA4 dense attention; with ``--recorded`` also
+its error on real recorded q/k/v. The e2e benchmark times a full random-weight
+Wan2.1-1.3B-size transformer forward, eager and with regional ``torch.compile``. Results go to
+``benchmarks/results/kernel|e2e/`` as JSON records plus a markdown table. Timings are medians after
+warm-up (``triton.testing.do_bench`` on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import platform
@@ -27,10 +30,7 @@ import torch
 from dit_accel.config import MethodConfig
 from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.layout import TokenLayout
-from dit_accel.methods.sparse_common import RoutedAttention, route_video_attention
-from dit_accel.methods.topk import TopKAttention, TopKConfig
 from dit_accel.steps import StepTracker
-from dit_accel.tiling import default_tile
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -160,110 +160,210 @@ def environment(device: torch.device) -> dict[str, str]:
     return info
 
 
-class TopKRun:
-    """The ``topk`` op split into routing and kernel, so each can be timed on its own.
+def fa4_dense_available(device: torch.device) -> bool:
+    """Whether FlashAttention-4 dense serves bf16 on this device (the strongest dense baseline)."""
+    if device.type != "cuda":
+        return False
+    from dit_accel.kernels.fa4 import fa4_rejects
 
-    With ``pretiled`` the tokens are taken as already in tile order, as they are inside a model
-    (the adapters reorder them once per forward); otherwise each call gathers K/V itself.
+    return fa4_rejects(torch.empty(1, 1, 128, 128, device=device, dtype=torch.bfloat16), 128, 128) is None
+
+
+def kernel_backends(device: torch.device) -> list[str]:
+    """Backends a method is timed on: both GPU engines when FA4 is present, else the one that runs."""
+    if device.type != "cuda":
+        return ["reference"]
+    return ["fa4", "triton"] if fa4_dense_available(device) else ["triton"]
+
+
+def dense_runs(device: torch.device) -> dict[str, Callable]:
+    """Dense baselines on ``(B, S, H, D)`` tensors: cuDNN SDPA first (the reference), FA2, FA4."""
+    from torch.nn.attention import sdpa_kernel
+
+    from dit_accel.kernels.backends import dense_attention
+
+    def sdpa_with(backends: list) -> Callable:
+        def run(q, k, v):
+            with sdpa_kernel(backends):
+                return sdpa_bshd(q, k, v)
+
+        return run
+
+    runs = {name: sdpa_with(backends) for name, backends in dense_backends(device).items()}
+    if fa4_dense_available(device):
+        runs["fa4"] = lambda q, k, v: dense_attention(q, k, v, "fa4")
+    return runs
+
+
+def method_options(method: str, densities: list[float], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One option set per density for methods that take ``density``, else the options once."""
+    from dit_accel.registry import get_method
+
+    names = get_method(method).config_class.option_names()
+    if "density" not in names or method == "dense":
+        return [dict(options)]
+    return [options | {"density": d} for d in densities]
+
+
+def peak_memory_gb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak GPU memory allocated while ``fn`` runs, in GiB (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+class MethodRun:
+    """A method called on one attention input outside a model, split into routing and kernel if it can be.
+
+    With ``pretiled`` the tokens are taken as already in tile order, as they are inside a model (the
+    adapters reorder them once per forward); otherwise each call gathers K/V itself.
     """
 
-    def __init__(self, shape: BenchShape, config: TopKConfig, q, k, v, pretiled: bool = True) -> None:
-        self.shape, self.config, self.q, self.k, self.v = shape, config, q, k, v
-        tile = config.tile or default_tile(shape.grid, config.block_q)
-        layout = dataclasses.replace(shape.layout(), token_tile=tile if pretiled else None)
-        self.ctx = standalone_context(layout, config)
-        self.op = TopKAttention(config)
+    def __init__(self, method: str, options: dict[str, Any], layout: TokenLayout, q, k, v,
+                 pretiled: bool = True) -> None:  # fmt: skip
+        from dit_accel.methods.base import BlockSparseMethod
+        from dit_accel.registry import build_config, method_for
+
+        self.config = build_config(method, **options)
+        self.method = method_for(self.config)
+        self.q, self.k, self.v = q, k, v
+        self.sparse = isinstance(self.method, BlockSparseMethod)
+        if self.sparse and pretiled and layout.grid is not None:
+            layout = dataclasses.replace(layout, token_tile=self.method.tile(layout.grid))
+        self.ctx = standalone_context(layout, self.config)
 
     def full(self) -> torch.Tensor:
-        return self.op(self.q, self.k, self.v, self.ctx)
+        return self.method(self.q, self.k, self.v, self.ctx)
 
-    def routing(self) -> RoutedAttention:
+    def route_and_select(self):
+        routing = self.method.route(self.q, self.k, self.v, self.ctx)
+        return routing, self.method.select(routing, self.ctx)
+
+    def backend(self) -> str:
+        """The engine that serves the exact part of this call."""
+        from dit_accel.kernels.backends import resolve_backend
+
+        if not self.sparse:
+            return getattr(self.config, "backend", "stock")
         cfg = self.config
-        return route_video_attention(
-            self.q, self.k, self.v, self.ctx, block_q=cfg.block_q, block_k=cfg.block_k, select=self.op.select,
-            tile=cfg.tile,
-        )  # fmt: skip
+        return resolve_backend(cfg.backend, self.q.transpose(1, 2), cfg.block_q, cfg.block_k)
 
-    def computed_flops(self, counts: torch.Tensor) -> float:
-        """Matmul FLOPs of the blocks actually computed (video rows) plus the dense text rows."""
-        shape, cfg = self.shape, self.config
-        pairs = (
-            float(counts.sum()) * cfg.block_q * cfg.block_k
-            + shape.video_len * shape.text_len * shape.batch * shape.heads
-        )
-        pairs += shape.text_len * shape.seq_len * shape.batch * shape.heads
-        return 4.0 * shape.head_dim * pairs
+
+def split_timings(run: MethodRun, shape: BenchShape, ms: float, device: torch.device) -> dict[str, float]:
+    """Routing (+ selection) and kernel times of a block-sparse method, its kept fraction and TFLOP/s."""
+    routing, blocks = run.route_and_select()
+    return {
+        "ms_routing": median_ms(run.route_and_select, device),
+        "ms_attention": median_ms(functools.partial(run.method.attend, routing, blocks, run.ctx), device),
+        "kept_fraction": blocks.density(),
+        "tflops": computed_flops(shape, blocks) / ms / 1e9,
+    }
+
+
+def computed_flops(shape: BenchShape, blocks) -> float:
+    """Matmul FLOPs of the blocks actually computed (video rows) plus the text rows and columns."""
+    pairs = float(blocks.counts.sum()) * blocks.block_q * blocks.block_k
+    pairs += shape.video_len * shape.text_len * shape.batch * shape.heads
+    pairs += shape.text_len * shape.seq_len * shape.batch * shape.heads
+    return 4.0 * shape.head_dim * pairs
+
+
+def recorded_errors(method: str, options: dict[str, Any], path: Path, device: torch.device) -> dict[str, float]:
+    """Mean / max relative L1 error vs fp32 dense over the recorded calls of ``path`` (``dit-accel record``)."""
+    from dit_accel.recorder import load_qkv
+
+    calls, _ = load_qkv(path)
+    errors = []
+    with torch.no_grad():
+        for call in calls:
+            q, k, v = (x.to(device=device, dtype=torch.float32) for x in (call.q, call.k, call.v))
+            run = MethodRun(method, options, call.layout, q, k, v, pretiled=False)
+            errors.append(rel_l1(run.full(), sdpa_bshd(q, k, v)))
+    return {"recorded_rel_l1_mean": statistics.fmean(errors), "recorded_rel_l1_max": max(errors),
+            "recorded_calls": len(errors), "recorded_file": path.name}  # fmt: skip
 
 
 def bench_kernel(
     shape_names: list[str],
     densities: list[float],
-    block_size: tuple[int, int],
     dtype: torch.dtype,
     device: torch.device,
+    method: str = "topk",
+    options: dict[str, Any] | None = None,
     pretiled: bool = True,
+    recorded: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Dense baselines and ``topk`` at each density for each shape; one record per measurement."""
+    """Dense baselines, then ``method`` at each density on each backend, for each shape; one record each.
+
+    Every record carries the speedup against cuDNN SDPA and against FA4 dense (where installed),
+    measured in the same run, the relative L1 error against dense on the same random q/k/v, and
+    (with ``recorded``) the error on real recorded q/k/v.
+    """
     env = environment(device)
     records: list[dict[str, Any]] = []
+    option_sets = method_options(method, densities, options or {})
     with torch.no_grad():
         for name in shape_names:
             shape = SHAPES[name]
             q, k, v = random_qkv(shape, dtype, device)
             dense_flops = 4.0 * shape.batch * shape.heads * shape.seq_len**2 * shape.head_dim
             base = {"kind": "kernel", "shape_name": name, "shape": shape.dims(), "dtype": str(dtype).split(".")[-1]}
-            reference = None
-            cudnn_ms = None
-            for backend_name, backends in dense_backends(device).items():
-                from torch.nn.attention import sdpa_kernel
-
-                with sdpa_kernel(backends):
-                    ms = median_ms(lambda q=q, k=k, v=v: sdpa_bshd(q, k, v), device)
-                    ms_graph = graph_ms(lambda q=q, k=k, v=v: sdpa_bshd(q, k, v), device)
-                    out = sdpa_bshd(q, k, v)
-                if reference is None:
-                    reference, cudnn_ms, cudnn_graph_ms = out, ms, ms_graph
-                records.append(
-                    base | env | {"method": backend_name, "density": 1.0, "ms": ms, "ms_graph": ms_graph,
-                                  "tflops": dense_flops / ms / 1e9,
-                                  "speedup_vs_cudnn": cudnn_ms / ms, "rel_l1_vs_dense": rel_l1(out, reference)}
-                )  # fmt: skip
-                print(f"{name:15s} {backend_name:6s} {ms:8.3f} ms  {dense_flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
-            from torch.nn.attention import sdpa_kernel
-
-            for density in densities:
-                config = TopKConfig(density=density, block_size=block_size)
-                run = TopKRun(shape, config, q, k, v, pretiled=pretiled)
-                with sdpa_kernel(dense_backends(device)["cudnn"]):
-                    ms = median_ms(run.full, device)
-                    ms_graph = graph_ms(run.full, device)
-                    out = run.full()
-                    routed = run.routing()
-                    routing_ms = median_ms(run.routing, device)
-                    attention_ms = median_ms(routed.attend, device)
-                flops = run.computed_flops(routed.counts)
-                nk = math.ceil(shape.video_len / config.block_k)
-                records.append(
-                    base | env | {
-                        "method": "topk", "density": density, "block_size": list(block_size),
-                        "token_order": "forward" if pretiled else "layer",
-                        "kept_fraction": float(routed.counts.float().mean()) / nk, "ms": ms, "ms_graph": ms_graph,
-                        "speedup_vs_cudnn_graph": cudnn_graph_ms / ms_graph if ms_graph else None,
-                        "ms_routing": routing_ms, "ms_attention": attention_ms,
-                        "tflops": flops / ms / 1e9, "tflops_attention": flops / attention_ms / 1e9,
-                        "speedup_vs_cudnn": cudnn_ms / ms, "rel_l1_vs_dense": rel_l1(out, reference),
-                    }
-                )  # fmt: skip
+            reference, baselines = None, {}
+            for dense_name, run_dense in dense_runs(device).items():
+                ms = median_ms(lambda q=q, k=k, v=v, f=run_dense: f(q, k, v), device)
+                out = run_dense(q, k, v)
+                reference = out if reference is None else reference
+                baselines[dense_name] = ms
+                records.append(base | env | {
+                    "method": "dense", "backend": dense_name, "density": 1.0, "ms": ms,
+                    "tflops": dense_flops / ms / 1e9, "rel_l1_vs_dense": rel_l1(out, reference),
+                })  # fmt: skip
                 print(
-                    f"{name:15s} topk {density:5.3f} {ms:8.3f} ms (graph {ms_graph or 0:.3f}, routing {routing_ms:.3f},"
-                    f" kernel {attention_ms:.3f})"
-                    f"  x{cudnn_ms / ms:5.2f} vs cuDNN  rel-L1 {records[-1]['rel_l1_vs_dense']:.4f}",
-                    flush=True,
+                    f"{name:15s} dense {dense_name:6s} {ms:8.3f} ms  {dense_flops / ms / 1e9:6.1f} TFLOP/s", flush=True
                 )
+            for opts in option_sets:
+                backends = kernel_backends(device) if run_on_backends(method) else [None]
+                errors = recorded_errors(method, opts, recorded, device) if recorded is not None else {}
+                for backend in backends:
+                    run_opts = opts if backend is None else opts | {"backend": backend}
+                    run = MethodRun(method, run_opts, shape.layout(), q, k, v, pretiled=pretiled)
+                    ms = median_ms(run.full, device)
+                    out = run.full()
+                    record = base | env | errors | {
+                        "method": method, "options": _jsonable(run_opts), "backend": run.backend(),
+                        "density": run_opts.get("density", 1.0), "token_order": "forward" if pretiled else "layer",
+                        "ms": ms, "ms_graph": graph_ms(run.full, device),
+                        "peak_memory_gb": peak_memory_gb(run.full, device),
+                        "rel_l1_vs_dense": rel_l1(out, reference),
+                    } | {f"speedup_vs_{b}": b_ms / ms for b, b_ms in baselines.items()}  # fmt: skip
+                    if run.sparse:
+                        record |= split_timings(run, shape, ms, device)
+                    records.append(record)
+                    print(
+                        f"{name:15s} {method} {_jsonable(opts)} [{record['backend']}] {ms:8.3f} ms "
+                        f"(routing {record.get('ms_routing', 0):.3f}, kernel {record.get('ms_attention', 0):.3f}) "
+                        f"x{record['speedup_vs_cudnn']:5.2f} vs cuDNN  rel-L1 {record['rel_l1_vs_dense']:.4f}",
+                        flush=True,
+                    )
             del q, k, v, reference
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return records
+
+
+def run_on_backends(method: str) -> bool:
+    """Whether a method takes the block-sparse ``backend`` option (every ``accelerate`` method but dense)."""
+    from dit_accel.registry import get_method
+
+    return method != "dense" and "backend" in get_method(method).config_class.option_names()
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 WAN_1_3B_CONFIG = {
@@ -333,35 +433,35 @@ def bench_e2e(
     with torch.no_grad(), sdpa_kernel(dense_backends(device)["cudnn"]):
         for variant in variants:
             mode, method = variant.split(":")
-            compiled = mode != "eager"
             module = runner(mode)
 
             def forward(module=module):
                 return module(**inputs, return_dict=False)[0]
 
-            handle = dit_accel.apply(model, "topk", density=density) if method == "topk" else None
-            start = time.perf_counter()
-            forward()  # compile / autotune / warm caches
-            first_call_s = time.perf_counter() - start
-            ms = median_ms(forward, device, warmup_ms=500, rep_ms=3000)
-            outputs[method] = forward()
-            if handle is not None:
-                handle.remove()
-            if eager_dense_ms is None:
-                eager_dense_ms = ms
-            record = env | {
-                "kind": "e2e", "shape": list(latent), "method": method, "density": density if method == "topk" else 1.0,
-                "compiled": compiled, "compile_mode": mode, "ms": ms, "speedup_vs_cudnn": eager_dense_ms / ms,
-                "num_layers": num_layers,
-                "first_call_s": first_call_s,
-                "rel_l1_vs_dense": rel_l1(outputs[method], outputs["dense"]) if "dense" in outputs else 0.0,
-            }  # fmt: skip
-            records.append(record)
-            print(
-                f"e2e {mode:8s} {method:5s} {ms:9.2f} ms  "
-                f"x{record['speedup_vs_cudnn']:.2f} vs eager dense (first call {first_call_s:.1f} s)",
-                flush=True,
-            )
+            for backend in kernel_backends(device) if method == "topk" else ["cudnn"]:
+                handle = dit_accel.apply(model, "topk", density=density, backend=backend) if method == "topk" else None
+                start = time.perf_counter()
+                forward()  # compile / autotune / warm caches
+                first_call_s = time.perf_counter() - start
+                ms = median_ms(forward, device, warmup_ms=500, rep_ms=3000)
+                memory = peak_memory_gb(forward, device)
+                outputs[method] = forward()
+                if handle is not None:
+                    handle.remove()
+                eager_dense_ms = eager_dense_ms or ms
+                record = env | {
+                    "kind": "e2e", "model": "wan-1.3b", "shape": list(latent), "method": method, "backend": backend,
+                    "density": density if method == "topk" else 1.0, "compiled": mode != "eager", "compile_mode": mode,
+                    "ms": ms, "speedup_vs_eager_dense": eager_dense_ms / ms, "num_layers": num_layers,
+                    "first_call_s": first_call_s, "peak_memory_gb": memory,
+                    "rel_l1_vs_dense": rel_l1(outputs[method], outputs["dense"]) if "dense" in outputs else 0.0,
+                }  # fmt: skip
+                records.append(record)
+                print(
+                    f"e2e {mode:8s} {method:5s} [{backend}] {ms:9.2f} ms  x{record['speedup_vs_eager_dense']:.2f} "
+                    f"vs eager dense (first call {first_call_s:.1f} s, peak {memory or 0:.1f} GiB)",
+                    flush=True,
+                )
     return records
 
 
@@ -370,8 +470,9 @@ def write_results(records: list[dict[str, Any]], out_dir: Path, stem: str) -> tu
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(records, indent=1))
-    columns = ["kind", "shape_name", "shape", "method", "density", "compiled", "ms", "ms_graph", "ms_routing",
-               "ms_attention", "tflops", "speedup_vs_cudnn", "speedup_vs_cudnn_graph", "rel_l1_vs_dense"]  # fmt: skip
+    columns = ["kind", "shape_name", "shape", "method", "backend", "density", "compile_mode", "ms", "ms_graph",
+               "ms_routing", "ms_attention", "tflops", "speedup_vs_cudnn", "speedup_vs_fa4", "speedup_vs_eager_dense",
+               "rel_l1_vs_dense", "recorded_rel_l1_mean", "peak_memory_gb"]  # fmt: skip
     columns = [c for c in columns if any(c in r for r in records)]
     lines = [f"GPU: {records[0]['gpu']} · torch {records[0]['torch']} · triton {records[0]['triton']}", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -392,11 +493,15 @@ def _device(name: str) -> torch.device:
 
 
 def _run_kernel(args: argparse.Namespace) -> int:
+    from dit_accel.compare import parse_option
+
     device = _device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    options = dict(parse_option(text) for text in args.option)
     records = bench_kernel(
-        args.shapes, args.densities, tuple(args.block_size), dtype, device, pretiled=not args.per_layer_gather
-    )
+        args.shapes, args.densities, dtype, device, method=args.method, options=options,
+        pretiled=not args.per_layer_gather, recorded=Path(args.recorded) if args.recorded else None,
+    )  # fmt: skip
     paths = write_results(records, Path(args.out), args.name)
     print("wrote", *paths)
     return 0
@@ -414,10 +519,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="benchmark attention kernels and full transformer forwards")
     kinds = bench.add_subparsers(dest="bench_kind", required=True)
 
-    kernel = kinds.add_parser("kernel", help="topk (routing + kernel) vs cuDNN / flash SDPA")
+    kernel = kinds.add_parser("kernel", help="a method (routing + kernel) vs cuDNN / FA2 / FA4 dense")
+    kernel.add_argument("--method", default="topk", help="any registered method (dit-accel list)")
+    kernel.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option, repeatable (block_size=128,64; top_p=0.9)",
+    )
+    kernel.add_argument(
+        "--recorded", default=None, help="q/k/v recorded by `dit-accel record`: also report the error vs dense on them"
+    )
     kernel.add_argument("--shapes", nargs="+", default=["wan-1.3b-480p", "wan-14b-720p"], choices=sorted(SHAPES))
     kernel.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.1, 0.05])
-    kernel.add_argument("--block-size", nargs=2, type=int, default=[128, 64], metavar=("Q", "K"))
     kernel.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     kernel.add_argument(
         "--per-layer-gather",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+BACKENDS = ("auto", "fa4", "triton", "reference")
 
 
 def check_fraction_or_count(name: str, value: Any) -> None:
@@ -125,3 +126,31 @@ class MethodConfig:
 def ceil_fraction(fraction: float, total: int) -> int:
     """``ceil(fraction * total)`` robust to float noise (0.1 * 30 must give 3, not 4)."""
     return max(0, math.ceil(fraction * total - 1e-9))
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Validate that ``value`` is one of ``allowed``, naming them otherwise."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+@dataclass
+class AccelerateConfig(MethodConfig):
+    """Options shared by every ``accelerate`` method (besides :class:`MethodConfig`'s).
+
+    Attributes:
+        density: fraction of key blocks each query block computes exactly, in (0, 1]; methods are
+            compared at equal density. What is skipped is dropped or approximated by the method.
+        backend: engine of the exact block-sparse part: ``"auto"`` (FlashAttention-4 on
+            Hopper/Blackwell when installed, else Triton on CUDA, else the PyTorch reference),
+            ``"fa4"``, ``"triton"`` or ``"reference"``. ``DIT_ACCEL_BACKEND`` sets the default.
+    """
+
+    density: float | None = 0.125
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.density is not None:
+            check_range("density", self.density, 0.0, 1.0, low_open=True)
+        check_choice("backend", self.backend, BACKENDS)

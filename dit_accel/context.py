@@ -1,9 +1,9 @@
-"""What an attention op knows about the call it serves, and the op interface.
+"""What an attention method knows about the call it serves (:class:`AttentionContext`).
 
-An op is a callable ``op(q, k, v, ctx) -> o``. ``q``, ``k`` and ``v`` are in Diffusers' layout
+A method is called as ``method(q, k, v, ctx) -> o``. ``q``, ``k`` and ``v`` are in Diffusers' layout
 ``(B, S, H, D)``, after q/k normalisation and RoPE, exactly what the stock processor would hand to
 ``dispatch_attention_fn``; ``o`` has the same layout as ``q``. :meth:`AttentionContext.dense` is
-that stock call, so any op can fall back to the exact dense result.
+that stock call, so any method can fall back to the exact dense result.
 
 Per-layer facts (layer index, state) are read through the layer's :class:`LayerBinding` only when
 an op asks for them: under ``torch.compile`` every Python value a traced op reads becomes a guard,
@@ -13,31 +13,35 @@ and a layer index read by every layer would recompile each block of a regionally
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+from .forward_info import ForwardInfo
 from .layout import TokenLayout
 from .steps import StepTracker
 
-
-class AttentionOp(Protocol):
-    """An attention method: same inputs and output layout as the stock attention call."""
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor: ...
+if TYPE_CHECKING:
+    from .methods.base import AttentionMethod
 
 
 @dataclass
 class LayerBinding:
-    """One installed processor's link to its handle: the op, the tracker and its place in the model."""
+    """One installed processor's link to its handle: the op, the tracker and its place in the model.
 
-    op: AttentionOp
+    ``state`` is a per-layer dict for plain caches; ``module_state`` is the method's per-layer
+    ``nn.Module`` (trained or saved parameters and buffers), registered on the attention module
+    so that it moves, saves and loads with the model, and deleted by ``remove()``.
+    """
+
+    op: AttentionMethod
     tracker: StepTracker
     layer_index: int
     num_layers: int
     dense_layer: bool
     state: dict[str, Any] = field(default_factory=dict)
+    module_state: torch.nn.Module | None = None
 
 
 @dataclass
@@ -63,6 +67,20 @@ class AttentionContext:
     @property
     def tracker(self) -> StepTracker:
         return self.binding.tracker
+
+    @property
+    def info(self) -> ForwardInfo:
+        """Facts of the transformer forward this call belongs to (step, grid, token order)."""
+        return self.binding.tracker.info
+
+    @property
+    def module_state(self) -> torch.nn.Module | None:
+        """The method's per-layer ``nn.Module`` state, if it declared one."""
+        return self.binding.module_state
+
+    def record_dense_fallback(self, method: str, reason: str) -> None:
+        """Count a call that ran dense instead of ``method`` (``handle.dense_fallbacks``), warn once."""
+        self.binding.tracker.record_dense_fallback(method, reason)
 
     @property
     def layer_index(self) -> int:

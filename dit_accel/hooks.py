@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from .steps import StepTracker
+from .forward_info import ForwardInfo
+from .methods.base import AttentionMethod
+from .steps import StepTracker, timestep_value
 from .tiling import Tile, token_permutation
 
 HOOK_NAME = "dit_accel_steps"
@@ -29,11 +31,11 @@ class StepTrackingHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, tracker: StepTracker, adapter: Any, op: Any) -> None:
+    def __init__(self, tracker: StepTracker, adapter: Any, method: AttentionMethod) -> None:
         super().__init__()
         self.tracker = tracker
         self.adapter = adapter
-        self.op = op
+        self.method = method
         self.cache_context = StateManager(_ContextOnly)
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
@@ -46,31 +48,30 @@ class StepTrackingHook(ModelHook):
         context = self.cache_context._context
         step_index = getattr(context, "step_index", None)
         num_steps = getattr(context, "num_inference_steps", None)
-        self.tracker.observe(arguments.get("timestep"), step_index=step_index, num_steps=num_steps)
+        timestep = arguments.get("timestep")
+        self.tracker.observe(timestep, step_index=step_index, num_steps=num_steps)
         info = self.adapter.capture(module, arguments)
-        wanted = getattr(self.op, "token_tile", None)
-        tile = wanted(info) if wanted is not None and self.adapter.can_reorder(module, arguments) else None
-        if tile is not None:
-            info |= token_order_info(info["grid"], tile, info["video_start"], info["device"])
-        self.tracker.call_info = info
-        # Outside any compiled region: ops fill their caches here (tile orders, block sizes), so
-        # the traced attention code only ever sees cache hits.
-        prepare = getattr(self.op, "prepare", None)
-        if prepare is not None:
-            prepare(info)
+        info.step_index, info.num_steps = self.tracker.step_index, self.tracker.num_steps
+        info.timestep = None if timestep is None else timestep_value(timestep)
+        tile = self.method.token_tile(info) if self.adapter.can_reorder(module, arguments) else None
+        if tile is not None and info.grid is not None:
+            add_token_order(info, tile)
+        self.tracker.info = info
+        # Outside any compiled region: methods fill their caches here (tile orders, block sizes),
+        # so the traced attention code only ever sees cache hits.
+        self.method.prepare(info)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.tracker.reset()
         return module
 
 
-def token_order_info(grid: Tile, tile: Tile, video_start: int, device: torch.device) -> dict[str, Any]:
-    """Index tensors that put this call's video tokens in tile order for the whole forward."""
-    order, inverse = token_permutation(grid, tile, device)
-    info = {"token_tile": tile, "token_order": order, "token_inverse": inverse}
-    if video_start:
-        info["token_order_after_text"] = _after_text(order, video_start)
-    return info
+def add_token_order(info: ForwardInfo, tile: Tile) -> None:
+    """Set the index tensors that put this forward's video tokens in tile order."""
+    order, inverse = token_permutation(info.grid, tile, info.device)
+    info.token_tile, info.token_order, info.token_inverse = tile, order, inverse
+    if info.video_start:
+        info.token_order_after_text = _after_text(order, info.video_start)
 
 
 _AFTER_TEXT_CACHE: dict[tuple, torch.Tensor] = {}
@@ -84,14 +85,14 @@ def _after_text(order: torch.Tensor, text_len: int) -> torch.Tensor:
     return _AFTER_TEXT_CACHE[key]
 
 
-def install_step_hook(model: torch.nn.Module, tracker: StepTracker, adapter: Any, op: Any) -> None:
+def install_step_hook(model: torch.nn.Module, tracker: StepTracker, adapter: Any, method: AttentionMethod) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     if registry.get_hook(HOOK_NAME) is not None:
         raise ValueError(
             f"dit-accel is already applied to this {type(model).__name__}; call handle.remove() on the "
             "existing handle first"
         )
-    registry.register_hook(StepTrackingHook(tracker, adapter, op), HOOK_NAME)
+    registry.register_hook(StepTrackingHook(tracker, adapter, method), HOOK_NAME)
 
 
 def remove_step_hook(model: torch.nn.Module) -> None:

@@ -14,11 +14,16 @@ each processor instead of recompiling for every step.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any
 
 import torch
 
 from .config import MethodConfig, resolve_count
+from .forward_info import ForwardInfo
+
+logger = logging.getLogger("dit_accel")
 
 
 def timestep_value(timestep: Any) -> float:
@@ -39,7 +44,19 @@ class StepTracker:
         self.warmup = True
         self.calls = 0
         self._last_timestep: float | None = None
-        self.call_info: dict[str, Any] = {}
+        self.info = ForwardInfo()
+        self.dense_fallbacks: Counter[str] = Counter()
+
+    def record_dense_fallback(self, method: str, reason: str) -> None:
+        """Count one attention call that ran dense instead of ``method``; warn on a reason's first call.
+
+        Not counted while ``torch.compile`` traces (the count would be baked in once, not per call).
+        """
+        if torch.compiler.is_compiling():
+            return
+        if not self.dense_fallbacks[reason]:
+            logger.warning(f"dit-accel {method} runs dense for some calls: {reason}")
+        self.dense_fallbacks[reason] += 1
 
     def reset(self) -> None:
         """Forget the current denoising run (the next call starts at step 0)."""

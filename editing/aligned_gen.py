@@ -27,11 +27,13 @@ import PIL.Image
 import torch
 
 from dit_accel.config import MethodConfig, check_range
-from dit_accel.context import AttentionContext, AttentionOp
+from dit_accel.context import AttentionContext
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
+from dit_accel.methods.base import AttentionMethod
 from dit_accel.pipelines import find_adapter
 from dit_accel.pipelines.flux import FluxAdapter
-from dit_accel.registry import MethodSpec, get_method, list_methods
+from dit_accel.registry import get_method, list_methods, method_for
 
 from .reference import CaptureComplete, ReferenceFeatures, ReferenceStore, align_image_tokens
 from .rope import Table, shift_table
@@ -41,9 +43,9 @@ LAMBDA_SCHEDULES = ("fixed", "decreasing")
 _COMMON_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
 
 
-def _acceleration_spec(name: str) -> MethodSpec:
-    """The registered method AlignedGen's attention may run through (any method but itself)."""
-    allowed = [m for m in list_methods() if m != AlignedGenConfig.method]
+def _acceleration_method(name: str) -> type[AttentionMethod]:
+    """The registered method AlignedGen's attention may run through (any ``accelerate`` method)."""
+    allowed = list_methods(kind="accelerate")
     if not isinstance(name, str) or name.lower() not in allowed:
         raise ValueError(f"attention must be one of {allowed} (or a config of one), got {name!r}")
     return get_method(name)
@@ -128,9 +130,9 @@ class AlignedGenConfig(MethodConfig):
             name: getattr(self, name) for name, default in _COMMON_DEFAULTS.items() if getattr(self, name) != default
         }
         if isinstance(self.attention, str):
-            self.attention = _acceleration_spec(self.attention).config_cls(**changed)
+            self.attention = _acceleration_method(self.attention).config_class(**changed)
         elif isinstance(self.attention, MethodConfig):
-            _acceleration_spec(self.attention.method)
+            _acceleration_method(self.attention.method)
             clashes = sorted(name for name, value in changed.items() if getattr(self.attention, name) != value)
             if clashes:
                 raise ValueError(
@@ -158,7 +160,7 @@ class AlignedGenConfig(MethodConfig):
                     f"options {sorted(options)} given together with an attention config instance; set them on it"
                 )
             return cls(attention=attention, **own)
-        inner_cls = _acceleration_spec(attention).config_cls
+        inner_cls = _acceleration_method(attention).config_class
         unknown = sorted(set(options) - set(inner_cls.option_names()))
         if unknown:
             raise TypeError(
@@ -206,12 +208,18 @@ def _sub_context(ctx: AttentionContext, name: str, layout: TokenLayout | None = 
     return dataclasses.replace(ctx, binding=binding, layout=layout or ctx.layout)
 
 
-class AlignedGenAttention:
-    """The ``aligned_gen`` op; :meth:`attach` (called by ``dit_accel.apply``) binds it to a FLUX model."""
+class AlignedGenAttention(AttentionMethod):
+    """The ``aligned_gen`` method; :meth:`attach` (called by ``dit_accel.apply``) binds it to a FLUX model."""
+
+    name = "aligned_gen"
+    kind = "edit"
+    description = "AlignedGen: style-aligned FLUX batches (ShiftPE + attention sharing), attention through any method"
+    config_class = AlignedGenConfig
+    config: AlignedGenConfig
 
     def __init__(self, config: AlignedGenConfig) -> None:
-        self.config = config
-        self.inner: AttentionOp = get_method(config.attention.method).make_op(config.attention)
+        super().__init__(config)
+        self.inner: AttentionMethod = method_for(config.attention)
         self.store = ReferenceStore()
         self.blocks: tuple[int, int] | None = None
         self._shift_tables: dict[tuple[int, str], Table] = {}
@@ -228,26 +236,23 @@ class AlignedGenAttention:
             target, transformers, self.config.reference_image, self.config.reference_seed, self.store
         )
 
-    def token_tile(self, call_info: dict[str, Any]) -> tuple[int, int, int] | None:
+    def token_tile(self, info: ForwardInfo) -> tuple[int, int, int] | None:
         """The token order the inner op wants for the whole forward (see ``StepTrackingHook``).
 
         AlignedGen is indifferent to it: AdaIN statistics, the RoPE rows (reordered with the tokens)
         and the constant ShiftPE rotation are per token, and the appended reference tokens come in
         the reference's own order, which is the targets' order (``appended_grid == grid``).
         """
-        wanted = getattr(self.inner, "token_tile", None)
-        return wanted(call_info) if wanted is not None else None
+        return self.inner.token_tile(info)
 
-    def prepare(self, call_info: dict[str, Any]) -> None:
-        """Let the inner op precompute from the call's facts (called by the step-tracking hook)."""
-        prepare = getattr(self.inner, "prepare", None)
-        if prepare is not None:
-            prepare(call_info)
+    def prepare(self, info: ForwardInfo) -> None:
+        """Let the inner method precompute from the forward's facts (called by the step-tracking hook)."""
+        self.inner.prepare(info)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.blocks is None:
             raise RuntimeError("the aligned_gen op must be installed with dit_accel.apply(pipe, 'aligned_gen', ...)")
-        if "pos_embed" not in ctx.tracker.call_info:
+        if ctx.info.pos_embed is None:
             raise TypeError("aligned_gen runs on FluxTransformer2DModel only (the call carries no FLUX position ids)")
         step_lambda = self.config.lambda_at(ctx.step_index, ctx.num_steps)
         in_blocks = self.blocks[0] <= ctx.layer_index < self.blocks[1]
@@ -324,7 +329,7 @@ class AlignedGenAttention:
         grid, device = ctx.layout.grid, ctx.rotary_emb[0].device
         key = (grid[-1], str(device))
         if key not in self._shift_tables:
-            self._shift_tables[key] = shift_table(ctx.tracker.call_info["pos_embed"], grid, device)
+            self._shift_tables[key] = shift_table(ctx.info.pos_embed, grid, device)
         return self._shift_tables[key]
 
     @staticmethod

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from dit_accel.context import AttentionContext, LayerBinding
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
 from dit_accel.steps import StepTracker
 
@@ -88,8 +89,8 @@ class ModelAdapter:
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         raise NotImplementedError
 
-    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Facts about this call the processors need (grid, text length), from the forward args."""
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInfo:
+        """Facts about this forward the processors need (grid, text length), from its arguments."""
         raise NotImplementedError
 
     def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
@@ -135,19 +136,19 @@ class DualSingleStreamAdapter(ModelAdapter):
         return model.transformer_blocks[0] if len(model.transformer_blocks) else model.single_transformer_blocks[0]
 
 
-def video_call_info(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> dict[str, Any]:
-    """Call facts of a video transformer whose attention sequence starts with the video tokens.
+def video_forward_info(hidden_states: torch.Tensor, patch: tuple[int, int, int]) -> ForwardInfo:
+    """Forward facts of a video transformer whose attention sequence starts with the video tokens.
 
     ``grid`` is the token grid of the ``(B, C, F, H, W)`` latent after a ``(pt, ph, pw)`` patch
     embedding; ``video_start``/``video_len`` locate those tokens in the attention sequence.
     """
     _, _, frames, height, width = hidden_states.shape
     grid = (frames // patch[0], height // patch[1], width // patch[2])
-    return {"grid": grid, "video_start": 0, "video_len": math.prod(grid), "device": hidden_states.device}
+    return ForwardInfo(grid=grid, video_start=0, video_len=math.prod(grid), device=hidden_states.device)
 
 
 def _permute(x: torch.Tensor, dim: int, info: InfoSource, key: str) -> torch.Tensor:
-    index = info.call_info.get(key)
+    index = getattr(info.info, key)
     if index is None:
         return x
     if x.shape[dim] != index.numel():

@@ -16,6 +16,7 @@ from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
 
 from .base import BoundProcessor, DualSingleStreamAdapter, InfoSource, reorder_argument, reorder_output
@@ -43,9 +44,9 @@ def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] |
     return count // (height * width), height, width
 
 
-def flux_layout(seq_len: int, text_len: int, info: dict) -> TokenLayout:
+def flux_layout(seq_len: int, text_len: int, info: ForwardInfo) -> TokenLayout:
     video_len = seq_len - text_len
-    grid, token_tile = info.get("grid"), info.get("token_tile")
+    grid, token_tile = info.grid, info.token_tile
     if grid is not None and grid[0] * grid[1] * grid[2] != video_len:
         grid = token_tile = None
     return TokenLayout(
@@ -97,11 +98,11 @@ class FluxBlockProcessor(BoundProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        info = self.binding.tracker.call_info
+        info = self.binding.tracker.info
         if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
             text_len = encoder_hidden_states.shape[1]
         else:
-            text_len = min(info.get("text_len", 0), query.shape[1])
+            text_len = min(info.text_len, query.shape[1])
         layout = flux_layout(query.shape[1], text_len, info)
         hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
@@ -128,23 +129,23 @@ class FluxAdapter(DualSingleStreamAdapter):
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         return FluxBlockProcessor(binding)
 
-    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInfo:
         text = arguments.get("encoder_hidden_states")
         img_ids = arguments.get("img_ids")
         text_len = 0 if text is None else int(text.shape[1])
         image = arguments["hidden_states"]
-        return {
-            "text_len": text_len,
-            "grid": raster_grid_from_ids(img_ids),
-            "video_start": text_len,
-            "video_len": int(image.shape[1]),
-            "device": image.device,
+        return ForwardInfo(
+            text_len=text_len,
+            grid=raster_grid_from_ids(img_ids),
+            video_start=text_len,
+            video_len=int(image.shape[1]),
+            device=image.device,
             # For ops that re-position tokens (AlignedGen's ShiftPE): the model's own rotary
             # module and position ids, so shifted tables are computed exactly as the model does.
-            "pos_embed": model.pos_embed,
-            "img_ids": img_ids,
-            "txt_ids": arguments.get("txt_ids"),
-        }
+            pos_embed=model.pos_embed,
+            img_ids=img_ids,
+            txt_ids=arguments.get("txt_ids"),
+        )
 
     def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
         """ControlNet residuals are added in raster order between blocks: keep raster order then."""

@@ -13,6 +13,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
 
 from .base import (
@@ -22,13 +23,15 @@ from .base import (
     padding_to_valid_lengths,
     reorder_argument,
     reorder_output,
-    video_call_info,
+    video_forward_info,
 )
 
 
-def hunyuan_layout(video_len: int, text_len: int, info: dict, attention_mask: torch.Tensor | None) -> TokenLayout:
+def hunyuan_layout(
+    video_len: int, text_len: int, info: ForwardInfo, attention_mask: torch.Tensor | None
+) -> TokenLayout:
     """``[video, text]`` layout with the valid text lengths read off the key-padding mask."""
-    grid, token_tile = info.get("grid"), info.get("token_tile")
+    grid, token_tile = info.grid, info.token_tile
     if grid is not None and grid[0] * grid[1] * grid[2] != video_len:
         grid = token_tile = None
     return TokenLayout(
@@ -115,7 +118,7 @@ class HunyuanVideoBlockProcessor(BoundProcessor):
             value = torch.cat([value, encoder_value], dim=1)
 
         # 5. Attention
-        layout = hunyuan_layout(video_len, text_len, self.binding.tracker.call_info, attention_mask)
+        layout = hunyuan_layout(video_len, text_len, self.binding.tracker.info, attention_mask)
         hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
@@ -144,9 +147,9 @@ class HunyuanVideoAdapter(DualSingleStreamAdapter):
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         return HunyuanVideoBlockProcessor(binding)
 
-    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInfo:
         patch = (model.config.patch_size_t, model.config.patch_size, model.config.patch_size)
-        return video_call_info(arguments["hidden_states"], patch)
+        return video_forward_info(arguments["hidden_states"], patch)
 
     def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
         """Token-replace I2V modulates the first frame's tokens by position: keep raster order."""

@@ -9,9 +9,10 @@ from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import video_only_layout
 
-from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_call_info
+from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_forward_info
 
 
 def wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,8 @@ class WanSelfAttnProcessor(BoundProcessor):
             query = wan_rotary(query, *rotary_emb)
             key = wan_rotary(key, *rotary_emb)
 
-        info = self.binding.tracker.call_info
-        layout = video_only_layout(query.shape[1], info.get("grid"), info.get("token_tile"))
+        info = self.binding.tracker.info
+        layout = video_only_layout(query.shape[1], info.grid, info.token_tile)
         hidden_states = self.attend(query, key, value, layout, attention_mask, rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
@@ -72,8 +73,8 @@ class WanAdapter(ModelAdapter):
     def make_processor(self, binding: LayerBinding) -> BoundProcessor:
         return WanSelfAttnProcessor(binding)
 
-    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> dict[str, Any]:
-        return video_call_info(arguments["hidden_states"], tuple(model.config.patch_size))
+    def capture(self, model: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInfo:
+        return video_forward_info(arguments["hidden_states"], tuple(model.config.patch_size))
 
     def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
         """Per-token timesteps (Wan 2.2 TI2V) reach the blocks in raster order: keep raster then."""

@@ -15,6 +15,7 @@ from tiny_models import (
 )
 
 import dit_accel
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.pipelines import find_adapter
 
 
@@ -107,7 +108,7 @@ def test_flux_layout_reaches_the_op():
         for module in [b.attn for b in model.transformer_blocks] + [b.attn for b in model.single_transformer_blocks]:
             module.processor.binding.op = spy
         run(model, inputs)
-        assert handle.tracker.call_info["grid"] == (1, 9, 11)
+        assert handle.tracker.info.grid == (1, 9, 11)
     assert len(seen) == 3
     for layout in seen:
         assert (layout.text_start, layout.text_len, layout.video_start, layout.video_len) == (0, 6, 6, 99)
@@ -119,7 +120,7 @@ def test_flux_irregular_ids_fall_back_to_sequence_order():
     inputs["img_ids"] = inputs["img_ids"][torch.randperm(20)]
     with dit_accel.apply(model, "topk", density=1.0, block_size=16) as handle:
         out = run(model, inputs)
-        assert handle.tracker.call_info["grid"] is None
+        assert handle.tracker.info.grid is None
     torch.testing.assert_close(out, run(model, inputs), rtol=1e-5, atol=1e-5)
 
 
@@ -129,11 +130,11 @@ def test_forward_level_token_reorder_equals_per_layer_gather(family, monkeypatch
     adapter = find_adapter(model)
     with dit_accel.apply(model, "topk", density=0.3, block_size=16) as handle:
         reordered = run(model, inputs)
-        assert handle.tracker.call_info.get("token_tile") is not None
+        assert handle.tracker.info.token_tile is not None
     monkeypatch.setattr(type(adapter), "can_reorder", lambda self, model, arguments: False)
     with dit_accel.apply(model, "topk", density=0.3, block_size=16) as handle:
         gathered = run(model, inputs)
-        assert handle.tracker.call_info.get("token_tile") is None
+        assert handle.tracker.info.token_tile is None
     torch.testing.assert_close(reordered, gathered, rtol=1e-5, atol=1e-5)
     hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
     assert hooked == []
@@ -149,8 +150,8 @@ def test_token_reorder_refuses_a_mismatched_order():
     hook = reorder_argument(tracker, dim=1)
     x = torch.randn(1, 5, 3)
     assert hook(None, (x,))[0] is x  # no reorder for this call: untouched
-    tracker.call_info = {"token_order": torch.tensor([2, 0, 1, 3, 4])}
+    tracker.info = ForwardInfo(token_order=torch.tensor([2, 0, 1, 3, 4]))
     assert torch.equal(hook(None, (x,))[0], x[:, [2, 0, 1, 3, 4]])
-    tracker.call_info = {"token_order": torch.arange(4)}
+    tracker.info = ForwardInfo(token_order=torch.arange(4))
     with pytest.raises(RuntimeError, match="5 tokens on dim 1, but the call has 4"):
         hook(None, (x,))

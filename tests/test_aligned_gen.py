@@ -23,6 +23,7 @@ from dit_accel.editing import AlignedGenAttention, AlignedGenConfig, aligned_bat
 from dit_accel.editing.adain import adain, channel_stats
 from dit_accel.editing.rope import column_offset, rotate, shift_table, unrotate
 from dit_accel.editing.style_reference import StyleCaptureHook, StyleLatents, sigma_at
+from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
 from dit_accel.registry import build_config
 from dit_accel.steps import StepTracker
@@ -125,7 +126,8 @@ def test_registered_and_inner_options_split():
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"density": 0.1}, TypeError, r"aligned_gen: attention, blocks.*dense: dense_steps"),
+        ({"density": 0.1}, ValueError, r"density must be 1.0 for dense"),
+        ({"sparsity": 0.1}, TypeError, r"aligned_gen: attention, blocks.*dense: dense_steps"),
         ({"attention": "topk", "sparsity": 0.1}, TypeError, r"topk: .*density"),
         ({"attention": "aligned_gen"}, ValueError, r"attention must be one of \[.*'dense'.*'topk'.*got 'aligned_gen'"),
         ({"attention": "nope"}, ValueError, "attention must be one of"),
@@ -209,7 +211,7 @@ def op_call(pipe, batch: int, groups: int = 1, seed: int = 0, **options):
     op.attach(pipe, [pipe.transformer])
     pos_embed = pipe.transformer.pos_embed
     tracker = StepTracker(op.config)
-    tracker.call_info = {"pos_embed": pos_embed, "grid": GRID}
+    tracker.info = ForwardInfo(pos_embed=pos_embed, grid=GRID)
     binding = LayerBinding(op=op, tracker=tracker, layer_index=1, num_layers=3, dense_layer=False)
     seq = TEXT + 64
     layout = TokenLayout(seq_len=seq, video_start=TEXT, video_len=64, grid=GRID, text_len=TEXT, cfg_groups=groups)

@@ -10,7 +10,8 @@ import torch
 
 import dit_accel
 from dit_accel.layout import TokenLayout
-from dit_accel.recorder import RecordConfig, load_qkv, record_qkv, truncate_video
+from dit_accel.methods.record import RecordConfig
+from dit_accel.recorder import load_qkv, record_qkv, truncate_video
 from tools.tiny_wan.build import TOY, build_pipeline
 
 CALL = {

@@ -9,7 +9,7 @@ import torch
 from tiny_models import run, tiny_wan, tiny_wan_pipeline, wan_inputs, wan_pipeline_call
 
 import dit_accel
-from dit_accel.methods.sparse_common import block_sparse_video_attention
+from dit_accel.methods.routing import route_video_attention
 
 
 @dataclass
@@ -127,7 +127,7 @@ def test_block_sparse_core_rejects_undeclared_appended_keys():
         run(model, wan_inputs())
     k = torch.cat([captured["k"], captured["k"][:, :5]], dim=1)
     with pytest.raises(ValueError, match="beyond q but the layout declares 0"):
-        block_sparse_video_attention(captured["q"], k, k, captured["ctx"], block_q=16, block_k=16, select=None)
+        route_video_attention(captured["q"], k, k, captured["ctx"], 16, 16, (1, 4, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

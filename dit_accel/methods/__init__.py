@@ -1,16 +1,10 @@
-"""Attention methods: one module per method, each a config dataclass and an op."""
+"""Attention methods: one module per method, each a config dataclass and an :class:`AttentionMethod`.
+
+Built-ins are registered by name in :mod:`dit_accel.registry` and imported on first use.
+"""
 
 from __future__ import annotations
 
-from dit_accel.recorder import RecordAttention, RecordConfig
-from dit_accel.registry import MethodSpec, register_method
+from .base import AttentionMethod, BlockSparseMethod, Routing
 
-from .dense import DenseConfig, make_dense_op
-from .topk import TopKAttention, TopKConfig
-
-register_method(MethodSpec("dense", DenseConfig, make_dense_op, "exact attention (the stock result)"))
-register_method(MethodSpec("topk", TopKConfig, TopKAttention, "mean-pooled top-k / top-p block-sparse attention"))
-
-register_method(MethodSpec("record", RecordConfig, RecordAttention, "exact attention that records q/k/v (after RoPE)"))
-
-__all__ = ["DenseConfig", "TopKAttention", "TopKConfig"]
+__all__ = ["AttentionMethod", "BlockSparseMethod", "Routing"]

@@ -1,0 +1,218 @@
+"""Method base classes: each method is one file that overrides only what it changes.
+
+:class:`AttentionMethod` is the interface every method implements (``__call__(q, k, v, ctx)``) with
+optional hooks, each with a do-nothing default. :class:`BlockSparseMethod` runs the pipeline every
+block-sparse method shares — token order, routing, ``select()``, exact block-sparse attention on the
+chosen backend, an optional approximate ``tail()`` merged exactly by LSE, inverse order, exact text
+rows — so PISA, Rectified SpaAttn, SVG-EAR, SLA and FlashBlock each override one or two steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from dit_accel.config import AccelerateConfig, MethodConfig
+from dit_accel.context import AttentionContext
+from dit_accel.forward_info import ForwardInfo
+from dit_accel.tiling import Tile, default_tile
+
+KINDS = ("accelerate", "edit", "wrap")
+Tensor = torch.Tensor
+
+
+class AttentionMethod:
+    """An attention method: same inputs and output layout as the stock attention call.
+
+    Class attributes name the method, its ``kind`` (``accelerate``: computes attention faster;
+    ``edit``: changes what attention computes and runs it through an ``accelerate`` method;
+    ``wrap``: observes dense attention, e.g. ``record``), its options dataclass and a one-line
+    description. Instances are built by ``dit_accel.apply`` from a validated config.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "accelerate"
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """Attention output ``(B, S, H, D)`` for Diffusers-layout q/k/v (after norms and RoPE)."""
+        raise NotImplementedError
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """What the method computes, in float64 plain PyTorch: the oracle of the contract test."""
+        return ctx.dense(q.double(), k.double(), v.double())
+
+    def token_tile(self, info: ForwardInfo) -> Tile | None:
+        """The 3-D tile order video tokens should take for the whole forward (None: keep raster)."""
+        return None
+
+    def prepare(self, info: ForwardInfo) -> None:
+        """Called before each transformer forward, outside compiled code: fill caches here."""
+
+    def attach(self, target: Any, transformers: list[torch.nn.Module]) -> Callable[[], None] | None:
+        """Set up what the method needs beyond its processors; returns the undo, run by ``remove()``."""
+        return None
+
+    def layer_state(self, layer_index: int, num_layers: int, attention: torch.nn.Module) -> torch.nn.Module | None:
+        """Per-layer trained or saved state (``nn.Module``), registered on the attention module."""
+        return None
+
+
+@dataclass
+class Routing:
+    """One routed call, ready for block selection and the backend: ``(B, H, S, D)`` views.
+
+    Attributes:
+        q: queries; with ``q_rows`` the full sequence, else the video queries in block order.
+        k, v: video keys/values in block order (views, or zero-padded copies); ``key_len`` real rows.
+        q_rows: sequence positions of the logical (block-ordered) query rows, or None.
+        key_rows: sequence positions in the call's k of the logical key rows.
+        q_mean, k_mean: fp32 block means ``(B, H, NQ, D)`` / ``(B, H, NK, D)``.
+        scores: fp32 pooled logits ``scale * q̄ k̄ᵀ`` ``(B, H, NQ, NK)``; ``log_counts`` ``(NK,)`` is ``log n_j``.
+        extra_k, extra_v, extra_valid: text keys every video query attends to, and valid counts.
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    q_rows: Tensor | None
+    key_rows: Tensor
+    key_len: int
+    scale: float
+    block_q: int
+    block_k: int
+    q_mean: Tensor
+    k_mean: Tensor
+    scores: Tensor
+    log_counts: Tensor
+    extra_k: Tensor | None = None
+    extra_v: Tensor | None = None
+    extra_valid: Tensor | None = None
+
+    def extra(self):
+        """The text keys as the backend's :class:`ExtraKeys`, or None."""
+        from dit_accel.kernels.backends import ExtraKeys
+
+        return None if self.extra_k is None else ExtraKeys(self.extra_k, self.extra_v, self.extra_valid)
+
+
+class BlockSparseMethod(AttentionMethod):
+    """Block-sparse attention over video tokens; text keys always kept, text queries exact.
+
+    Override points, in pipeline order: :meth:`token_order` (rows of the video tokens in the order
+    blocks are formed; default the config's 3-D tile order), :meth:`select` (the :class:`BlockList`
+    of exact blocks; default top-``density`` of the pooled scores), :meth:`attend` (exact attention
+    over the list; default the backend dispatcher), :meth:`tail` (an approximate ``(out, lse)`` for
+    what was not selected; default none). Calls that cannot run block-sparse run dense and are
+    counted in ``handle.dense_fallbacks``.
+    """
+
+    config_class: ClassVar[type[MethodConfig]] = AccelerateConfig
+    config: AccelerateConfig
+
+    # --- overridable steps ---------------------------------------------------------------------
+
+    def tile(self, grid: Tile | None) -> Tile:
+        """The 3-D tile blocks are formed from (``config.tile`` when the config has one)."""
+        return getattr(self.config, "tile", None) or default_tile(grid, self.config.block_q)
+
+    def token_tile(self, info: ForwardInfo) -> Tile | None:
+        return None if info.grid is None else self.tile(info.grid)
+
+    def prepare(self, info: ForwardInfo) -> None:
+        from . import routing
+
+        if info.has_video:
+            routing.warm_caches(info, self.tile(info.grid), self.config.block_k)
+
+    def token_order(self, ctx: AttentionContext) -> Tensor | None:
+        """int32 sequence positions of the video tokens in block order, or None for the tile order.
+
+        Output rows are written back to the same positions, which undoes the order.
+        """
+        return None
+
+    def select(self, routing: Routing, ctx: AttentionContext):
+        """The exact key blocks of each query block: top ``density`` of ``scores + log n_j``."""
+        from dit_accel import kernels
+        from dit_accel.kernels.block_list import BlockList
+
+        indices, counts = kernels.select_blocks(routing.scores, self.config.density, None, 1, routing.log_counts)
+        return BlockList(indices, counts, routing.block_q, routing.block_k, routing.key_len)
+
+    def attend(self, routing: Routing, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+        """Exact attention over the listed blocks and the text keys: ``(out, lse)`` shaped like ``routing.q``."""
+        from dit_accel.kernels.backends import sparse_attention
+
+        return sparse_attention(
+            routing.q, routing.k, routing.v, blocks, scale=routing.scale, q_rows=routing.q_rows,
+            extra=routing.extra(), backend=self.config.backend,
+        )  # fmt: skip
+
+    def tail(self, routing: Routing, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor] | None:
+        """Approximate ``(out, lse)`` over the keys not selected, in ``attend``'s rows; None drops them."""
+        return None
+
+    # --- the shared pipeline -------------------------------------------------------------------
+
+    def dense_reason(self, ctx: AttentionContext) -> str | None:
+        """Why this call cannot run block-sparse (it then runs dense), or None."""
+        from .routing import dense_fallback_reason
+
+        return dense_fallback_reason(ctx, self.config.block_q, self.config.block_k)
+
+    def route(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Routing:
+        from .routing import route_video_attention
+
+        return route_video_attention(q, k, v, ctx, self.config.block_q, self.config.block_k,
+                                     self.tile(ctx.layout.grid), self.token_order(ctx))  # fmt: skip
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        if ctx.in_warmup:
+            return ctx.dense(q, k, v)
+        reason = self.dense_reason(ctx)
+        if reason is not None:
+            ctx.record_dense_fallback(self.name, reason)
+            return ctx.dense(q, k, v)
+        from dit_accel import kernels
+
+        routing = self.route(q, k, v, ctx)
+        blocks = self.select(routing, ctx)
+        out, lse = self.attend(routing, blocks, ctx)
+        tail = self.tail(routing, blocks, ctx)
+        if tail is not None:
+            out, _ = kernels.merge_attention(out, lse, *tail)
+        return self._assemble(out, q, k, v, routing, ctx)
+
+    @staticmethod
+    def _assemble(out: Tensor, q: Tensor, k: Tensor, v: Tensor, routing: Routing, ctx: AttentionContext) -> Tensor:
+        """``(B, S, H, D)`` output: video rows from ``out``, text rows by exact attention."""
+        layout = ctx.layout
+        out = out.transpose(1, 2)
+        if routing.q_rows is None and not layout.video_only:
+            full = torch.empty_like(q)
+            full[:, layout.video_slice] = out
+            out = full
+        if layout.text_len:
+            out[:, layout.text_slice] = ctx.dense(q[:, layout.text_slice], k, v).to(out.dtype)
+        return out
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """Float64 definition: video queries over their selected keys and the valid text keys (+ tail)."""
+        if ctx.in_warmup or self.dense_reason(ctx) is not None:
+            return super().reference(q, k, v, ctx)
+        from .routing import masked_reference
+
+        q64, k64, v64 = q.double(), k.double(), v.double()
+        routing = self.route(q64, k64, v64, ctx)
+        blocks = self.select(routing, ctx)
+        return masked_reference(q64, k64, v64, routing, blocks, self.tail(routing, blocks, ctx), ctx)

@@ -1,0 +1,157 @@
+"""FlashAttention-4 (``flash-attn-4``, CuTe DSL) as our block-sparse backend on Hopper and Blackwell.
+
+FA4 takes per-query-block lists of key blocks in the same layout as :class:`BlockList` (counts
+``(B, H, NQ)``, ascending indices ``(B, H, NQ, W)``), so our routing output is passed as is, as
+its "full" (unmasked) lists. FA4 walks a list from its last entry and applies the sequence-length
+mask to that first-visited block: with ascending lists that is the only block that can be partial.
+The forward returns the natural-log LSE in fp32. The backward uses FA4's block-sparse backward
+with the transposed lists (per key block, the query blocks that read it).
+
+Both directions are wrapped as ``torch.library`` custom ops with fake implementations, so the
+call traces under ``torch.compile`` (``fullgraph=True``) and runs in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from .reference import block_mask_from_lists
+
+Tensor = torch.Tensor
+
+# Key-block sizes FA4's block-sparse forward accepts with 128-row query blocks (measured on the H200).
+SUPPORTED_BLOCKS = ((128, 128), (128, 64))
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def fa4_installed() -> bool:
+    """Whether ``flash-attn-4`` can be imported (checked once, without importing it)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    return importlib.util.find_spec("flash_attn.cute") is not None
+
+
+def fa4_rejects(q: Tensor, block_q: int, block_k: int) -> str | None:
+    """Why FA4 cannot serve this call (``(B, H, S, D)`` q), or None when it can."""
+    if not q.is_cuda:
+        return "FA4 needs CUDA tensors"
+    major = torch.cuda.get_device_capability(q.device)[0]
+    if major not in (9, 10):
+        return f"FA4 needs sm90 or sm100, this GPU is sm{major}x"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"FA4 takes fp16/bf16, got {q.dtype}"
+    if q.shape[-1] % 8 or not 8 <= q.shape[-1] <= (256 if major == 9 else 128):
+        return f"FA4 does not take head_dim {q.shape[-1]} on sm{major}x"
+    if (block_q, block_k) not in SUPPORTED_BLOCKS:
+        return f"FA4 block-sparse takes block sizes {SUPPORTED_BLOCKS}, got {(block_q, block_k)}"
+    if not fa4_installed():
+        return 'flash-attn-4 is not installed (pip install "dit-accel[fa4]")'
+    return None
+
+
+def _sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]):
+    """FA4's block-sparse container with our lists as its unmasked ("full") blocks."""
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+    b, h, n = counts.shape
+    no_mask_cnt = counts.new_zeros(b, h, n)
+    no_mask_idx = counts.new_zeros(b, h, n, 1)
+    return BlockSparseTensorsTorch(
+        mask_block_cnt=no_mask_cnt,
+        mask_block_idx=no_mask_idx,
+        full_block_cnt=counts.contiguous(),
+        full_block_idx=indices.contiguous(),
+        block_size=block_size,
+    )
+
+
+def transposed_lists(indices: Tensor, counts: Tensor, num_key_blocks: int) -> tuple[Tensor, Tensor]:
+    """Per key block, the ascending query blocks that attend to it: ``(t_indices, t_counts)``."""
+    mask = block_mask_from_lists(indices, counts, num_key_blocks).transpose(-1, -2)
+    t_counts = mask.sum(-1, dtype=torch.int32)
+    nq = mask.shape[-1]
+    slots = torch.where(mask, torch.arange(nq, device=mask.device), nq)
+    t_indices = slots.sort(dim=-1).values
+    t_indices = torch.where(t_indices == nq, -1, t_indices).to(torch.int32)
+    return t_indices.contiguous(), t_counts.contiguous()
+
+
+@torch.library.custom_op("dit_accel::fa4_block_sparse_attention", mutates_args=())
+def fa4_block_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, block_q: int, block_k: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Block-sparse attention on ``(B, S, H, D)`` q/k/v; returns ``(out (B, S, H, D), lse (B, H, S) fp32)``."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    out, lse, *_ = _flash_attn_fwd(
+        q, k, v, softmax_scale=scale,
+        block_sparse_tensors=_sparse_tensors(indices, counts, (block_q, block_k)), return_lse=True,
+    )  # fmt: skip
+    return out, lse
+
+
+@fa4_block_sparse_attention.register_fake
+def _(q, k, v, indices, counts, block_q, block_k, scale):
+    b, s, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b, h, s, dtype=torch.float32)
+
+
+@torch.library.custom_op("dit_accel::fa4_block_sparse_attention_backward", mutates_args=())
+def fa4_block_sparse_attention_backward(
+    dout: Tensor, dlse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    indices: Tensor, counts: Tensor, block_q: int, block_k: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """dq, dk, dv of :func:`fa4_block_sparse_attention` through FA4's block-sparse backward.
+
+    ``dlse`` carries the gradient reaching the LSE output (an LSE merge downstream gives one).
+    """
+    from flash_attn.cute.interface import _flash_attn_bwd
+
+    t_indices, t_counts = transposed_lists(indices, counts, -(-k.shape[1] // block_k))
+    bwd_lists = _sparse_tensors(t_indices, t_counts, (block_q, block_k))
+    dq, dk, dv = _flash_attn_bwd(
+        q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
+        dlse=None if dlse is None else dlse.contiguous(),
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+@fa4_block_sparse_attention_backward.register_fake
+def _(dout, dlse, q, k, v, out, lse, indices, counts, block_q, block_k, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    q, k, v, indices, counts, block_q, block_k, scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], indices, counts)
+    ctx.blocks = (block_q, block_k, scale)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, indices, counts = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = fa4_block_sparse_attention_backward(dout, dlse, q, k, v, out, lse, indices, counts, *ctx.blocks)
+    return dq, dk, dv, None, None, None, None, None
+
+
+fa4_block_sparse_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("dit_accel::fa4_dense_attention", mutates_args=())
+def fa4_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Dense FA4 attention on ``(B, S, H, D)``: the fastest dense baseline on Hopper/Blackwell."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    out, lse, *_ = _flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)
+    return out, lse
+
+
+@fa4_dense_attention.register_fake
+def _(q, k, v, scale):
+    b, s, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b, h, s, dtype=torch.float32)
