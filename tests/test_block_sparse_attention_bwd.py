@@ -110,3 +110,12 @@ def test_forward_only_features_refuse_a_backward_by_name(feature):
     out, _ = kernels.block_sparse_attention(q, k, v, indices, counts, 16, 16, 32, 0.25, **extra)
     with pytest.raises(NotImplementedError, match=feature):
         out.sum().backward()
+
+
+def test_op_passes_opcheck_including_compiled_backward():
+    """Traced (AOT) graphs get no kept LSE: their backward recomputes it and must match eager."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 1, 21, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    indices = torch.tensor([[[[0, 1], [1, -1]]]], dtype=torch.int32)
+    counts = torch.tensor([[[2, 1]]], dtype=torch.int32)
+    torch.library.opcheck(kernels.block_sparse_attention, (q, k, v, indices, counts, 16, 16, 21, 0.3))

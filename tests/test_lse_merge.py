@@ -115,3 +115,10 @@ def test_triton_matches_float64_reference(seq, dim, dtype):
     tol = 1e-6 if dtype == torch.float32 else 1e-3
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
+
+
+def test_op_passes_opcheck():
+    gen = torch.Generator().manual_seed(5)
+    out1, out2 = (torch.randn(1, 2, 13, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lse1, lse2 = (torch.randn(1, 2, 13, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(merge_attention, (out1, lse1, out2, lse2))
