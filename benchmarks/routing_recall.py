@@ -95,13 +95,15 @@ def main() -> None:
     parser.add_argument("--densities", type=float, nargs="+", default=[0.125, 0.25, 0.5])
     parser.add_argument("--block-q", type=int, default=128)
     parser.add_argument("--block-k", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="device the pipeline runs on (the recall math runs on the CPU)")
+    parser.add_argument("--keep", type=Path, default=None, help="also keep the recorded q/k/v file here")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.at_steps is None:
         args.at_steps = sorted({0, args.steps // 2, args.steps - 1})
 
-    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     call = {"num_frames": args.frames, "height": args.height, "width": args.width}
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,6 +118,9 @@ def main() -> None:
             **call,
         )
         calls, _ = load_qkv(path)
+        if args.keep is not None:
+            args.keep.parent.mkdir(parents=True, exist_ok=True)
+            args.keep.write_bytes(path.read_bytes())
     rows = []
     for recorded in calls:
         for density in args.densities:
@@ -132,7 +137,7 @@ def main() -> None:
     }
     print("mean over calls:", summary)
     record = {"model": args.model, "prompt": args.prompt, "call": {**call, "num_inference_steps": args.steps}}
-    record["environment"] = environment(torch.device("cpu"))  # the pipeline above runs on the CPU
+    record["environment"] = environment(torch.device(args.device))
     record |= {"block_q": args.block_q, "block_k": args.block_k, "summary": summary, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -309,18 +309,18 @@ def test_dense_sharing_disabled_is_stock_flux(pipe, options):
         ({"steps": (0, 1)}, {1, 2}, {0}),
     ],
 )
-def test_blocks_and_steps_select_where_sharing_happens(pipe, options, layers, steps):
+def test_blocks_and_steps_select_where_sharing_happens(pipe, options, layers, steps, monkeypatch):
     shared = set()
     with dit_accel.apply(pipe, "aligned_gen", **options):
-        op = op_of(pipe)
-        inner = op.inner
+        inner_class = type(op_of(pipe).inner)
+        inner_call = inner_class.__call__
 
-        def record(q, k, v, ctx):
+        def record(self, q, k, v, ctx):
             if ctx.layout.appended_len:
                 shared.add((ctx.step_index, ctx.layer_index))
-            return inner(q, k, v, ctx)
+            return inner_call(self, q, k, v, ctx)
 
-        op.inner = record
+        monkeypatch.setattr(inner_class, "__call__", record)
         generate(pipe)
     assert shared == {(step, layer) for step in steps for layer in layers}
 

@@ -9,8 +9,9 @@ rows — so PISA, Rectified SpaAttn, SVG-EAR, SLA and FlashBlock each override o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -71,13 +72,16 @@ class AttentionMethod:
 class Routing:
     """One routed call, ready for block selection and the backend: ``(B, H, S, D)`` views.
 
+    Block means and scores are computed on first use: the standard top-k / top-p selection
+    (:meth:`top_blocks`) gets them from one fused routing pass when the tokens are already in
+    block order, and a method that never reads them never pays for them.
+
     Attributes:
         q: queries; with ``q_rows`` the full sequence, else the video queries in block order.
         k, v: video keys/values in block order (views, or zero-padded copies); ``key_len`` real rows.
         q_rows: sequence positions of the logical (block-ordered) query rows, or None.
         key_rows: sequence positions in the call's k of the logical key rows.
-        q_mean, k_mean: fp32 block means ``(B, H, NQ, D)`` / ``(B, H, NK, D)``.
-        scores: fp32 pooled logits ``scale * q̄ k̄ᵀ`` ``(B, H, NQ, NK)``; ``log_counts`` ``(NK,)`` is ``log n_j``.
+        log_counts: ``log n_j`` of each key block ``(NK,)``.
         extra_k, extra_v, extra_valid: text keys every video query attends to, and valid counts.
     """
 
@@ -90,13 +94,55 @@ class Routing:
     scale: float
     block_q: int
     block_k: int
-    q_mean: Tensor
-    k_mean: Tensor
-    scores: Tensor
     log_counts: Tensor
     extra_k: Tensor | None = None
     extra_v: Tensor | None = None
     extra_valid: Tensor | None = None
+    known_q_mean: Tensor | None = field(default=None, repr=False)
+    known_k_mean: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def q_mean(self) -> Tensor:
+        """fp32 query-block means ``(B, H, NQ, D)``."""
+        from dit_accel import kernels
+
+        if self.known_q_mean is None:
+            self.known_q_mean = kernels.pool_blocks(self.q, self.block_q, self.q_rows)
+        return self.known_q_mean
+
+    @property
+    def k_mean(self) -> Tensor:
+        """fp32 key-block means ``(B, H, NK, D)``."""
+        from dit_accel import kernels
+
+        if self.known_k_mean is None:
+            self.known_k_mean = kernels.pool_blocks(self.k[:, :, : self.key_len], self.block_k)
+        return self.known_k_mean
+
+    @functools.cached_property
+    def scores(self) -> Tensor:
+        """fp32 pooled logits ``scale * q̄ k̄ᵀ`` ``(B, H, NQ, NK)`` (without ``log n_j``)."""
+        from dit_accel import kernels
+
+        return kernels.routing_scores(self.q_mean, self.k_mean, self.scale)
+
+    def top_blocks(self, density: float | None, top_p: float | None = None, min_blocks: int = 1):
+        """The :class:`BlockList` of the top ``density`` (or ``top_p`` mass) of ``scores + log n_j``.
+
+        Tokens already in block order take the fused routing kernel (one read of Q and K for
+        means, scores and selection); gathered tokens select from the pooled scores.
+        """
+        from dit_accel import kernels
+        from dit_accel.kernels.block_list import BlockList
+
+        fused = self.q_rows is None and self.known_k_mean is None and self.k.shape[2] == self.key_len
+        if fused:
+            indices, counts, self.known_q_mean, self.known_k_mean = kernels.route_blocks(
+                self.q, self.k, self.block_q, self.block_k, self.scale, density, top_p, min_blocks
+            )
+        else:
+            indices, counts = kernels.select_blocks(self.scores, density, top_p, min_blocks, self.log_counts)
+        return BlockList(indices, counts, self.block_q, self.block_k, self.key_len)
 
     def extra(self):
         """The text keys as the backend's :class:`ExtraKeys`, or None."""
@@ -143,11 +189,7 @@ class BlockSparseMethod(AttentionMethod):
 
     def select(self, routing: Routing, ctx: AttentionContext):
         """The exact key blocks of each query block: top ``density`` of ``scores + log n_j``."""
-        from dit_accel import kernels
-        from dit_accel.kernels.block_list import BlockList
-
-        indices, counts = kernels.select_blocks(routing.scores, self.config.density, None, 1, routing.log_counts)
-        return BlockList(indices, counts, routing.block_q, routing.block_k, routing.key_len)
+        return routing.top_blocks(self.config.density)
 
     def attend(self, routing: Routing, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
         """Exact attention over the listed blocks and the text keys: ``(out, lse)`` shaped like ``routing.q``."""

@@ -97,19 +97,16 @@ def route_video_attention(
     if rows is None and not appended:
         video = layout.video_slice
         q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
-        k_mean = kernels.pool_blocks(k_video, block_k)
+        k_mean = None
         key_rows = torch.arange(layout.video_start, layout.video_end, device=q.device)
     else:
         rows = rows if rows is not None else tiled_rows(layout.video_start, layout.video_len, None, tile, q.device)
         key_rows = torch.cat([rows, appended_rows(layout, rows, tile)]) if appended else rows
         q_video = qh
         k_video, v_video, k_mean = kernels.gather_blocks(kh, vh, key_rows, block_k)
-    scale = q.shape[-1] ** -0.5
-    q_mean = kernels.pool_blocks(q_video, block_q, rows)
     routing = Routing(
-        q=q_video, k=k_video, v=v_video, q_rows=rows, key_rows=key_rows, key_len=key_len, scale=scale,
-        block_q=block_q, block_k=block_k, q_mean=q_mean, k_mean=k_mean,
-        scores=kernels.routing_scores(q_mean, k_mean, scale), log_counts=key_log_counts(key_len, block_k, q.device),
+        q=q_video, k=k_video, v=v_video, q_rows=rows, key_rows=key_rows, key_len=key_len, scale=q.shape[-1] ** -0.5,
+        block_q=block_q, block_k=block_k, log_counts=key_log_counts(key_len, block_k, q.device), known_k_mean=k_mean,
     )  # fmt: skip
     if layout.text_len:
         routing.extra_k, routing.extra_v = kh[:, :, layout.text_slice], vh[:, :, layout.text_slice]

@@ -65,10 +65,5 @@ class TopKAttention(BlockSparseMethod):
     config: TopKConfig
 
     def select(self, routing: Routing, ctx: AttentionContext):
-        from dit_accel import kernels
-        from dit_accel.kernels.block_list import BlockList
-
         cfg = self.config
-        indices, counts = kernels.select_blocks(routing.scores, cfg.density, cfg.top_p, cfg.min_blocks,
-                                                routing.log_counts)  # fmt: skip
-        return BlockList(indices, counts, routing.block_q, routing.block_k, routing.key_len)
+        return routing.top_blocks(cfg.density, cfg.top_p, cfg.min_blocks)
