@@ -8,6 +8,7 @@ from .ops import (
     gather_blocks,
     merge_attention,
     pool_blocks,
+    route_blocks,
     select_blocks,
     use_triton,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "keep_count",
     "merge_attention",
     "pool_blocks",
+    "route_blocks",
     "routing_scores",
     "select_blocks",
     "use_triton",

@@ -20,11 +20,12 @@ try:
     from .block_sparse_attention import block_sparse_attention_triton
     from .block_sparse_attention_bwd import block_sparse_attention_backward_triton
     from .lse_merge import merge_attention_triton
+    from .routing import MAX_ROUTED_KEY_BLOCKS, route_blocks_triton
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - platforms without Triton
     HAS_TRITON = False
-    MAX_KEY_BLOCKS = 0
+    MAX_KEY_BLOCKS = MAX_ROUTED_KEY_BLOCKS = 0
 
 Tensor = torch.Tensor
 
@@ -104,6 +105,39 @@ _LSE_FOR_BACKWARD = "_dit_accel_lse_for_backward"
 
 def _backward_supported(q_rows: Tensor | None, extra_k: Tensor | None) -> bool:
     return q_rows is None and extra_k is None
+
+
+@torch.library.custom_op("dit_accel::route_blocks", mutates_args=())
+def route_blocks(
+    q: Tensor,
+    k: Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    density: float | None = None,
+    top_p: float | None = None,
+    min_blocks: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(indices, counts, q_mean, k_mean)`` for block-ordered q, k (see ``reference.route_blocks_reference``)."""
+    kwargs = dict(density=density, top_p=top_p, min_blocks=min_blocks)
+    fits = math.ceil(k.shape[2] / block_k) <= MAX_ROUTED_KEY_BLOCKS and q.stride(-1) == 1 and k.stride(-1) == 1
+    if use_triton(q) and q.dtype != torch.float64 and fits:
+        return route_blocks_triton(q, k, block_q, block_k, scale, **kwargs)
+    indices, counts, q_mean, k_mean = reference.route_blocks_reference(q, k, block_q, block_k, scale, **kwargs)
+    return indices, counts, q_mean.to(_mean_dtype(q)), k_mean.to(_mean_dtype(k))
+
+
+@route_blocks.register_fake
+def _(q, k, block_q, block_k, scale, density=None, top_p=None, min_blocks=1):
+    b, h, seq_q, d = q.shape
+    nq, nk = math.ceil(seq_q / block_q), math.ceil(k.shape[2] / block_k)
+    width = _selection_width(nk, density, min_blocks)
+    return (
+        q.new_empty(b, h, nq, width, dtype=torch.int32),
+        q.new_empty(b, h, nq, dtype=torch.int32),
+        q.new_empty(b, h, nq, d, dtype=_mean_dtype(q)),
+        k.new_empty(b, h, nk, d, dtype=_mean_dtype(k)),
+    )
 
 
 @torch.library.custom_op("dit_accel::block_sparse_attention", mutates_args=())

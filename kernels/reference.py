@@ -273,3 +273,28 @@ def block_sparse_attention_backward_reference(
             grads.append(dlse.to(cdt))
         dq, dk, dv = torch.autograd.grad(outputs, (qc, kc, vc), grads)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def route_blocks_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    *,
+    density: float | None = None,
+    top_p: float | None = None,
+    min_blocks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Routing of block-ordered q, k ``(B, H, S, D)``: ``(indices, counts, q_mean, k_mean)``.
+
+    Block means, scores ``scale * q̄ k̄ᵀ + log n_j`` (``n_j`` the tokens of key block j) and the
+    top-k (``density``) or top-p selection of :func:`select_blocks_reference`.
+    """
+    q_mean, k_mean = pool_blocks_reference(q, block_q), pool_blocks_reference(k, block_k)
+    log_counts = block_counts(k.shape[2], block_k, k.device).float().log()
+    scores = routing_scores(q_mean, k_mean, scale)
+    indices, counts = select_blocks_reference(
+        scores, density=density, top_p=top_p, min_blocks=min_blocks, log_counts=log_counts
+    )
+    return indices, counts, q_mean, k_mean

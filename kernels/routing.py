@@ -1,0 +1,192 @@
+"""Block routing in one read of Q and K: pool, score and select in two launches (Triton).
+
+For q, k ``(B, H, S, D)`` whose tokens are already in block order, routing is
+``top-k_j(scale * q̄_i k̄_jᵀ + log n_j)`` over block means. The composed path (pool Q, pool K,
+matmul, select) launches four or more kernels and round-trips the score matrix through memory.
+Here:
+    1. one bandwidth-bound launch pools Q and K together (one program per block, rows read in
+       vectorised chunks with several loads in flight), writing fp32 means;
+    2. one launch per tile of ``SCORE_ROWS`` score rows computes those rows' scores from q̄ and
+       all k̄ (fp32, IEEE dot: the ranking must match the reference's), adds ``log n_j`` and selects
+       top-k or top-p with an exact radix search over order-preserving integer keys, writing the
+       block lists in :func:`select_blocks`' layout. Q and K are not read again.
+
+Reference: :func:`dit_accel.kernels.reference.route_blocks_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import keep_count
+
+POOL_CHUNK = 32
+SCORE_ROWS = 16
+MAX_ROUTED_KEY_BLOCKS = 4096
+
+
+@triton.jit
+def _pool_block(
+    X, Mean, x_base, m_base, stride_xs, blk, S, offs_d, d_ok,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """fp32 mean of rows ``[blk * BLOCK, min(S, (blk + 1) * BLOCK))`` of one (batch, head)."""
+    start = blk * BLOCK
+    end = tl.minimum(S, start + BLOCK)
+    acc = tl.zeros([CHUNK, HEAD_DIM], dtype=tl.float32)
+    for r0 in tl.static_range(0, BLOCK, CHUNK):
+        rows = (start + r0 + tl.arange(0, CHUNK)).to(tl.int64)
+        ok = (rows < end)[:, None] & d_ok[None, :]
+        acc += tl.load(X + x_base + rows[:, None] * stride_xs + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    n = tl.minimum(S - start, BLOCK).to(tl.float32)
+    tl.store(Mean + m_base + offs_d, tl.sum(acc, axis=0) / n, mask=d_ok)
+
+
+@triton.jit
+def _pool_qk(
+    Q, K, QMean, KMean,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    H, Sq, Sk, NQ, NK, D,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Grid (NQ + NK, B * H): programs below NQ pool a query block, the rest a key block."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d < D
+    if pid < NQ:
+        m_base = (pid_bh.to(tl.int64) * NQ + pid) * D
+        _pool_block(
+            Q, QMean, b * stride_qb + h * stride_qh, m_base, stride_qs, pid, Sq, offs_d, d_ok, BLOCK_Q, CHUNK, HEAD_DIM
+        )
+    else:
+        j = pid - NQ
+        m_base = (pid_bh.to(tl.int64) * NK + j) * D
+        _pool_block(
+            K, KMean, b * stride_kb + h * stride_kh, m_base, stride_ks, j, Sk, offs_d, d_ok, BLOCK_K, CHUNK, HEAD_DIM
+        )
+
+
+@triton.jit
+def _top_p_counts(s, valid, top_p, min_blocks, NK):
+    """Per row, the size of the smallest set whose softmax mass reaches ``top_p`` (>= min_blocks)."""
+    p = tl.where(valid, tl.exp(s - tl.max(s, 1)[:, None]), 0.0)
+    p = p / tl.sum(p, 1)[:, None]
+    p_key = p.to(tl.int32, bitcast=True)
+    p_prefix = tl.zeros([s.shape[0]], dtype=tl.int32)
+    for bit in tl.static_range(30, -1, -1):
+        cand = p_prefix | (1 << bit)
+        mass = tl.sum(tl.where(p_key >= cand[:, None], p, 0.0), 1)
+        p_prefix = tl.where(mass >= top_p, cand, p_prefix)
+    k_eff = tl.sum((valid & (p_key >= p_prefix[:, None])).to(tl.int32), 1)
+    return tl.minimum(tl.maximum(k_eff, min_blocks), NK)
+
+
+@triton.jit
+def _score_select(
+    QMean, KMean, Indices, Counts,
+    NQ, NK, D, Sk, scale, k_fixed, top_p, min_blocks, width,
+    BLOCK_K: tl.constexpr, ROWS: tl.constexpr, NK_P2: tl.constexpr, D_CHUNK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, TOP_P: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(NQ, ROWS), B * H): scores of ROWS query blocks against every key block, then
+    the kept key blocks of each row, ascending (ties go to the lower index, as a stable sort)."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, NK_P2)
+    row_ok = rows < NQ
+    valid = cols < NK
+    q_base = QMean + (pid_bh * NQ) * D
+    k_base = KMean + (pid_bh * NK) * D
+    s = tl.zeros([ROWS, NK_P2], dtype=tl.float32)
+    for d0 in tl.static_range(0, HEAD_DIM, D_CHUNK):
+        offs_d = d0 + tl.arange(0, D_CHUNK)
+        d_ok = offs_d < D
+        qm = tl.load(q_base + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        km = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=valid[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(qm, tl.trans(km), s, input_precision="ieee")
+    n_j = tl.minimum(Sk - cols * BLOCK_K, BLOCK_K).to(tl.float32)
+    s = tl.where(valid[None, :], s * scale + tl.log(tl.where(valid, n_j, 1.0))[None, :], float("-inf"))
+
+    if TOP_P:
+        k_eff = _top_p_counts(s, valid[None, :], top_p, min_blocks, NK)
+    else:
+        k_eff = tl.full([ROWS], k_fixed, dtype=tl.int32)
+
+    # Order-preserving int32 keys of the fp32 scores (negative floats: flip the magnitude bits);
+    # padding columns get INT32_MIN, below every real score including -inf.
+    bits = s.to(tl.int32, bitcast=True)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    key = tl.where(valid[None, :], key, -2147483648)
+    n_nonneg = tl.sum((key >= 0).to(tl.int32), 1)
+    prefix = tl.where(n_nonneg >= k_eff, 0, -2147483648)
+    for bit in tl.static_range(30, -1, -1):
+        cand = prefix | (1 << bit)
+        count = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
+        prefix = tl.where(count >= k_eff, cand, prefix)
+    above = key > prefix[:, None]
+    at = key == prefix[:, None]
+    n_above = tl.sum(above.to(tl.int32), 1)
+    take = above | (at & (tl.cumsum(at.to(tl.int32), 1) <= (k_eff - n_above)[:, None]))
+    slot = tl.cumsum(take.to(tl.int32), 1) - 1
+    out_rows = pid_bh * NQ + rows
+    tl.store(Indices + out_rows[:, None] * width + slot, cols[None, :], mask=take & row_ok[:, None])
+    tl.store(Counts + out_rows, k_eff, mask=row_ok)
+
+
+def route_blocks_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    *,
+    density: float | None = None,
+    top_p: float | None = None,
+    min_blocks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(indices, counts, q_mean, k_mean)`` for block-ordered q, k ``(B, H, S, D)`` (last dim contiguous).
+
+    ``indices`` ``(B, H, NQ, W)`` int32 ascending, -1 padded (``W`` = keep count for ``density``,
+    NK for ``top_p``), ``counts`` ``(B, H, NQ)`` int32, means fp32 ``(B, H, N, D)``.
+    """
+    if (density is None) == (top_p is None):
+        raise ValueError("pass exactly one of density or top_p")
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("q and k need a contiguous last (head) dimension")
+    b, h, seq_q, d = q.shape
+    seq_k = k.shape[2]
+    nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
+    if nk > MAX_ROUTED_KEY_BLOCKS:
+        raise ValueError(f"at most {MAX_ROUTED_KEY_BLOCKS} key blocks are supported, got {nk}")
+    head_dim = max(16, triton.next_power_of_2(d))
+    q_mean = torch.empty(b, h, nq, d, device=q.device, dtype=torch.float32)
+    k_mean = torch.empty(b, h, nk, d, device=q.device, dtype=torch.float32)
+    _pool_qk[(nq + nk, b * h)](
+        q, k, q_mean, k_mean,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        h, seq_q, seq_k, nq, nk, d,
+        BLOCK_Q=block_q, BLOCK_K=block_k, HEAD_DIM=head_dim, CHUNK=min(POOL_CHUNK, block_q, block_k),
+        num_warps=4,
+    )  # fmt: skip
+    width = keep_count(nk, density, min_blocks) if density is not None else nk
+    indices = torch.full((b, h, nq, width), -1, device=q.device, dtype=torch.int32)
+    counts = torch.empty(b, h, nq, device=q.device, dtype=torch.int32)
+    nk_p2 = max(16, triton.next_power_of_2(nk))
+    _score_select[(triton.cdiv(nq, SCORE_ROWS), b * h)](
+        q_mean, k_mean, indices, counts,
+        nq, nk, d, seq_k, scale, width if density is not None else 0, float(top_p or 0.0), min(min_blocks, nk), width,
+        BLOCK_K=block_k, ROWS=SCORE_ROWS, NK_P2=nk_p2, D_CHUNK=min(head_dim, 32 if nk_p2 <= 512 else 16),
+        HEAD_DIM=head_dim, TOP_P=top_p is not None,
+        num_warps=8 if nk_p2 <= 1024 else 16,
+    )  # fmt: skip
+    return indices, counts, q_mean, k_mean
