@@ -25,6 +25,7 @@ from .reference import transpose_block_lists
 
 LOG2E = 1.4426950408889634
 PREPROCESS_ROWS = 64
+DKDV_SUB_M = 32
 
 
 @triton.jit
@@ -137,6 +138,7 @@ def _block_sparse_attn_bwd_dkdv(
     stride_bb, stride_bh,
     H, Sq, Sk, k_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SUB_M: tl.constexpr,
 ):  # fmt: skip
     """Grid (key blocks, B * H): dk, dv of one key block over the query blocks that listed it."""
     pid_n = tl.program_id(0)
@@ -144,7 +146,7 @@ def _block_sparse_attn_bwd_dkdv(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, SUB_M)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = cols < k_rows
     k = tl.load(
@@ -166,16 +168,17 @@ def _block_sparse_attn_bwd_dkdv(
     g_base = DOut + b * stride_gb + h * stride_gh
     for t in range(0, count):
         i = tl.load(idx_base + t)
-        rows = (i * BLOCK_M + offs_m).to(tl.int64)
-        row_ok = rows < Sq
-        q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(g_base + rows[:, None] * stride_gs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
-        p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale + col_bias[:, None] - lse[None, :])
-        dv = tl.dot(p_t.to(do.dtype), do, dv)
-        dp_t = tl.dot(v, tl.trans(do))
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk)
+        for m0 in tl.static_range(0, BLOCK_M, SUB_M):  # a query block in SUB_M-row tiles: fewer registers
+            rows = (i * BLOCK_M + m0 + offs_m).to(tl.int64)
+            row_ok = rows < Sq
+            q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(g_base + rows[:, None] * stride_gs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
+            p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale + col_bias[:, None] - lse[None, :])
+            dv = tl.dot(p_t.to(do.dtype), do, dv)
+            dp_t = tl.dot(v, tl.trans(do))
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk)
     dk *= scale
     tl.store(
         DK + b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :],
@@ -209,13 +212,14 @@ def block_sparse_attention_backward_triton(
     scale: float | None = None,
     key_bias: torch.Tensor | None = None,
     dlse: torch.Tensor | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of :func:`block_sparse_attention_triton` (no ``q_rows``, no extra keys).
 
     ``out`` and ``lse`` (natural log, ``(B, H, S)``) are the forward's; ``dlse`` is the gradient of
     that LSE, if any. ``key_bias`` gets no gradient. dk/dv rows at or beyond ``key_len`` are 0.
+    ``num_warps`` None picks 8 for large tiles, 4 otherwise.
     """
     b, h, seq_q, d = q.shape
     if d not in (16, 32, 64, 128, 256):
@@ -252,6 +256,8 @@ def block_sparse_attention_backward_triton(
     )  # fmt: skip
     sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
     meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None}
+    if num_warps is None:
+        num_warps = 8 if max(block_m, block_n) * d >= 128 * 64 else 4
     launch = {"num_warps": num_warps, "num_stages": num_stages}
     _block_sparse_attn_bwd_dq[(triton.cdiv(seq_q, block_m), b * h)](
         q, k, v, dout, lse, delta, dq, indices, counts, bias,
@@ -270,6 +276,6 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         t_indices.stride(0), t_indices.stride(1), t_indices.stride(2),
         t_counts.stride(0), t_counts.stride(1),
-        *bias_strides, *sizes, **meta, **launch,
+        *bias_strides, *sizes, **meta, SUB_M=min(block_m, DKDV_SUB_M), **launch,
     )  # fmt: skip
     return dq, dk, dv
