@@ -1,16 +1,24 @@
 # The two set-up commands of README.md: `make demo` (install + web demo) and `make test`
 # (install + the CPU test suite). Both use the current Python environment.
 PYTHON ?= python3
-# The CPU build of torch (a plain `pip install torch` pulls a multi-GB CUDA build).
+# torch, when none is installed yet: the CUDA build where an NVIDIA driver answers (nvidia-smi), else
+# the CPU build (a plain `pip install torch` pulls a multi-GB CUDA build even on a machine without a GPU).
+# Where the CPU build is not on your package index, add its index:
+#   make demo TORCH_CPU="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_CPU ?= torch==2.13.0
+TORCH_CUDA ?= torch
 
-.PHONY: install install-test demo test lint
+.PHONY: install-torch install install-test demo test lint
 
-install:
+install-torch:
+	@$(PYTHON) -c "import torch" 2>/dev/null \
+	  || if nvidia-smi -L >/dev/null 2>&1; then $(PYTHON) -m pip install $(TORCH_CUDA); \
+	     else $(PYTHON) -m pip install $(TORCH_CPU); fi
+
+install: install-torch
 	$(PYTHON) -m pip install -e ".[demo]"
 
-install-test:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_CPU)
+install-test: install-torch
 	$(PYTHON) -m pip install -e ".[test]"
 
 demo: install

@@ -13,7 +13,8 @@ transformer calls (CUDA-synchronised on GPUs), and their ratios. Written: a side
 
 Without ``--model`` the tiny Wan model trained for this project (``assets/tiny-wan-t2v``) is used. A
 model folder may hold ``generation_defaults.json`` (size, steps, guidance) that fills options not
-given on the command line.
+given on the command line; on a CPU a small size and step count replace its size (about a minute on
+2 cores, see :mod:`dit_accel.call_sizes`), and the command says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +41,18 @@ from PIL import Image
 import dit_accel
 from dit_accel.api import apply
 from dit_accel.bench import environment
+from dit_accel.call_sizes import resolve_call, size_rules
 from dit_accel.metrics import video_psnr, video_ssim
 from dit_accel.pipelines import find_adapter
 from dit_accel.registry import build_config
+from dit_accel.result_notes import result_notes
 from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 
 DEFAULT_PROMPT = "a red circle moving right on a striped blue background"
 VIDEO_FORMATS = ("gif", "mp4")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Called after each denoising step of a run with (run label, step, steps of the run); may raise to stop.
+StepCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -71,6 +76,7 @@ class ComparisonResult:
     ssim_per_frame: list[float]
     dense: np.ndarray = field(repr=False)
     accelerated: np.ndarray = field(repr=False)
+    dense_fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> attention calls that ran dense
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -97,6 +103,7 @@ class ComparisonResult:
         record.update(
             psnr=self.psnr, ssim=self.ssim, speedup=self.speedup, transformer_speedup=self.transformer_speedup
         )
+        record["notes"] = result_notes(self)
         record["frames"] = int(self.dense.shape[0])
         record["versions"] = _versions()
         record["environment"] = environment(torch.device(self.device))  # names the GPU the timings came from
@@ -161,8 +168,8 @@ def call_arguments(
 ) -> dict[str, Any]:
     """The pipeline call, without the generator; options left None keep the pipeline's defaults, and
     ``pipeline_kwargs`` passes any other argument of the pipeline (a negative prompt, a prompt template)."""
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt must be a non-empty str, got {prompt!r}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be non-empty text, got {prompt!r}")
     check_pipeline_kwargs(pipe, pipeline_kwargs or {})
     if num_frames is not None and not is_video_pipeline(pipe):
         raise ValueError(f"num_frames is only for video pipelines; {type(pipe).__name__} makes images")
@@ -177,6 +184,7 @@ def call_arguments(
         value = given[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    size_rules(pipe).check(height, width, num_frames)
     return {
         "prompt": prompt,
         "output_type": "np",
@@ -225,12 +233,31 @@ def _frames_of(output: Any) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+def _step_hook(pipe: Any, label: str, on_step: StepCallback) -> dict[str, Any]:
+    """The pipeline-call argument that reports each finished denoising step to ``on_step``."""
+    if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        return {}
+
+    def after_step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(label, index + 1, pipe.num_timesteps)
+        return tensors
+
+    return {"callback_on_step_end": after_step}
+
+
 def timed_run(
-    pipe: Any, call: dict[str, Any], seed: int, label: str, device: torch.device
+    pipe: Any,
+    call: dict[str, Any],
+    seed: int,
+    label: str,
+    device: torch.device,
+    on_step: StepCallback | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """Run the pipeline once from ``seed``; frames, total seconds, transformer seconds."""
     # Label the pipeline's own progress bar, keeping whatever else was set (e.g. disable=True in a UI).
     pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": label})
+    if on_step is not None:
+        call = {**call, **_step_hook(pipe, label, on_step)}
     generator = torch.Generator("cpu").manual_seed(seed)
     with transformer_timer(_transformers(pipe), device) as transformer_seconds:
         _sync(device)
@@ -257,13 +284,15 @@ def compare(
     out_dir: str | Path | None = None,
     video_format: str = "gif",
     model_name: str | None = None,
+    on_step: StepCallback | None = None,
 ) -> ComparisonResult:
     """Run ``pipe`` dense and with ``method`` on the same call; measure and optionally write the outputs.
 
     ``warmup_runs`` untimed runs of each precede the timed ones (compilation, autotuning, cuDNN
     plans). ``pipeline_kwargs`` go to both runs' pipeline calls as they are. With ``out_dir``, a
     side-by-side video (``video_format``: gif or mp4; PNG for images) and a JSON record are written
-    there and listed in ``result.outputs``.
+    there and listed in ``result.outputs``. ``on_step`` hears of every denoising step (progress, and
+    an exception raised there stops the comparison).
     """
     if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 0:
         raise ValueError(f"warmup_runs must be an int >= 0, got {warmup_runs!r}")
@@ -274,12 +303,14 @@ def compare(
     device = torch.device(pipe._execution_device)
 
     for _ in range(warmup_runs):
-        timed_run(pipe, call, seed, "warm-up dense", device)
-    dense, dense_s, dense_t = timed_run(pipe, call, seed, "dense", device)
-    with apply(pipe, config):
+        timed_run(pipe, call, seed, "warm-up dense", device, on_step)
+    dense, dense_s, dense_t = timed_run(pipe, call, seed, "dense", device, on_step)
+    with apply(pipe, config) as handle:
         for _ in range(warmup_runs):
-            timed_run(pipe, call, seed, f"warm-up {config.method}", device)
-        accelerated, method_s, method_t = timed_run(pipe, call, seed, config.method, device)
+            timed_run(pipe, call, seed, f"warm-up {config.method}", device, on_step)
+        accelerated, method_s, method_t = timed_run(pipe, call, seed, config.method, device, on_step)
+        # Filled by the methods where they ran dense (too few tokens for their blocks); absent in older handles.
+        dense_fallbacks = dict(getattr(handle, "dense_fallbacks", {}))
 
     psnr_frames, _ = video_psnr(dense, accelerated)
     ssim_frames, _ = video_ssim(dense, accelerated)
@@ -301,6 +332,7 @@ def compare(
         ssim_per_frame=ssim_frames,
         dense=dense,
         accelerated=accelerated,
+        dense_fallbacks=dense_fallbacks,
     )
     if out_dir is not None:
         write_outputs(result, Path(out_dir), video_format)
@@ -383,6 +415,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
     """``DiffusionPipeline.from_pretrained`` on ``device`` in ``dtype`` (auto: bf16 on GPUs, fp32 on CPUs)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use cpu or auto")
     if dtype == "auto":
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
     if dtype not in DTYPES:
@@ -393,19 +427,33 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
             "checkout, not the wheel); pass --model, or train it with "
             f"'python -m tools.tiny_wan.train --out {TINY_MODEL_DIR} --minutes 19'"
         )
-    return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
+    if _names_a_folder(model) and not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(f"no model folder at {model}")
+    try:
+        return diffusers.DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
+    except Exception as error:  # a broken folder fails in many ways: missing files, bad JSON, wrong shapes
+        raise ValueError(f"could not load a Diffusers pipeline from {model}: {error}") from error
+
+
+def _names_a_folder(model: str) -> bool:
+    """A path rather than a hub id (``org/name``): it exists, starts like a path or has more parts."""
+    return Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1
 
 
 def _run(args: argparse.Namespace) -> int:
-    defaults = generation_defaults(args.model)
-    given = {
-        name: defaults.get(name) if getattr(args, name) is None else getattr(args, name)
-        for name in ("num_inference_steps", "height", "width", "num_frames", "guidance_scale")
-    }
+    build_config(args.method, **dict(args.option))  # a bad method or option fails before the model loads
     pipe = load_pipeline(args.model, args.device, args.dtype)
-    if not is_video_pipeline(pipe):
-        given["num_frames"] = None
-    warmup = args.warmup if args.warmup is not None else int(torch.device(pipe._execution_device).type == "cuda")
+    on_cpu = torch.device(pipe._execution_device).type == "cpu"
+    given = {name: getattr(args, name) for name in ("num_inference_steps", "height", "width", "num_frames")}
+    given, note = resolve_call(
+        {**given, "guidance_scale": args.guidance_scale},
+        generation_defaults(args.model),
+        on_cpu,
+        is_video_pipeline(pipe),
+    )
+    if note:
+        print(note)
+    warmup = args.warmup if args.warmup is not None else int(not on_cpu)
     result = compare(
         pipe,
         args.method,
@@ -426,7 +474,8 @@ def _run(args: argparse.Namespace) -> int:
         f"  time {result.dense_seconds:.2f} s -> {result.method_seconds:.2f} s ({result.speedup:.2f}x); "
         f"transformer {result.dense_transformer_seconds:.2f} s -> {result.method_transformer_seconds:.2f} s "
         f"({result.transformer_speedup:.2f}x)\n"
-        f"  wrote {result.outputs['video']} and {result.outputs['record']}"
+        + "".join(f"  note: {note}\n" for note in result_notes(result))
+        + f"  wrote {result.outputs['video']} and {result.outputs['record']}"
     )
     return 0
 

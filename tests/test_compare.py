@@ -218,16 +218,17 @@ def test_hunyuan_video_compares_videos_with_pipeline_arguments(tmp_path: Path) -
 def test_cli_uses_the_model_folders_defaults(wan_pipe, tmp_path: Path, capsys) -> None:
     model = tmp_path / "toy-model"
     wan_pipe.save_pretrained(model)
-    (model / GENERATION_DEFAULTS_FILE).write_text(json.dumps(WAN_CALL))
+    (model / GENERATION_DEFAULTS_FILE).write_text(json.dumps({**WAN_CALL, "guidance_scale": 2.0}))
     out = tmp_path / "out"
     argv = ["compare", "--model", str(model), "--method", "topk", "--device", "cpu", "--out", str(out)]
-    argv += ["-o", "density=0.34", "-o", "block_size=16", "--steps", "1", "--guidance-scale", "1.0"]
-    argv += ["--call", "max_sequence_length=64"]
+    argv += ["-o", "density=0.34", "-o", "block_size=16", "--steps", "1", "--height", "64", "--width", "64"]
+    argv += ["--frames", "9", "--call", "max_sequence_length=64"]
     assert cli_main(argv) == 0
     record = json.loads((out / "compare-topk-seed0.json").read_text())
-    assert record["call"] == {**WAN_CALL, "num_inference_steps": 1, "guidance_scale": 1.0, "max_sequence_length": 64}
+    assert record["call"] == {**WAN_CALL, "num_inference_steps": 1, "guidance_scale": 2.0, "max_sequence_length": 64}
     assert record["model"] == str(model) and record["dtype"] == "float32"
-    assert "PSNR" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "CPU defaults" not in out  # every size given: no CPU size chosen
 
 
 def test_default_model_is_the_shipped_tiny_model(monkeypatch, tmp_path: Path) -> None:
