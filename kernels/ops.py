@@ -118,13 +118,19 @@ def route_blocks(
     top_p: float | None = None,
     min_blocks: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(indices, counts, q_mean, k_mean)`` for block-ordered q, k (see ``reference.route_blocks_reference``)."""
+    """``(indices, counts, q_mean, k_mean)`` for block-ordered q, k (see ``reference.route_blocks_reference``).
+
+    The one-read Triton path serves CUDA; other inputs (CPU, fp64, more than
+    ``MAX_ROUTED_KEY_BLOCKS`` key blocks) take the composed path: pool, score, select.
+    """
     kwargs = dict(density=density, top_p=top_p, min_blocks=min_blocks)
     fits = math.ceil(k.shape[2] / block_k) <= MAX_ROUTED_KEY_BLOCKS and q.stride(-1) == 1 and k.stride(-1) == 1
     if use_triton(q) and q.dtype != torch.float64 and fits:
         return route_blocks_triton(q, k, block_q, block_k, scale, **kwargs)
-    indices, counts, q_mean, k_mean = reference.route_blocks_reference(q, k, block_q, block_k, scale, **kwargs)
-    return indices, counts, q_mean.to(_mean_dtype(q)), k_mean.to(_mean_dtype(k))
+    q_mean, k_mean = pool_blocks(q, block_q), pool_blocks(k, block_k)
+    log_counts = reference.block_counts(k.shape[2], block_k, k.device).float().log()
+    indices, counts = select_blocks(reference.routing_scores(q_mean, k_mean, scale), log_counts=log_counts, **kwargs)
+    return indices, counts, q_mean, k_mean
 
 
 @route_blocks.register_fake

@@ -26,7 +26,7 @@ from .reference import keep_count
 
 POOL_CHUNK = 32
 SCORE_ROWS = 16
-MAX_ROUTED_KEY_BLOCKS = 4096
+MAX_ROUTED_KEY_BLOCKS = 2048
 
 
 @triton.jit

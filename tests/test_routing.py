@@ -68,12 +68,15 @@ def test_ties_keep_exactly_k_of_the_largest_ascending():
             assert scores[0, b_h][kept].min() >= scores[0, b_h][~kept].max()
 
 
-def test_op_on_cpu_and_its_fake_shapes():
+def test_op_and_reference_on_cpu_and_the_fake_shapes():
     gen = torch.Generator().manual_seed(2)
     q, k = random_qk(1, 2, 41, 59, 16, gen)
     for select in ({"density": 0.4}, {"top_p": 0.7, "min_blocks": 2}):
-        got = route_blocks(q, k, 16, 8, 0.25, **select)
         want = composed_routing(q, k, 16, 8, 0.25, **select)
-        for g, w in zip(got, want, strict=True):
-            assert torch.equal(g, w)
+        for got in (
+            route_blocks(q, k, 16, 8, 0.25, **select),
+            reference.route_blocks_reference(q, k, 16, 8, 0.25, **select),
+        ):
+            for g, w in zip(got, want, strict=True):
+                assert torch.equal(g, w)
         torch.library.opcheck(route_blocks, (q, k, 16, 8, 0.25), select)
