@@ -206,6 +206,24 @@ def _(q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows=None, k
     return torch.empty_like(q), lse
 
 
+@torch.library.custom_op("dit_accel::forward_only_backward", mutates_args=())
+def forward_only_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, features: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward of a call with forward-only features: raises when run. An op rather than a
+    plain raise so that traced graphs (torch.compile with grad-requiring inputs) still build; it
+    takes ``grad_out`` so that graph partitioners keep it in the backward graph."""
+    raise NotImplementedError(
+        f"block_sparse_attention has no backward with {features}: "
+        "they are forward-only features (pass q_rows=None and extra_k=None to train through it)"
+    )
+
+
+@forward_only_backward.register_fake
+def _(grad_out, q, k, v, features):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _attention_setup(ctx, inputs: tuple, output: tuple) -> None:
     q, k, v, indices, counts, block_m, block_n, key_len, scale, q_rows, key_bias, extra_k, *_, return_lse = inputs
     out, lse = output
@@ -221,12 +239,9 @@ def _attention_setup(ctx, inputs: tuple, output: tuple) -> None:
 
 def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     """dq, dk, dv: Triton on CUDA, the reference elsewhere; the LSE is recomputed if none was kept."""
-    if ctx.unsupported:
-        raise NotImplementedError(
-            f"block_sparse_attention has no backward with {' and '.join(ctx.unsupported)}: "
-            "they are forward-only features (pass q_rows=None and extra_k=None to train through it)"
-        )
     q, k, v, indices, counts, key_bias, out, lse = ctx.saved_tensors
+    if ctx.unsupported:
+        return (*forward_only_backward(grad_out, q, k, v, " and ".join(ctx.unsupported)), *(None,) * 12)
     block_m, block_n, key_len, scale = ctx.sizes
     if lse is None:
         with torch.no_grad():

@@ -120,3 +120,22 @@ def test_op_passes_opcheck_including_compiled_backward():
     indices = torch.tensor([[[[0, 1], [1, -1]]]], dtype=torch.int32)
     counts = torch.tensor([[[2, 1]]], dtype=torch.int32)
     torch.library.opcheck(kernels.block_sparse_attention, (q, k, v, indices, counts, 16, 16, 21, 0.3))
+
+
+def test_compiled_graph_with_forward_only_features_builds_and_refuses_only_a_real_backward():
+    """torch.compile traces the backward of grad-requiring inputs: that must not fail the forward."""
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.nn.Parameter(torch.randn(16, 16, generator=gen))
+    indices = torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
+    counts = torch.full((1, 1, 2), 2, dtype=torch.int32)
+    rows = torch.randperm(32, generator=gen).to(torch.int32)
+
+    def attention(x):
+        q = x @ weight
+        return kernels.block_sparse_attention(q, q, q, indices, counts, 16, 16, 32, 0.25, q_rows=rows)[0]
+
+    x = torch.randn(1, 1, 32, 16, generator=gen)
+    out = torch.compile(attention, backend="aot_eager")(x)
+    torch.testing.assert_close(out, attention(x))
+    with pytest.raises(NotImplementedError, match="q_rows"):
+        out.sum().backward()
