@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,19 @@ def test_console_script_lists_methods():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "topk" in result.stdout and "density" in result.stdout
+
+
+def test_library_needs_no_lab_code(tmp_path: Path):
+    """The installed modules import nothing from ``tools/`` (not in the wheel), and find the shipped model."""
+    code = (
+        "import sys, importlib.util\n"
+        "assert importlib.util.find_spec('tools') is None\n"
+        "import dit_accel, dit_accel.cli, dit_accel.compare, dit_accel.demo, dit_accel.bench\n"
+        "from dit_accel.tiny_model import TINY_MODEL_DIR\n"
+        "assert TINY_MODEL_DIR.is_dir() and not any(name.startswith('tools') for name in sys.modules)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # as an installed user runs it
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
