@@ -13,7 +13,6 @@ call traces under ``torch.compile`` (``fullgraph=True``) and runs in CUDA graphs
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
@@ -27,19 +26,31 @@ SUPPORTED_BLOCKS = ((128, 128), (128, 64))
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
 
-@functools.cache
-def fa4_installed() -> bool:
-    """Whether ``flash-attn-4`` can be imported (checked once, without importing it)."""
+def _find_fa4() -> bool:
     if importlib.util.find_spec("flash_attn") is None:
         return False
     return importlib.util.find_spec("flash_attn.cute") is not None
+
+
+# Looked up once at import (without importing FA4), so that traced code only reads a constant.
+FA4_INSTALLED = _find_fa4()
+# FA4's block-sparse backward takes 128-key blocks only; other lists use our Triton backward.
+BACKWARD_KEY_BLOCK = 128
+_CAPABILITY: dict[int, int] = {}
+
+
+def _major(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)[0]
+    return _CAPABILITY[index]
 
 
 def fa4_rejects(q: Tensor, block_q: int, block_k: int) -> str | None:
     """Why FA4 cannot serve this call (``(B, H, S, D)`` q), or None when it can."""
     if not q.is_cuda:
         return "FA4 needs CUDA tensors"
-    major = torch.cuda.get_device_capability(q.device)[0]
+    major = _major(q.device)
     if major not in (9, 10):
         return f"FA4 needs sm90 or sm100, this GPU is sm{major}x"
     if q.dtype not in SUPPORTED_DTYPES:
@@ -48,7 +59,7 @@ def fa4_rejects(q: Tensor, block_q: int, block_k: int) -> str | None:
         return f"FA4 does not take head_dim {q.shape[-1]} on sm{major}x"
     if (block_q, block_k) not in SUPPORTED_BLOCKS:
         return f"FA4 block-sparse takes block sizes {SUPPORTED_BLOCKS}, got {(block_q, block_k)}"
-    if not fa4_installed():
+    if not FA4_INSTALLED:
         return 'flash-attn-4 is not installed (pip install "dit-accel[fa4]")'
     return None
 
@@ -108,7 +119,16 @@ def fa4_block_sparse_attention_backward(
     """dq, dk, dv of :func:`fa4_block_sparse_attention` through FA4's block-sparse backward.
 
     ``dlse`` carries the gradient reaching the LSE output (an LSE merge downstream gives one).
+    FA4's backward takes 128-key blocks only; other block lists run our Triton backward.
     """
+    if block_k != BACKWARD_KEY_BLOCK:
+        from .block_sparse_attention_bwd import block_sparse_attention_backward_triton
+
+        grads = block_sparse_attention_backward_triton(
+            dout.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), out.transpose(1, 2),
+            lse, indices, counts, block_m=block_q, block_n=block_k, key_len=k.shape[1], scale=scale, dlse=dlse,
+        )  # fmt: skip
+        return tuple(g.transpose(1, 2).contiguous() for g in grads)
     from flash_attn.cute.interface import _flash_attn_bwd
 
     t_indices, t_counts = transposed_lists(indices, counts, -(-k.shape[1] // block_k))
