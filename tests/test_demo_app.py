@@ -107,19 +107,50 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_the_message_is_visible_in_a_browser(server):
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by Playwright; skipped, with the reason, where either is missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     if _chromium() is None:
         pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(server)
-            page.get_by_label("height").fill("7")
-            page.get_by_role("button", name="Generate dense and with the method").click()
-            message = page.get_by_text("height must be a multiple of 16")
-            message.wait_for(state="visible", timeout=30_000)
-            assert message.is_visible()
-        finally:
-            browser.close()
+        yield browser
+        browser.close()
+
+
+def _start(browser, server, **fields):
+    """A page with the compare tab's fields set and its button pressed."""
+    page = browser.new_page()
+    page.goto(server)
+    for label, value in fields.items():
+        page.get_by_label(label).fill(value)
+    page.get_by_role("button", name="Generate dense and with the method").click()
+    return page
+
+
+def test_the_message_is_visible_in_a_browser(browser, server):
+    page = _start(browser, server, height="7")
+    message = page.get_by_text("height must be a multiple of 16")
+    message.wait_for(state="visible", timeout=30_000)
+    assert message.is_visible()
+    page.close()
+
+
+LONG = {"model": "toy", "steps": "100000", "frames": "9", "height": "64", "width": "64"}
+
+
+def test_stop_ends_a_job_at_its_next_step(browser, server):
+    page = _start(browser, server, **LONG)
+    page.get_by_text("dense: step").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("during the dense run").wait_for(timeout=60_000)
+    page.close()
+
+
+def test_a_closed_page_stops_its_job_and_frees_the_queue(browser, server, client):
+    page = _start(browser, server, **LONG)
+    page.get_by_text("dense: step").first.wait_for(timeout=60_000)
+    page.close()  # 100,000 steps would take hours: the next job runs only if this one stopped
+    image, summary = client.submit(*GOOD.values(), api_name="/compare").result(timeout=120)
+    assert Path(image).is_file() and "PSNR" in summary
