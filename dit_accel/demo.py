@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dit_accel.call_sizes import resolve_call
+from dit_accel.call_sizes import resolve_call, size_rules
 from dit_accel.compare import (
     ComparisonResult,
     StepCallback,
@@ -26,7 +26,7 @@ from dit_accel.compare import (
 )
 from dit_accel.compare import is_video_pipeline as is_video
 from dit_accel.editing import aligned_batch
-from dit_accel.registry import list_methods
+from dit_accel.registry import build_config, list_methods
 from dit_accel.result_notes import result_notes
 
 NO_FLUX_MODEL = (
@@ -127,6 +127,7 @@ def run_comparison(
     if method not in acceleration_methods():
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(acceleration_methods())}")
     options = parse_options(options_text)
+    build_config(method, **options)  # a bad option fails before the model loads
     given = {
         "num_inference_steps": optional_int("steps", steps),
         "num_frames": optional_int("frames", frames),
@@ -166,6 +167,7 @@ def run_style_batch(
     pipe = session.pipeline(model.strip())
     call: dict[str, Any] = {"num_inference_steps": steps} if steps else {}
     if size:
+        size_rules(pipe).check(size, size, None)
         call |= {"height": size, "width": size}
     generator = torch.Generator().manual_seed(int(seed))
     images = aligned_batch(pipe, style, subjects, options=options, generator=generator, **call)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from PIL import Image
 
-from dit_accel.demo import DemoSession, parse_options, run_comparison
+from dit_accel.demo import DemoSession, parse_options, run_comparison, run_style_batch
 from tools.tiny_wan.build import TOY, build_pipeline
 
 
@@ -31,3 +33,13 @@ def test_run_comparison_returns_a_side_by_side_and_its_numbers():
     assert "PSNR" in summary and "SSIM" in summary and "topk" in summary
     with pytest.raises(ValueError, match="unknown method"):
         run_comparison(session, "toy", "nope", "", "a red circle", 0, steps=1, frames=9, height=64, width=64)
+
+
+def test_style_batch_checks_its_size_against_the_model_before_running():
+    session = DemoSession(device="cpu", dtype="float32")
+    config = SimpleNamespace(patch_size=1)  # FLUX: 8x VAE, 2x2 packed latents
+    session._pipes["flux"] = SimpleNamespace(transformer=SimpleNamespace(config=config), vae_scale_factor=8)
+    with pytest.raises(ValueError, match="height must be a multiple of 16 for SimpleNamespace, got 100"):
+        run_style_batch(session, "flux", "in ink", "a cat\na dog", "", 0, size="100")
+    with pytest.raises(ValueError, match="give a FLUX"):
+        run_style_batch(session, " ", "in ink", "a cat\na dog", "", 0)
