@@ -219,7 +219,7 @@ def block_sparse_attention_backward_triton(
 
     ``out`` and ``lse`` (natural log, ``(B, H, S)``) are the forward's; ``dlse`` is the gradient of
     that LSE, if any. ``key_bias`` gets no gradient. dk/dv rows at or beyond ``key_len`` are 0.
-    ``num_warps`` None picks 8 for large tiles, 4 otherwise.
+    ``num_warps`` None picks, per kernel, 8 for large tiles and 4 otherwise.
     """
     b, h, seq_q, d = q.shape
     if d not in (16, 32, 64, 128, 256):
@@ -256,9 +256,9 @@ def block_sparse_attention_backward_triton(
     )  # fmt: skip
     sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
     meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None}
-    if num_warps is None:
-        num_warps = 8 if max(block_m, block_n) * d >= 128 * 64 else 4
-    launch = {"num_warps": num_warps, "num_stages": num_stages}
+    # Without spills on sm_90 (ptxas -v): 8 warps once the block's fp32 accumulators exceed 64 x 128.
+    dq_warps = num_warps or (8 if block_m * d > 64 * 128 else 4)
+    dkdv_warps = num_warps or (8 if block_n * d > 64 * 128 else 4)
     _block_sparse_attn_bwd_dq[(triton.cdiv(seq_q, block_m), b * h)](
         q, k, v, dout, lse, delta, dq, indices, counts, bias,
         *common,
@@ -266,7 +266,7 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         indices.stride(0), indices.stride(1), indices.stride(2),
         counts.stride(0), counts.stride(1),
-        *bias_strides, *sizes, **meta, **launch,
+        *bias_strides, *sizes, **meta, num_warps=dq_warps, num_stages=num_stages,
     )  # fmt: skip
     _block_sparse_attn_bwd_dkdv[(num_k_blocks, b * h)](
         q, k, v, dout, lse, delta, dk, dv, t_indices, t_counts, bias,
@@ -276,6 +276,6 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         t_indices.stride(0), t_indices.stride(1), t_indices.stride(2),
         t_counts.stride(0), t_counts.stride(1),
-        *bias_strides, *sizes, **meta, SUB_M=min(block_m, DKDV_SUB_M), **launch,
+        *bias_strides, *sizes, **meta, SUB_M=min(block_m, DKDV_SUB_M), num_warps=dkdv_warps, num_stages=num_stages,
     )  # fmt: skip
     return dq, dk, dv

@@ -26,7 +26,7 @@ from .reference import keep_count
 
 POOL_CHUNK = 32
 SCORE_ROWS = 16
-MAX_ROUTED_KEY_BLOCKS = 2048
+MAX_ROUTED_KEY_BLOCKS = 512  # the score row tile stays in registers (no spills on sm_90) up to here
 
 
 @triton.jit
@@ -185,8 +185,8 @@ def route_blocks_triton(
     _score_select[(triton.cdiv(nq, SCORE_ROWS), b * h)](
         q_mean, k_mean, indices, counts,
         nq, nk, d, seq_k, scale, width if density is not None else 0, float(top_p or 0.0), min(min_blocks, nk), width,
-        BLOCK_K=block_k, ROWS=SCORE_ROWS, NK_P2=nk_p2, D_CHUNK=min(head_dim, 32 if nk_p2 <= 512 else 16),
+        BLOCK_K=block_k, ROWS=SCORE_ROWS, NK_P2=nk_p2, D_CHUNK=min(head_dim, 32 if nk_p2 <= 128 else 16),
         HEAD_DIM=head_dim, TOP_P=top_p is not None,
-        num_warps=8 if nk_p2 <= 1024 else 16,
+        num_warps=16 if nk_p2 >= 512 else 8 if nk_p2 >= 128 else 4,
     )  # fmt: skip
     return indices, counts, q_mean, k_mean
