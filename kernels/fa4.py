@@ -64,13 +64,23 @@ def fa4_rejects(q: Tensor, block_q: int, block_k: int) -> str | None:
     return None
 
 
+_NO_MASK_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _no_masked_blocks(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Empty "masked block" lists FA4 requires beside the full ones (cached: never written)."""
+    key = (tuple(counts.shape), str(counts.device))
+    if key not in _NO_MASK_CACHE:
+        b, h, n = counts.shape
+        _NO_MASK_CACHE[key] = (counts.new_zeros(b, h, n), counts.new_zeros(b, h, n, 1))
+    return _NO_MASK_CACHE[key]
+
+
 def _sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]):
     """FA4's block-sparse container with our lists as its unmasked ("full") blocks."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
-    b, h, n = counts.shape
-    no_mask_cnt = counts.new_zeros(b, h, n)
-    no_mask_idx = counts.new_zeros(b, h, n, 1)
+    no_mask_cnt, no_mask_idx = _no_masked_blocks(counts)
     return BlockSparseTensorsTorch(
         mask_block_cnt=no_mask_cnt,
         mask_block_idx=no_mask_idx,

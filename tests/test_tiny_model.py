@@ -334,7 +334,7 @@ def test_data_parallel_training_keeps_the_ranks_identical(tmp_path: Path) -> Non
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    command += ["-m", "tools.tiny_wan.train", "--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny"]
+    command += ["-m", "tools.tiny_wan.train", "--out", str(out), "--minutes", "0.6", "--device", "cpu", "--tiny"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run(command, check=True, cwd=tmp_path, env=env, capture_output=True, timeout=240)
     record = json.loads((out / "train_record.json").read_text())

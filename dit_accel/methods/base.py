@@ -167,7 +167,11 @@ class BlockSparseMethod(AttentionMethod):
         return getattr(self.config, "tile", None) or default_tile(grid, self.config.block_q)
 
     def token_tile(self, info: ForwardInfo) -> Tile | None:
-        return None if info.grid is None else self.tile(info.grid)
+        return None if info.grid is None or self.full_density_set() else self.tile(info.grid)
+
+    def full_density_set(self) -> bool:
+        """Density 1.0: every block is computed, so the call is plain dense attention (no routing, no reorder)."""
+        return self.config.density is not None and self.config.density >= 1.0
 
     def prepare(self, info: ForwardInfo) -> None:
         from . import routing
@@ -220,6 +224,8 @@ class BlockSparseMethod(AttentionMethod):
         if reason is not None:
             ctx.record_dense_fallback(self.name, reason)
             return ctx.dense(q, k, v)
+        if self.full_density_set():
+            return self.full_density(q, k, v, ctx)
         from dit_accel import kernels
 
         routing = self.route(q, k, v, ctx)
@@ -229,6 +235,19 @@ class BlockSparseMethod(AttentionMethod):
         if tail is not None:
             out, _ = kernels.merge_attention(out, lse, *tail)
         return self._assemble(out, q, k, v, routing, ctx)
+
+    def full_density(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """Density 1.0 keeps every block: exact dense attention on the fastest engine (no routing).
+
+        FA4 dense where the backend resolves to FA4 and no mask is involved, else the stock call.
+        """
+        from dit_accel.kernels.backends import dense_attention, resolve_backend
+
+        qh = q.transpose(1, 2)
+        plain = ctx.attention_mask is None and k.shape[1] == q.shape[1]
+        if plain and resolve_backend(self.config.backend, qh, self.config.block_q, self.config.block_k) == "fa4":
+            return dense_attention(q, k, v, "fa4")
+        return ctx.dense(q, k, v)
 
     @staticmethod
     def _assemble(out: Tensor, q: Tensor, k: Tensor, v: Tensor, routing: Routing, ctx: AttentionContext) -> Tensor:
