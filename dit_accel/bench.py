@@ -311,6 +311,13 @@ def bench_kernel(
     measured in the same run, the relative L1 error against dense on the same random q/k/v, and
     (with ``recorded``) the error on real recorded q/k/v.
     """
+    from dit_accel.registry import get_method
+
+    if get_method(method).kind == "edit":
+        raise ValueError(
+            f"bench kernel times one attention call of an accelerate or wrap method; {method!r} is an editor "
+            "that needs its model (time the method it runs through instead)"
+        )
     env = environment(device)
     records: list[dict[str, Any]] = []
     option_sets = method_options(method, densities, options or {})

@@ -169,3 +169,23 @@ def test_token_reorder_refuses_a_mismatched_order():
     tracker.info = ForwardInfo(token_order=torch.arange(4))
     with pytest.raises(RuntimeError, match="5 tokens on dim 1, but the call has 4"):
         hook(None, (x,))
+
+
+def test_topk_top_p_matches_its_float64_definition(family):
+    """top_p selection (the one-read routing kernel on block-ordered tokens) through every adapter."""
+    _, model, inputs = family
+    checked = []
+    with dit_accel.apply(model, "topk", top_p=0.5, block_size=16) as handle:
+        method = handle.method
+        for module in model.modules():
+            binding = getattr(getattr(module, "processor", None), "binding", None)
+            if binding is not None:
+
+                def spy(q, k, v, ctx, method=method):
+                    out = method(q, k, v, ctx)
+                    checked.append(float((out.double() - method.reference(q, k, v, ctx)).abs().max()))
+                    return out
+
+                binding.op = spy
+        run(model, inputs)
+    assert checked and max(checked) < 1e-5
