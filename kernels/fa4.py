@@ -17,7 +17,7 @@ import importlib.util
 
 import torch
 
-from .reference import block_mask_from_lists
+from .reference import transpose_block_lists
 
 Tensor = torch.Tensor
 
@@ -90,17 +90,6 @@ def _sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]
     )
 
 
-def transposed_lists(indices: Tensor, counts: Tensor, num_key_blocks: int) -> tuple[Tensor, Tensor]:
-    """Per key block, the ascending query blocks that attend to it: ``(t_indices, t_counts)``."""
-    mask = block_mask_from_lists(indices, counts, num_key_blocks).transpose(-1, -2)
-    t_counts = mask.sum(-1, dtype=torch.int32)
-    nq = mask.shape[-1]
-    slots = torch.where(mask, torch.arange(nq, device=mask.device), nq)
-    t_indices = slots.sort(dim=-1).values
-    t_indices = torch.where(t_indices == nq, -1, t_indices).to(torch.int32)
-    return t_indices.contiguous(), t_counts.contiguous()
-
-
 @torch.library.custom_op("dit_accel::fa4_block_sparse_attention", mutates_args=())
 def fa4_block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, block_q: int, block_k: int, scale: float
@@ -141,7 +130,7 @@ def fa4_block_sparse_attention_backward(
         return tuple(g.transpose(1, 2).contiguous() for g in grads)
     from flash_attn.cute.interface import _flash_attn_bwd
 
-    t_indices, t_counts = transposed_lists(indices, counts, -(-k.shape[1] // block_k))
+    t_indices, t_counts = transpose_block_lists(indices, counts, -(-k.shape[1] // block_k))
     bwd_lists = _sparse_tensors(t_indices, t_counts, (block_q, block_k))
     dq, dk, dv = _flash_attn_bwd(
         q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,

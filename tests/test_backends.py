@@ -1,0 +1,114 @@
+"""The backend dispatcher on the CPU: choice, overrides, one-time fallback warnings, the LSE convention."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dit_accel.kernels import backends, fa4, reference
+from dit_accel.kernels.block_list import BlockList
+
+
+def fake_cuda_query(dtype=torch.bfloat16, head_dim: int = 128):
+    """Stands in for a CUDA ``(B, H, S, D)`` query on device 7: what the FA4 checks read."""
+    return SimpleNamespace(is_cuda=True, device=torch.device("cuda", 7), dtype=dtype, shape=(1, 2, 256, head_dim))
+
+
+@pytest.fixture
+def gpu_of(monkeypatch):
+    def set_major(major: int, installed: bool = True) -> None:
+        monkeypatch.setitem(fa4._CAPABILITY, 7, major)
+        monkeypatch.setattr(fa4, "FA4_INSTALLED", installed)
+
+    return set_major
+
+
+@pytest.mark.parametrize(
+    ("major", "dtype", "head_dim", "blocks", "installed", "reason"),
+    [
+        (9, torch.bfloat16, 128, (128, 64), True, None),
+        (10, torch.float16, 64, (128, 128), True, None),
+        (8, torch.bfloat16, 128, (128, 64), True, "sm90 or sm100, this GPU is sm8x"),
+        (9, torch.float32, 128, (128, 64), True, "fp16/bf16"),
+        (10, torch.bfloat16, 256, (128, 64), True, "head_dim 256 on sm10x"),
+        (9, torch.bfloat16, 100, (128, 64), True, "head_dim 100"),
+        (9, torch.bfloat16, 128, (64, 64), True, "block sizes"),
+        (9, torch.bfloat16, 128, (128, 64), False, 'pip install "dit-accel\\[fa4\\]"'),
+    ],
+)
+def test_fa4_names_why_it_rejects_an_input(gpu_of, major, dtype, head_dim, blocks, installed, reason):
+    gpu_of(major, installed)
+    got = fa4.fa4_rejects(fake_cuda_query(dtype, head_dim), *blocks)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and re.search(reason, got), got
+
+
+def test_automatic_choice_and_overrides(gpu_of, monkeypatch, caplog):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    cpu = torch.zeros(1, 2, 256, 128)
+    assert backends.resolve_backend(None, cpu, 128, 64) == "reference"
+    gpu_of(9)
+    hopper = fake_cuda_query()
+    assert backends.resolve_backend(None, hopper, 128, 64) == "fa4"
+    assert backends.resolve_backend("triton", hopper, 128, 64) == "triton"
+    assert backends.resolve_backend(None, hopper, 128, 64, key_bias=True) == "triton"  # FA4 takes no bias
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert backends.resolve_backend(None, hopper, 128, 64) == "reference"
+    assert backends.resolve_backend("fa4", hopper, 128, 64) == "fa4"  # the argument beats the variable
+    monkeypatch.delenv(backends.ENV_VAR)
+    gpu_of(8)
+    monkeypatch.setattr(backends, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="dit_accel"):
+        assert backends.resolve_backend("fa4", fake_cuda_query(), 128, 64) == "triton"
+        assert backends.resolve_backend("fa4", fake_cuda_query(), 128, 64) == "triton"
+        assert backends.resolve_backend(None, fake_cuda_query(), 128, 64) == "triton"  # auto: no warning
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "FA4 backend not used (FA4 needs sm90 or sm100" in warnings[0]
+
+
+def test_bad_backend_names_the_allowed_ones(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of auto, fa4, triton, reference, got 'cuda'"):
+        backends.resolve_backend("cuda", torch.zeros(1, 1, 1, 16), 16, 16)
+    monkeypatch.setenv(backends.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="got 'fast'"):
+        backends.resolve_backend(None, torch.zeros(1, 1, 1, 16), 16, 16)
+    with pytest.raises(ValueError, match="dense backend must be one of fa4, cudnn, triton"):
+        backends.dense_attention(*(torch.zeros(1, 4, 1, 16),) * 3, "stock")
+
+
+def test_sparse_attention_returns_out_and_natural_log_lse():
+    """Odd sizes, text keys with per-sample padding, a partial last key block, an empty row."""
+    gen = torch.Generator().manual_seed(3)
+    b, h, s, d, text, bq, bk = 2, 3, 53, 32, 5, 16, 8
+    q, k, v = (torch.randn(b, h, s, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    ek, ev = (torch.randn(b, h, text, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    valid = torch.tensor([5, 2], dtype=torch.int32)
+    nq, nk = math.ceil(s / bq), math.ceil(s / bk)
+    scores = torch.randn(b, h, nq, nk, generator=gen)
+    indices, counts = reference.select_blocks_reference(scores, density=0.4)
+    blocks = BlockList(indices, counts, bq, bk, s)
+    out, lse = backends.sparse_attention(q, k, v, blocks, extra=backends.ExtraKeys(ek, ev, valid))
+    allowed = reference.block_mask_from_lists(indices, counts, nk)
+    allowed = allowed.repeat_interleave(bq, 2)[:, :, :s].repeat_interleave(bk, 3)[..., :s]
+    text_ok = (torch.arange(text)[None, :] < valid[:, None])[:, None, None, :].expand(b, h, s, text)
+    logits = torch.cat([q @ k.transpose(-1, -2), q @ ek.transpose(-1, -2)], -1) * d**-0.5
+    logits = logits.masked_fill(~torch.cat([allowed, text_ok], -1), -math.inf)
+    expected_lse = torch.logsumexp(logits, -1)
+    expected = torch.softmax(logits, -1) @ torch.cat([v, ev], 2)
+    torch.testing.assert_close(lse, expected_lse, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_block_list_checks_its_shapes_and_full_lists_are_dense():
+    with pytest.raises(ValueError, match=r"indices \(B, H, NQ, W\) and counts \(B, H, NQ\)"):
+        BlockList(torch.zeros(1, 2, 3, 4, dtype=torch.int32), torch.zeros(1, 2, 4, dtype=torch.int32), 16, 16, 64)
+    full = BlockList.full(2, 3, 50, 70, 16, 32, "cpu")
+    assert full.num_key_blocks == 3 and full.density() == 1.0
+    assert full.counts.shape == (2, 3, 4) and torch.equal(full.indices[1, 2, 3], torch.arange(3, dtype=torch.int32))
