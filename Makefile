@@ -7,19 +7,21 @@ PYTHON ?= python3
 #   make demo TORCH_CPU="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch
+# Bytecode is written for the modules a run imports, not ahead for every installed file (saves ~300 MB).
+PIP_INSTALL = $(PYTHON) -m pip install --no-compile
 
 .PHONY: install-torch install install-test demo test lint
 
 install-torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null \
-	  || if nvidia-smi -L >/dev/null 2>&1; then $(PYTHON) -m pip install $(TORCH_CUDA); \
-	     else $(PYTHON) -m pip install $(TORCH_CPU); fi
+	  || if nvidia-smi -L >/dev/null 2>&1; then $(PIP_INSTALL) $(TORCH_CUDA); \
+	     else $(PIP_INSTALL) $(TORCH_CPU); fi
 
 install: install-torch
-	$(PYTHON) -m pip install -e ".[demo]"
+	$(PIP_INSTALL) -e ".[demo]"
 
 install-test: install-torch
-	$(PYTHON) -m pip install -e ".[test]"
+	$(PIP_INSTALL) -e ".[test]"
 
 demo: install
 	$(PYTHON) app.py
