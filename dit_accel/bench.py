@@ -381,55 +381,42 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-WAN_1_3B_CONFIG = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 12,
-    "attention_head_dim": 128,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 8960,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-}
-
-
 E2E_VARIANTS = ("eager:dense", "eager:topk", "regional:dense", "regional:topk", "full:dense", "full:topk")
 
 
 def bench_e2e(
-    density: float, latent: tuple[int, ...], num_layers: int, variants: list[str], device: torch.device
+    model_name: str,
+    density: float,
+    latent: tuple[int, ...] | None,
+    variants: list[str],
+    device: torch.device,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Wan2.1-1.3B-size transformer forward: dense cuDNN vs ``topk``, eager and compiled.
+    """A full-size random-weight transformer forward: dense (cuDNN) vs ``topk``, eager and compiled.
 
-    ``variants`` are ``mode:method`` with mode ``eager``, ``regional`` (Diffusers'
-    ``compile_repeated_blocks``: each block compiled once, fullgraph) or ``full``
-    (``torch.compile`` of the whole transformer). The first variant must be ``eager:dense``, the
-    baseline of every speedup.
+    ``model_name`` is one of :data:`dit_accel.e2e_models.E2E_MODELS` (Wan2.1-1.3B, HunyuanVideo,
+    FLUX.1-dev); ``overrides`` change its config (``num_layers``...). ``variants`` are
+    ``mode:method`` with mode ``eager``, ``regional`` (Diffusers' ``compile_repeated_blocks``: each
+    block compiled once, fullgraph) or ``full`` (``torch.compile`` of the whole transformer); the
+    first must be ``eager:dense``, the baseline of every speedup. ``topk`` runs on every backend.
     """
     if not variants or variants[0] != "eager:dense":
         raise ValueError(f"variants must start with 'eager:dense', got {variants}")
-    from diffusers import WanTransformer3DModel
     from torch.nn.attention import sdpa_kernel
 
     import dit_accel
+    from dit_accel.e2e_models import E2E_MODELS
 
+    if model_name not in E2E_MODELS:
+        raise ValueError(f"model must be one of {', '.join(E2E_MODELS)}, got {model_name!r}")
+    spec = E2E_MODELS[model_name]
+    latent = tuple(latent or spec.default_latent)
+    if len(latent) != len(spec.default_latent):
+        raise ValueError(f"{model_name} takes a latent of {spec.latent_help}, got {latent}")
     env = environment(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = WAN_1_3B_CONFIG | {"num_layers": num_layers}
-    if device.type != "cuda":
-        config |= {"num_attention_heads": 2, "attention_head_dim": 64, "ffn_dim": 256, "text_dim": 64}
-    with torch.device(device):
-        model = WanTransformer3DModel(**config).to(dtype).eval()
-    gen = torch.Generator(device=device).manual_seed(0)
-    inputs = {
-        "hidden_states": torch.randn(latent, generator=gen, device=device, dtype=dtype),
-        "timestep": torch.tensor([500.0], device=device),
-        "encoder_hidden_states": torch.randn((1, 512, config["text_dim"]), generator=gen, device=device, dtype=dtype),
-    }
+    model = spec.build(device, dtype, overrides or {})
+    inputs = spec.make_inputs(dict(model.config), latent, device, dtype)
 
     runners = {"eager": model}
 
@@ -465,9 +452,9 @@ def bench_e2e(
                     handle.remove()
                 eager_dense_ms = eager_dense_ms or ms
                 record = env | {
-                    "kind": "e2e", "model": "wan-1.3b", "shape": list(latent), "method": method, "backend": backend,
+                    "kind": "e2e", "model": model_name, "shape": list(latent), "method": method, "backend": backend,
                     "density": density if method == "topk" else 1.0, "compiled": mode != "eager", "compile_mode": mode,
-                    "ms": ms, "speedup_vs_eager_dense": eager_dense_ms / ms, "num_layers": num_layers,
+                    "ms": ms, "speedup_vs_eager_dense": eager_dense_ms / ms, "config_overrides": overrides or {},
                     "first_call_s": first_call_s, "peak_memory_gb": memory,
                     "rel_l1_vs_dense": rel_l1(outputs[method], outputs["dense"]) if "dense" in outputs else 0.0,
                 }  # fmt: skip
@@ -523,8 +510,12 @@ def _run_kernel(args: argparse.Namespace) -> int:
 
 
 def _run_e2e(args: argparse.Namespace) -> int:
+    from dit_accel.compare import parse_option
+
     device = _device(args.device)
-    records = bench_e2e(args.density, tuple(args.latent), args.num_layers, args.variants, device)
+    overrides = dict(parse_option(text) for text in args.config)
+    latent = tuple(args.latent) if args.latent else None
+    records = bench_e2e(args.model, args.density, latent, args.variants, device, overrides)
     paths = write_results(records, Path(args.out), args.name)
     print("wrote", *paths)
     return 0
@@ -561,10 +552,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kernel.add_argument("--name", default="kernel_h200")
     kernel.set_defaults(func=_run_kernel)
 
-    e2e = kinds.add_parser("e2e", help="Wan2.1-1.3B-size transformer forward, dense vs topk, eager and compiled")
+    e2e = kinds.add_parser("e2e", help="full-size transformer forward, dense vs topk, eager and compiled")
+    e2e.add_argument("--model", default="wan-1.3b", choices=["wan-1.3b", "hunyuan-video", "flux-dev"])
     e2e.add_argument("--density", type=float, default=0.1)
-    e2e.add_argument("--latent", nargs=5, type=int, default=[1, 16, 21, 60, 104], metavar=("B", "C", "F", "H", "W"))
-    e2e.add_argument("--num-layers", type=int, default=30)
+    e2e.add_argument(
+        "--latent",
+        nargs="+",
+        type=int,
+        default=None,
+        help="latent shape: B C F H W for Wan/HunyuanVideo (default 480p 81f / 720p 129f), "
+        "B C H W for FLUX (default 1024 px)",
+    )
+    e2e.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the model config, repeatable (num_layers=10)",
+    )
     e2e.add_argument(
         "--variants",
         nargs="+",

@@ -53,3 +53,28 @@ def test_recorded_calls_give_the_error_on_real_inputs(tmp_path):
 def test_editors_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="'aligned_gen' is an editor"):
         bench_kernel(["tiny-cpu"], [0.5], torch.float32, CPU, method="aligned_gen")
+
+
+@pytest.mark.parametrize(
+    ("model", "latent"),
+    [("wan-1.3b", (1, 16, 5, 16, 16)), ("hunyuan-video", (1, 16, 5, 16, 16)), ("flux-dev", (1, 16, 32, 32))],
+)
+def test_e2e_times_each_family_dense_and_topk(model, latent):
+    """Every family's forward (shrunk on the CPU), dense then topk: speedup, error and memory fields."""
+    from dit_accel.bench import bench_e2e
+
+    records = bench_e2e(model, 0.25, latent, ["eager:dense", "eager:topk"], CPU)
+    dense, topk = records
+    assert (dense["model"], dense["method"], topk["method"], topk["backend"]) == (model, "dense", "topk", "reference")
+    assert dense["speedup_vs_eager_dense"] == 1.0 and topk["speedup_vs_eager_dense"] > 0
+    assert dense["rel_l1_vs_dense"] == 0.0 and 1e-4 < topk["rel_l1_vs_dense"] < 1.0
+    assert topk["shape"] == list(latent) and "peak_memory_gb" in topk
+
+
+def test_e2e_refuses_a_latent_of_the_wrong_rank():
+    from dit_accel.bench import bench_e2e
+
+    with pytest.raises(ValueError, match="flux-dev takes a latent of B C H W"):
+        bench_e2e("flux-dev", 0.25, (1, 16, 5, 16, 16), ["eager:dense"], CPU)
+    with pytest.raises(ValueError, match=r"model must be one of wan-1\.3b, hunyuan-video, flux-dev"):
+        bench_e2e("sd3", 0.25, None, ["eager:dense"], CPU)
