@@ -23,6 +23,7 @@ from collections.abc import Sequence
 LAZY_COMMANDS = {
     "compare": ("dit_accel.compare", "dense vs a method on the same prompt and seed: PSNR, SSIM, speedup, video"),
     "bench": ("dit_accel.bench", "time attention kernels and whole transformer forwards (GPU)"),
+    "record": ("dit_accel.recorder", "record q/k/v of chosen layers and steps (for bench kernel --recorded)"),
     "aligned-report": ("dit_accel.aligned_report", "a FLUX batch with and without AlignedGen, style metrics"),
 }
 # Exit status of a user error, as argparse uses for a bad command line.

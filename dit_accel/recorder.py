@@ -171,3 +171,45 @@ def load_qkv(path: str | Path) -> tuple[list[RecordedCall], dict[str, Any]]:
             for e in info["calls"]
         ]
     return calls, info
+
+
+def _run_record(args: Any) -> int:
+    from dit_accel.compare import generation_defaults, load_pipeline
+
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    call = generation_defaults(args.model)
+    for name, value in (("num_frames", args.frames), ("height", args.height), ("width", args.width)):
+        if value is not None:
+            call[name] = value
+    steps = args.num_inference_steps or call.pop("num_inference_steps", 30)
+    call.pop("num_inference_steps", None)
+    at_steps = args.steps if args.steps is not None else sorted({0, steps // 2, steps - 1})
+    path = record_qkv(
+        pipe, args.out, layers=args.layers, steps=at_steps, max_tokens=args.max_tokens, prompt=args.prompt,
+        num_inference_steps=steps, generator=torch.Generator().manual_seed(args.seed), **call,
+    )  # fmt: skip
+    calls, _ = load_qkv(path)
+    print(f"wrote {path}: {len(calls)} attention calls (steps {at_steps} of {steps})")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """``dit-accel record``: q/k/v of chosen layers and steps of one generation, for kernel error checks."""
+    from dit_accel.tiny_model import TINY_MODEL_DIR
+
+    parser = subparsers.add_parser("record", help="record q/k/v (after RoPE) of chosen layers and steps")
+    parser.add_argument("--model", default=str(TINY_MODEL_DIR), help="pipeline folder or hub id (default: tiny Wan)")
+    parser.add_argument("--out", required=True, help="safetensors file to write")
+    parser.add_argument("--prompt", default="a red circle moving right on a striped blue background")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="attention layers (default: all)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="steps (default: first, middle, last)")
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the model's, else 30")
+    parser.add_argument("--frames", type=int, default=None, help="default: the model's native size")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=None, help="keep at most this many video tokens a call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.set_defaults(func=_run_record)

@@ -78,3 +78,19 @@ def test_e2e_refuses_a_latent_of_the_wrong_rank():
         bench_e2e("flux-dev", 0.25, (1, 16, 5, 16, 16), ["eager:dense"], CPU)
     with pytest.raises(ValueError, match=r"model must be one of wan-1\.3b, hunyuan-video, flux-dev"):
         bench_e2e("sd3", 0.25, None, ["eager:dense"], CPU)
+
+
+def test_record_command_feeds_bench_kernel(tmp_path):
+    """``dit-accel record`` on the shipped tiny model, then its calls as bench kernel's real inputs."""
+    from dit_accel.cli import main
+    from dit_accel.recorder import load_qkv
+
+    path = tmp_path / "qkv.safetensors"
+    size = ["--frames", "5", "--height", "64", "--width", "64", "--num-inference-steps", "2", "--layers", "1"]
+    assert main(["record", "--out", str(path), *size]) == 0
+    calls, info = load_qkv(path)
+    assert [(c.step, c.layer) for c in calls] == [(0, 1), (0, 1), (1, 1), (1, 1)]  # conditional + unconditional
+    assert info["model_class"] == "WanTransformer3DModel" and calls[0].layout.grid == (2, 8, 8)
+    records = bench_kernel(["tiny-cpu"], [0.25], torch.float32, CPU, options={"block_size": 32}, recorded=path)
+    (row,) = method_rows(records, "topk")
+    assert row["recorded_calls"] == 4 and 0.0 < row["recorded_rel_l1_mean"] <= row["recorded_rel_l1_max"] < 1.0
