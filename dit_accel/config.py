@@ -144,13 +144,21 @@ class AccelerateConfig(MethodConfig):
         backend: engine of the exact block-sparse part: ``"auto"`` (FlashAttention-4 on
             Hopper/Blackwell when installed, else Triton on CUDA, else the PyTorch reference),
             ``"fa4"``, ``"triton"`` or ``"reference"``. ``DIT_ACCEL_BACKEND`` sets the default.
+        tile: 3-D tile ``(t, h, w)`` of latent tokens that blocks are formed from; default chosen
+            from the query block size (``(2, 8, 8)`` for 128-token blocks of video).
     """
 
     density: float | None = 0.125
     backend: str = "auto"
+    tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.density is not None:
             check_range("density", self.density, 0.0, 1.0, low_open=True)
         check_choice("backend", self.backend, BACKENDS)
+        if self.tile is not None:
+            tile = tuple(self.tile)
+            if len(tile) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in tile):
+                raise ValueError(f"tile must be three positive ints (t, h, w), got {self.tile!r}")
+            self.tile = tile

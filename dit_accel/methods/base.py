@@ -170,8 +170,8 @@ class BlockSparseMethod(AttentionMethod):
     # --- overridable steps ---------------------------------------------------------------------
 
     def tile(self, grid: Tile | None) -> Tile:
-        """The 3-D tile blocks are formed from (``config.tile`` when the config has one)."""
-        return getattr(self.config, "tile", None) or default_tile(grid, self.config.block_q)
+        """The 3-D tile blocks are formed from: ``config.tile``, else one sized to the query block."""
+        return self.config.tile or default_tile(grid, self.config.block_q)
 
     def token_tile(self, info: ForwardInfo) -> Tile | None:
         return None if info.grid is None or self.full_density_set() else self.tile(info.grid)

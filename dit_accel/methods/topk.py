@@ -26,8 +26,6 @@ class TopKConfig(AccelerateConfig):
         top_p: instead of ``density``, keep the smallest set of key blocks whose pooled softmax
             mass reaches ``top_p`` (in (0, 1]).
         min_blocks: never keep fewer key blocks than this per query block.
-        tile: 3-D tile ``(t, h, w)`` of latent tokens that blocks are formed from; default chosen
-            from the query block size (``(2, 8, 8)`` for 128-token blocks of video).
         block_size: ``(query, key)`` block sizes; default ``(128, 64)``.
     """
 
@@ -37,7 +35,6 @@ class TopKConfig(AccelerateConfig):
     density: float | None = None
     top_p: float | None = None
     min_blocks: int = 1
-    tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.density is not None and self.top_p is not None:
@@ -49,11 +46,6 @@ class TopKConfig(AccelerateConfig):
             check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         if isinstance(self.min_blocks, bool) or not isinstance(self.min_blocks, int) or self.min_blocks < 1:
             raise ValueError(f"min_blocks must be an int >= 1, got {self.min_blocks!r}")
-        if self.tile is not None:
-            tile = tuple(self.tile)
-            if len(tile) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in tile):
-                raise ValueError(f"tile must be three positive ints (t, h, w), got {self.tile!r}")
-            self.tile = tile
 
 
 class TopKAttention(BlockSparseMethod):
