@@ -154,3 +154,11 @@ def test_a_closed_page_stops_its_job_and_frees_the_queue(browser, server, client
     page.close()  # 100,000 steps would take hours: the next job runs only if this one stopped
     image, summary = client.submit(*GOOD.values(), api_name="/compare").result(timeout=120)
     assert Path(image).is_file() and "PSNR" in summary
+
+
+def test_jobs_run_one_at_a_time_in_a_bounded_queue():
+    """The demo queues at most QUEUE_SIZE waiting jobs and runs one at a time (a CPU runs one well)."""
+    module = _load_app_module()
+    app = module.build_app(DemoSession(device="cpu", dtype="float32"), "toy")
+    assert module.QUEUE_SIZE == 8
+    assert (app._queue.max_size, app._queue.default_concurrency_limit) == (module.QUEUE_SIZE, 1)
