@@ -94,3 +94,14 @@ def test_record_command_feeds_bench_kernel(tmp_path):
     records = bench_kernel(["tiny-cpu"], [0.25], torch.float32, CPU, options={"block_size": 32}, recorded=path)
     (row,) = method_rows(records, "topk")
     assert row["recorded_calls"] == 4 and 0.0 < row["recorded_rel_l1_mean"] <= row["recorded_rel_l1_max"] < 1.0
+
+
+def test_e2e_runs_dense_on_every_engine_a_user_could_pick(monkeypatch):
+    from dit_accel import bench
+
+    assert bench.e2e_runs("dense", 0.1, CPU) == [("cudnn", None)]
+    assert bench.e2e_runs("topk", 0.1, CPU) == [("reference", {"density": 0.1, "backend": "reference"})]
+    monkeypatch.setattr(bench, "fa4_dense_available", lambda device: True)
+    gpu = torch.device("cuda")
+    assert bench.e2e_runs("dense", 0.1, gpu) == [("cudnn", None), ("fa4", {"backend": "fa4"})]
+    assert [backend for backend, _ in bench.e2e_runs("topk", 0.1, gpu)] == ["fa4", "triton"]
