@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import pytest
 import torch
 from tiny_models import FAMILIES, run, tiny_wan, wan_inputs
@@ -115,3 +118,56 @@ def test_attention_backend_survives_apply_and_remove():
     with dit_accel.apply(model, "dense"):
         assert model.blocks[0].attn1.processor._attention_backend == original._attention_backend
     assert model.blocks[0].attn1.processor is original
+
+
+def test_import_loads_neither_torch_diffusers_nor_triton():
+    """``import dit_accel`` stays light; Diffusers loads when a name that needs it is first used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dit_accel\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'triton') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "dit_accel.apply\n"
+        "assert 'diffusers' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@dataclasses.dataclass
+class _ProjectionConfig(dit_accel.MethodConfig):
+    method: ClassVar[str] = "projection_test"
+
+
+class _Projection(dit_accel.AttentionMethod):
+    """A stateful method: dense attention plus a per-layer learned map, zero-initialised."""
+
+    name = "projection_test"
+    config_class = _ProjectionConfig
+
+    def layer_state(self, layer_index, num_layers, attention):
+        state = torch.nn.Linear(16, 16, bias=False)  # tiny_wan's head_dim
+        torch.nn.init.zeros_(state.weight)
+        return state
+
+    def __call__(self, q, k, v, ctx):
+        out = ctx.dense(q, k, v)
+        return out + ctx.module_state(out)
+
+
+def test_per_layer_state_saves_with_the_model_and_leaves_with_remove(monkeypatch):
+    from dit_accel import registry
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    dit_accel.register_method(_Projection)
+    model, reference = tiny_wan(num_layers=2), run(tiny_wan(num_layers=2), wan_inputs())
+    with dit_accel.apply(model, "projection_test"):
+        keys = [k for k in model.state_dict() if "dit_accel_state" in k]
+        assert keys == ["blocks.0.attn1.dit_accel_state.weight", "blocks.1.attn1.dit_accel_state.weight"]
+        torch.testing.assert_close(run(model, wan_inputs()), reference)
+        with torch.no_grad():
+            model.blocks[0].attn1.dit_accel_state.weight.fill_(0.1)
+        assert not torch.allclose(run(model, wan_inputs()), reference)
+    assert not [k for k in model.state_dict() if "dit_accel_state" in k]
+    assert torch.equal(run(model, wan_inputs()), reference)
