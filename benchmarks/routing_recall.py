@@ -29,7 +29,7 @@ from diffusers import DiffusionPipeline
 from dit_accel import kernels
 from dit_accel.bench import environment
 from dit_accel.methods.routing import key_log_counts
-from dit_accel.recorder import RecordedCall, load_qkv, record_qkv
+from dit_accel.recorder import RecordedCall, default_steps, load_qkv, record_qkv
 from dit_accel.tiling import default_tile, tile_permutation
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.at_steps is None:
-        args.at_steps = sorted({0, args.steps // 2, args.steps - 1})
+        args.at_steps = default_steps(args.steps)
 
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)

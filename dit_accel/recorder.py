@@ -173,6 +173,11 @@ def load_qkv(path: str | Path) -> tuple[list[RecordedCall], dict[str, Any]]:
     return calls, info
 
 
+def default_steps(num_steps: int) -> list[int]:
+    """The steps recorded when none are named: first, middle and last."""
+    return sorted({0, num_steps // 2, num_steps - 1})
+
+
 def _run_record(args: Any) -> int:
     from dit_accel.compare import generation_defaults, load_pipeline
 
@@ -184,7 +189,7 @@ def _run_record(args: Any) -> int:
             call[name] = value
     steps = args.num_inference_steps or call.pop("num_inference_steps", 30)
     call.pop("num_inference_steps", None)
-    at_steps = args.steps if args.steps is not None else sorted({0, steps // 2, steps - 1})
+    at_steps = args.steps if args.steps is not None else default_steps(steps)
     path = record_qkv(
         pipe, args.out, layers=args.layers, steps=at_steps, max_tokens=args.max_tokens, prompt=args.prompt,
         num_inference_steps=steps, generator=torch.Generator().manual_seed(args.seed), **call,

@@ -108,10 +108,10 @@ def _fa4_sparse(q: Tensor, k: Tensor, v: Tensor, blocks: BlockList, scale: float
 def _extra_only(q: Tensor, k: Tensor, v: Tensor, extra: ExtraKeys, blocks: BlockList, scale: float,
                 q_rows: Tensor | None):  # fmt: skip
     """Attention of every query over the extra keys alone (empty block lists: k/v are not read)."""
-    n = blocks.counts.shape[-1]
-    b, h = q.shape[:2]
-    counts = blocks.counts.new_zeros(b, h, n)
-    indices = blocks.indices.new_zeros(b, h, n, 1)
+    # Allocated per call, not cached: under torch.compile this code is traced, and a cache filled
+    # during tracing would keep fake tensors.
+    counts = blocks.counts.new_zeros(blocks.counts.shape)
+    indices = blocks.counts.new_zeros(*blocks.counts.shape, 1)
     return ops.block_sparse_attention(
         q, k, v, indices, counts, blocks.block_q, blocks.block_k, blocks.key_len, scale,
         q_rows=q_rows, extra_k=extra.k, extra_v=extra.v, extra_valid=extra.valid, return_lse=True,
@@ -147,14 +147,16 @@ def sparse_attention(
             return out, lse
         extra_out, extra_lse = _extra_only(q, k, v, extra, blocks, scale, q_rows)
         return ops.merge_attention(out, lse, extra_out, extra_lse)
-    args = (q, k, v, blocks.indices, blocks.counts, blocks.block_q, blocks.block_k, blocks.key_len, scale)
     kwargs = dict(q_rows=q_rows, key_bias=key_bias, return_lse=True)
     if extra is not None:
         kwargs |= dict(extra_k=extra.k, extra_v=extra.v, extra_valid=extra.valid)
     if chosen == "triton":
-        return ops.block_sparse_attention(*args, **kwargs)
-    out, lse = reference.block_sparse_attention_reference(*args[:5], block_m=args[5], block_n=args[6],
-                                                          key_len=args[7], scale=scale, **kwargs)  # fmt: skip
+        return ops.block_sparse_attention(q, k, v, blocks.indices, blocks.counts, blocks.block_q, blocks.block_k,
+                                          blocks.key_len, scale, **kwargs)  # fmt: skip
+    out, lse = reference.block_sparse_attention_reference(
+        q, k, v, blocks.indices, blocks.counts, block_m=blocks.block_q, block_n=blocks.block_k,
+        key_len=blocks.key_len, scale=scale, **kwargs,
+    )  # fmt: skip
     return out, lse.float() if q.dtype != torch.float64 else lse
 
 
