@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+# The dispatcher's names (kernels.backends.BACKENDS), kept here so options load without the kernels.
 BACKENDS = ("auto", "fa4", "triton", "reference")
 
 

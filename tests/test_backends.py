@@ -112,3 +112,10 @@ def test_block_list_checks_its_shapes_and_full_lists_are_dense():
     full = BlockList.full(2, 3, 50, 70, 16, 32, "cpu")
     assert full.num_key_blocks == 3 and full.density() == 1.0
     assert full.counts.shape == (2, 3, 4) and torch.equal(full.indices[1, 2, 3], torch.arange(3, dtype=torch.int32))
+
+
+def test_backend_names_agree_between_the_options_and_the_dispatcher():
+    """config.py keeps its own copy (importing the kernels there would load Triton with the options)."""
+    from dit_accel import config
+
+    assert config.BACKENDS == backends.BACKENDS
