@@ -29,6 +29,12 @@ DKDV_SUB_M = 32
 
 
 @triton.jit
+def _tile(base, rows, stride_s, offs_d):
+    """Pointers to the ``rows`` x head-dim tile of one (batch, head) slice starting at ``base``."""
+    return base + rows[:, None] * stride_s + offs_d[None, :]
+
+
+@triton.jit
 def _bwd_preprocess(
     Out, DOut, DLse, Delta,
     stride_ob, stride_oh, stride_os,
@@ -45,8 +51,8 @@ def _bwd_preprocess(
     rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = rows < S
-    o = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], mask=ok[:, None])
-    do = tl.load(DOut + b * stride_gb + h * stride_gh + rows[:, None] * stride_gs + offs_d[None, :], mask=ok[:, None])
+    o = tl.load(_tile(Out + b * stride_ob + h * stride_oh, rows, stride_os, offs_d), mask=ok[:, None])
+    do = tl.load(_tile(DOut + b * stride_gb + h * stride_gh, rows, stride_gs, offs_d), mask=ok[:, None])
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     if HAS_DLSE:
         delta -= tl.load(DLse + b * stride_lb + h * stride_lh + rows, mask=ok, other=0.0).to(tl.float32)
@@ -86,11 +92,9 @@ def _block_sparse_attn_bwd_dq(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < Sq
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0
-    )
+    q = tl.load(_tile(Q + b * stride_qb + h * stride_qh, rows, stride_qs, offs_d), mask=row_ok[:, None], other=0.0)
     do = tl.load(
-        DOut + b * stride_gb + h * stride_gh + rows[:, None] * stride_gs + offs_d[None, :],
+        _tile(DOut + b * stride_gb + h * stride_gh, rows, stride_gs, offs_d),
         mask=row_ok[:, None],
         other=0.0,
     )
@@ -105,8 +109,8 @@ def _block_sparse_attn_bwd_dq(
         j = tl.load(idx_base + i)
         cols = (j * BLOCK_N + offs_n).to(tl.int64)
         col_ok = cols < k_rows
-        k = tl.load(k_base + cols[:, None] * stride_ks + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k = tl.load(_tile(k_base, cols, stride_ks, offs_d), mask=col_ok[:, None], other=0.0)
+        v = tl.load(_tile(v_base, cols, stride_vs, offs_d), mask=col_ok[:, None], other=0.0)
         bias_log2 = 0.0
         if HAS_BIAS:
             bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + j) * 1.4426950408889634
@@ -117,7 +121,7 @@ def _block_sparse_attn_bwd_dq(
         dq = tl.dot(ds.to(k.dtype), k, dq)
     dq *= scale
     tl.store(
-        DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :],
+        _tile(DQ + b * stride_dqb + h * stride_dqh, rows, stride_dqs, offs_d),
         dq.to(DQ.dtype.element_ty),
         mask=row_ok[:, None],
     )
@@ -149,12 +153,8 @@ def _block_sparse_attn_bwd_dkdv(
     offs_m = tl.arange(0, SUB_M)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = cols < k_rows
-    k = tl.load(
-        K + b * stride_kb + h * stride_kh + cols[:, None] * stride_ks + offs_d[None, :], mask=col_ok[:, None], other=0.0
-    )
-    v = tl.load(
-        V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vs + offs_d[None, :], mask=col_ok[:, None], other=0.0
-    )
+    k = tl.load(_tile(K + b * stride_kb + h * stride_kh, cols, stride_ks, offs_d), mask=col_ok[:, None], other=0.0)
+    v = tl.load(_tile(V + b * stride_vb + h * stride_vh, cols, stride_vs, offs_d), mask=col_ok[:, None], other=0.0)
     bias_log2 = 0.0
     if HAS_BIAS:
         bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + pid_n) * 1.4426950408889634
@@ -171,8 +171,8 @@ def _block_sparse_attn_bwd_dkdv(
         for m0 in tl.static_range(0, BLOCK_M, SUB_M):  # a query block in SUB_M-row tiles: fewer registers
             rows = (i * BLOCK_M + m0 + offs_m).to(tl.int64)
             row_ok = rows < Sq
-            q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(g_base + rows[:, None] * stride_gs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q = tl.load(_tile(q_base, rows, stride_qs, offs_d), mask=row_ok[:, None], other=0.0)
+            do = tl.load(_tile(g_base, rows, stride_gs, offs_d), mask=row_ok[:, None], other=0.0)
             lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
             p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale + col_bias[:, None] - lse[None, :])
             dv = tl.dot(p_t.to(do.dtype), do, dv)
@@ -181,12 +181,12 @@ def _block_sparse_attn_bwd_dkdv(
             dk = tl.dot(ds_t.to(q.dtype), q, dk)
     dk *= scale
     tl.store(
-        DK + b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dks + offs_d[None, :],
+        _tile(DK + b * stride_dkb + h * stride_dkh, cols, stride_dks, offs_d),
         dk.to(DK.dtype.element_ty),
         mask=col_ok[:, None],
     )
     tl.store(
-        DV + b * stride_dvb + h * stride_dvh + cols[:, None] * stride_dvs + offs_d[None, :],
+        _tile(DV + b * stride_dvb + h * stride_dvh, cols, stride_dvs, offs_d),
         dv.to(DV.dtype.element_ty),
         mask=col_ok[:, None],
     )
