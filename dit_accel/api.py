@@ -153,8 +153,8 @@ def apply(target: Any, method: str | MethodConfig, **options: Any) -> AttentionH
     hook) overrides ``attach(target, transformers) -> detach``; it is called once after the
     processors are installed, and ``detach()`` runs first in ``handle.remove()``.
     """
-    config = build_config(method, **options)
     models = _transformers_of(target)
+    config = build_config(method, **options).for_family(find_adapter(models[0]).family)
     tracker = StepTracker(config, scheduler=getattr(target, "scheduler", None))
     instance = method_for(config)
     installed: list[_Installed] = []

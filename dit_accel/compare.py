@@ -311,6 +311,7 @@ def compare(
         accelerated, method_s, method_t = timed_run(pipe, call, seed, config.method, device, on_step)
         # Filled by the methods where they ran dense (too few tokens for their blocks); absent in older handles.
         dense_fallbacks = dict(getattr(handle, "dense_fallbacks", {}))
+        config = handle.config  # with the model family's defaults filled in
 
     psnr_frames, _ = video_psnr(dense, accelerated)
     ssim_frames, _ = video_ssim(dense, accelerated)

@@ -19,7 +19,9 @@ BACKENDS = ("auto", "fa4", "triton", "reference")
 
 
 def check_fraction_or_count(name: str, value: Any) -> None:
-    """Validate a warm-up option: an int count >= 0 or a float fraction in [0, 1]."""
+    """Validate a warm-up option: an int count >= 0, a float fraction in [0, 1], or None (family default)."""
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be an int (a count) or a float (a fraction), got {type(value).__name__}")
     if isinstance(value, int) and value < 0:
@@ -38,8 +40,10 @@ def check_range(name: str, value: Any, low: float, high: float, *, low_open: boo
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
 
 
-def resolve_count(value: int | float, total: int | None, name: str) -> int:
-    """Turn a count-or-fraction option into a count, given the total it is a fraction of."""
+def resolve_count(value: int | float | None, total: int | None, name: str) -> int:
+    """Turn a count-or-fraction option into a count, given the total it is a fraction of (None: 0)."""
+    if value is None:
+        return 0
     if isinstance(value, int):
         return value
     if value == 0.0:
@@ -75,9 +79,15 @@ class MethodConfig:
             each one of 16, 32, 64, 128, 256.
         num_inference_steps: number of denoising steps; only needed when ``dense_steps`` is a
             fraction and the transformer is called directly instead of through a pipeline.
+
+    A method whose defaults differ by model family (PISA's density on FLUX, Rectified's drop rate)
+    declares those options with a ``None`` default and lists the values in ``family_defaults``
+    (``{"wan": {...}, "hunyuan_video": {...}, "flux": {...}, "default": {...}}``); ``apply()`` fills
+    the options left None for the model it is applied to (:meth:`for_family`).
     """
 
     method: ClassVar[str] = ""
+    family_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     dense_steps: int | float = 0
     dense_layers: int | float = 0
@@ -106,6 +116,19 @@ class MethodConfig:
     def dense_layer_count(self, num_layers: int) -> int:
         """Number of leading attention layers that always run dense."""
         return min(num_layers, resolve_count(self.dense_layers, num_layers, "dense_layers"))
+
+    def for_family(self, family: str | None) -> MethodConfig:
+        """This config with the options left None set to the family's defaults (else the "default" ones).
+
+        Options the user set are kept; the result is validated again. ``family`` is an adapter's
+        ``family`` (``"wan"``, ``"hunyuan_video"``, ``"flux"``) or None outside a model.
+        """
+        table = {**self.family_defaults.get("default", {}), **self.family_defaults.get(family or "default", {})}
+        unknown = sorted(set(table) - set(self.option_names()))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.family_defaults names unknown options {unknown}")
+        missing = {name: value for name, value in table.items() if getattr(self, name) is None}
+        return dataclasses.replace(self, **missing) if missing else self
 
     @classmethod
     def option_names(cls) -> list[str]:

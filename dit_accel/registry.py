@@ -76,6 +76,6 @@ def build_config(method: str | MethodConfig, **options: Any) -> MethodConfig:
     return get_method(method).config_class.from_options(**options)
 
 
-def method_for(config: MethodConfig) -> AttentionMethod:
-    """A method instance for a validated config."""
-    return get_method(config.method)(config)
+def method_for(config: MethodConfig, family: str | None = None) -> AttentionMethod:
+    """A method instance for a validated config, its family-dependent defaults set for ``family``."""
+    return get_method(config.method)(config.for_family(family))

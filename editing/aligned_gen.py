@@ -219,7 +219,7 @@ class AlignedGenAttention(AttentionMethod):
 
     def __init__(self, config: AlignedGenConfig) -> None:
         super().__init__(config)
-        self.inner: AttentionMethod = method_for(config.attention)
+        self.inner: AttentionMethod = method_for(config.attention, FluxAdapter.family)
         self.store = ReferenceStore()
         self.blocks: tuple[int, int] | None = None
         self._shift_tables: dict[tuple[int, str], Table] = {}

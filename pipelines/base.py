@@ -76,6 +76,7 @@ def padding_to_valid_lengths(attention_mask: torch.Tensor | None, text_start: in
 class ModelAdapter:
     """One transformer family. Subclasses fill in the class attributes and three methods."""
 
+    family: ClassVar[str] = ""  # the key of per-family option defaults (MethodConfig.family_defaults)
     model_class_names: ClassVar[tuple[str, ...]] = ()
     stock_processor_names: ClassVar[tuple[str, ...]] = ()
 

@@ -123,6 +123,7 @@ class FluxBlockProcessor(BoundProcessor):
 
 
 class FluxAdapter(DualSingleStreamAdapter):
+    family = "flux"
     model_class_names = ("FluxTransformer2DModel",)
     stock_processor_names = ("FluxAttnProcessor",)
 

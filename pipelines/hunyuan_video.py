@@ -141,6 +141,7 @@ class HunyuanVideoBlockProcessor(BoundProcessor):
 
 
 class HunyuanVideoAdapter(DualSingleStreamAdapter):
+    family = "hunyuan_video"
     model_class_names = ("HunyuanVideoTransformer3DModel",)
     stock_processor_names = ("HunyuanVideoAttnProcessor2_0",)
 

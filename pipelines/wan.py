@@ -64,6 +64,7 @@ class WanSelfAttnProcessor(BoundProcessor):
 
 
 class WanAdapter(ModelAdapter):
+    family = "wan"
     model_class_names = ("WanTransformer3DModel",)
     stock_processor_names = ("WanAttnProcessor",)
 

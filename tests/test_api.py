@@ -171,3 +171,39 @@ def test_per_layer_state_saves_with_the_model_and_leaves_with_remove(monkeypatch
         assert not torch.allclose(run(model, wan_inputs()), reference)
     assert not [k for k in model.state_dict() if "dit_accel_state" in k]
     assert torch.equal(run(model, wan_inputs()), reference)
+
+
+def test_family_defaults_fill_only_the_options_left_unset(monkeypatch):
+    """Options declared None take the applied model's family defaults; set options and other families keep theirs."""
+    from dit_accel import registry
+    from dit_accel.config import AccelerateConfig
+    from dit_accel.methods.topk import TopKAttention
+
+    @dataclasses.dataclass
+    class FamilyConfig(AccelerateConfig):
+        method: ClassVar[str] = "family_probe"
+        family_defaults: ClassVar[dict] = {
+            "default": {"density": 0.25, "dense_layers": 0},
+            "wan": {"density": 0.5, "dense_layers": 1},
+        }
+        density: float | None = None
+        dense_layers: int | float | None = None
+        top_p: float | None = None
+        min_blocks: int = 1
+
+    class FamilyProbe(TopKAttention):
+        name = "family_probe"
+        config_class = FamilyConfig
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    dit_accel.register_method(FamilyProbe)
+    wan = tiny_wan()
+    with dit_accel.apply(wan, "family_probe") as handle:
+        assert (handle.config.density, handle.config.dense_layers) == (0.5, 1)
+        assert handle.method.config is handle.config
+    with dit_accel.apply(wan, "family_probe", density=0.125) as handle:
+        assert (handle.config.density, handle.config.dense_layers) == (0.125, 1)
+    assert FamilyConfig().for_family("flux").density == 0.25  # no flux table: the "default" one
+    assert FamilyConfig().for_family(None).dense_layers == 0
+    with pytest.raises(ValueError, match="density"):
+        FamilyConfig(density=2.0)
