@@ -107,16 +107,16 @@ class ComparisonResult:
         record["frames"] = int(self.dense.shape[0])
         record["versions"] = _versions()
         record["environment"] = environment(torch.device(self.device))  # names the GPU the timings came from
-        return _finite_or_none(record)
+        return finite_or_none(record)
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -304,40 +304,76 @@ def compare(
 
     for _ in range(warmup_runs):
         timed_run(pipe, call, seed, "warm-up dense", device, on_step)
-    dense, dense_s, dense_t = timed_run(pipe, call, seed, "dense", device, on_step)
+    dense_run = timed_run(pipe, call, seed, "dense", device, on_step)
+    method_run = run_with_method(pipe, config, call, seed, device, warmup_runs, on_step)
+    result = comparison_result(pipe, call, seed, dense_run, method_run, model_name)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), video_format)
+    return result
+
+
+@dataclass
+class AcceleratedRun:
+    """One pipeline run with a method installed: frames, timings, the resolved config, dense fallbacks."""
+
+    frames: np.ndarray
+    seconds: float
+    transformer_seconds: float
+    config: Any
+    dense_fallbacks: dict[str, int]
+
+
+def run_with_method(
+    pipe: Any,
+    config: Any,
+    call: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    warmup_runs: int = 0,
+    on_step: StepCallback | None = None,
+) -> AcceleratedRun:
+    """Install ``config`` on ``pipe``, run ``warmup_runs`` untimed calls and one timed call, remove it."""
     with apply(pipe, config) as handle:
         for _ in range(warmup_runs):
             timed_run(pipe, call, seed, f"warm-up {config.method}", device, on_step)
-        accelerated, method_s, method_t = timed_run(pipe, call, seed, config.method, device, on_step)
-        # Filled by the methods where they ran dense (too few tokens for their blocks); absent in older handles.
-        dense_fallbacks = dict(getattr(handle, "dense_fallbacks", {}))
-        config = handle.config  # with the model family's defaults filled in
+        frames, seconds, transformer_seconds = timed_run(pipe, call, seed, config.method, device, on_step)
+        # handle.config carries the model family's defaults; fallbacks: calls that ran dense, by reason.
+        return AcceleratedRun(frames, seconds, transformer_seconds, handle.config, dict(handle.dense_fallbacks))
 
-    psnr_frames, _ = video_psnr(dense, accelerated)
-    ssim_frames, _ = video_ssim(dense, accelerated)
-    result = ComparisonResult(
+
+def comparison_result(
+    pipe: Any,
+    call: dict[str, Any],
+    seed: int,
+    dense_run: tuple[np.ndarray, float, float],
+    method_run: AcceleratedRun,
+    model_name: str | None = None,
+) -> ComparisonResult:
+    """The :class:`ComparisonResult` of a dense run (``timed_run``'s tuple) and a method run of one call."""
+    dense, dense_s, dense_t = dense_run
+    config = method_run.config
+    psnr_frames, _ = video_psnr(dense, method_run.frames)
+    ssim_frames, _ = video_ssim(dense, method_run.frames)
+    return ComparisonResult(
         model=model_name or str(getattr(pipe.config, "_name_or_path", "") or "in-memory pipeline"),
         pipeline=type(pipe).__name__,
         method=config.method,
         options={name: getattr(config, name) for name in config.option_names()},
-        prompt=prompt,
+        prompt=call["prompt"],
         seed=seed,
         call={k: v for k, v in call.items() if k not in ("prompt", "output_type")},
-        device=str(device),
+        device=str(pipe._execution_device),
         dtype=str(next(m.dtype for m in _transformers(pipe))).removeprefix("torch."),
         dense_seconds=dense_s,
-        method_seconds=method_s,
+        method_seconds=method_run.seconds,
         dense_transformer_seconds=dense_t,
-        method_transformer_seconds=method_t,
+        method_transformer_seconds=method_run.transformer_seconds,
         psnr_per_frame=psnr_frames,
         ssim_per_frame=ssim_frames,
         dense=dense,
-        accelerated=accelerated,
-        dense_fallbacks=dense_fallbacks,
+        accelerated=method_run.frames,
+        dense_fallbacks=method_run.dense_fallbacks,
     )
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir), video_format)
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,15 +414,17 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
     return path
 
 
-def write_outputs(result: ComparisonResult, out_dir: Path, video_format: str = "gif") -> None:
-    """Write the side-by-side video (PNG for a single image) and the JSON record into ``out_dir``."""
+def write_outputs(result: ComparisonResult, out_dir: Path, video_format: str = "gif", media: bool = True) -> None:
+    """Write the JSON record and (with ``media``) the side-by-side video (PNG for one image) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"compare-{result.method}-seed{result.seed}"
-    suffix = "png" if result.dense.shape[0] == 1 else video_format
-    label = f"{result.method} {result.psnr:.1f} dB {result.speedup:.2f}x"
-    media = write_video(side_by_side(result.dense, result.accelerated, "dense", label), out_dir / f"{stem}.{suffix}")
     record_path = out_dir / f"{stem}.json"
-    result.outputs = {"video": str(media), "record": str(record_path)}
+    result.outputs = {"record": str(record_path)}
+    if media:
+        suffix = "png" if result.dense.shape[0] == 1 else video_format
+        label = f"{result.method} {result.psnr:.1f} dB {result.speedup:.2f}x"
+        video = side_by_side(result.dense, result.accelerated, "dense", label)
+        result.outputs["video"] = str(write_video(video, out_dir / f"{stem}.{suffix}"))
     # default=repr: pipeline_kwargs may hold values JSON has no type for (tensors, callables)
     record_path.write_text(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
 
