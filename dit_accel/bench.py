@@ -381,7 +381,21 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-E2E_VARIANTS = ("eager:dense", "eager:topk", "regional:dense", "regional:topk", "full:dense", "full:topk")
+E2E_MODES = ("eager", "regional", "full")
+
+
+def check_e2e_variants(variants: list[str]) -> None:
+    """Variants are ``mode:method`` (mode one of :data:`E2E_MODES`, an accelerate method), ``eager:dense`` first."""
+    from dit_accel.registry import get_method
+
+    if not variants or variants[0] != "eager:dense":
+        raise ValueError(f"variants must start with 'eager:dense', got {variants}")
+    for variant in variants:
+        mode, _, method = variant.partition(":")
+        if mode not in E2E_MODES:
+            raise ValueError(f"variant {variant!r}: mode must be one of {', '.join(E2E_MODES)}")
+        if get_method(method).kind != "accelerate":
+            raise ValueError(f"variant {variant!r}: bench e2e times accelerate methods, not a {method!r}")
 
 
 def bench_e2e(
@@ -391,17 +405,18 @@ def bench_e2e(
     variants: list[str],
     device: torch.device,
     overrides: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """A full-size random-weight transformer forward: dense (cuDNN) vs ``topk``, eager and compiled.
+    """A full-size random-weight transformer forward: dense (cuDNN) vs methods, eager and compiled.
 
     ``model_name`` is one of :data:`dit_accel.e2e_models.E2E_MODELS` (Wan2.1-1.3B, HunyuanVideo,
     FLUX.1-dev); ``overrides`` change its config (``num_layers``...). ``variants`` are
     ``mode:method`` with mode ``eager``, ``regional`` (Diffusers' ``compile_repeated_blocks``: each
     block compiled once, fullgraph) or ``full`` (``torch.compile`` of the whole transformer); the
-    first must be ``eager:dense``, the baseline of every speedup. ``topk`` runs on every backend.
+    first must be ``eager:dense``, the baseline of every speedup. Methods run on every backend, with
+    ``options`` (besides ``density``) and no dense warm-up (one forward is timed, not a schedule).
     """
-    if not variants or variants[0] != "eager:dense":
-        raise ValueError(f"variants must start with 'eager:dense', got {variants}")
+    check_e2e_variants(variants)
     from torch.nn.attention import sdpa_kernel
 
     import dit_accel
@@ -440,8 +455,8 @@ def bench_e2e(
             def forward(module=module):
                 return module(**inputs, return_dict=False)[0]
 
-            for backend, options in e2e_runs(method, density, device):
-                handle = dit_accel.apply(model, method, **options) if options is not None else None
+            for backend, run_options in e2e_runs(method, density, device, options):
+                handle = dit_accel.apply(model, method, **run_options) if run_options is not None else None
                 start = time.perf_counter()
                 forward()  # compile / autotune / warm caches
                 first_call_s = time.perf_counter() - start
@@ -455,7 +470,8 @@ def bench_e2e(
                     eager_dense[backend] = ms
                 record = env | {
                     "kind": "e2e", "model": model_name, "shape": list(latent), "method": method, "backend": backend,
-                    "density": density if method == "topk" else 1.0, "compiled": mode != "eager", "compile_mode": mode,
+                    "options": _jsonable(run_options or {}), "density": (run_options or {}).get("density", 1.0),
+                    "compiled": mode != "eager", "compile_mode": mode,
                     "ms": ms, "config_overrides": overrides or {}, "first_call_s": first_call_s,
                     "peak_memory_gb": memory,
                     "rel_l1_vs_dense": rel_l1(out, reference), "speedup_vs_eager_dense": eager_dense["cudnn"] / ms,
@@ -471,15 +487,22 @@ def bench_e2e(
     return records
 
 
-def e2e_runs(method: str, density: float, device: torch.device) -> list[tuple[str, dict[str, Any] | None]]:
+def e2e_runs(
+    method: str, density: float, device: torch.device, options: dict[str, Any] | None = None
+) -> list[tuple[str, dict[str, Any] | None]]:
     """``(engine, apply options)`` runs of one e2e variant; options None keeps the stock processors.
 
     Dense runs on the stock processors (cuDNN) and, where installed, through ``dense`` on FA4 (the
-    dense baseline a user can pick); ``topk`` on every backend.
+    dense baseline a user can pick); other methods on every backend, without dense warm-up.
     """
-    if method == "topk":
-        return [(backend, {"density": density, "backend": backend}) for backend in kernel_backends(device)]
-    return [("cudnn", None)] + ([("fa4", {"backend": "fa4"})] if fa4_dense_available(device) else [])
+    from dit_accel.registry import get_method
+
+    if method == "dense":
+        return [("cudnn", None)] + ([("fa4", {"backend": "fa4"})] if fa4_dense_available(device) else [])
+    takes_density = "density" in get_method(method).config_class.option_names()
+    base = {"density": density} if takes_density else {}
+    base |= {"dense_steps": 0, "dense_layers": 0} | (options or {})
+    return [(backend, base | {"backend": backend}) for backend in kernel_backends(device)]
 
 
 def write_results(records: list[dict[str, Any]], out_dir: Path, stem: str) -> tuple[Path, Path]:
@@ -530,7 +553,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
     device = _device(args.device)
     overrides = dict(parse_option(text) for text in args.config)
     latent = tuple(args.latent) if args.latent else None
-    records = bench_e2e(args.model, args.density, latent, args.variants, device, overrides)
+    records = bench_e2e(args.model, args.density, latent, args.variants, device, overrides,
+                        dict(parse_option(text) for text in args.option))  # fmt: skip
     paths = write_results(records, Path(args.out), args.name)
     print("wrote", *paths)
     return 0
@@ -567,7 +591,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kernel.add_argument("--name", default="kernel_h200")
     kernel.set_defaults(func=_run_kernel)
 
-    e2e = kinds.add_parser("e2e", help="full-size transformer forward, dense vs topk, eager and compiled")
+    e2e = kinds.add_parser("e2e", help="full-size transformer forward, dense vs methods, eager and compiled")
     e2e.add_argument("--model", default="wan-1.3b", choices=["wan-1.3b", "hunyuan-video", "flux-dev"])
     e2e.add_argument("--density", type=float, default=0.1)
     e2e.add_argument(
@@ -589,9 +613,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--variants",
         nargs="+",
         default=["eager:dense", "eager:topk", "regional:dense", "regional:topk"],
-        choices=E2E_VARIANTS,
-        help="mode:method runs, in order; the first must be eager:dense (the baseline)",
+        metavar="MODE:METHOD",
+        help=f"runs in order, mode one of {', '.join(E2E_MODES)}; the first must be eager:dense (the baseline)",
     )
+    e2e.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option of the methods run, repeatable (order=1)")  # fmt: skip
     e2e.add_argument("--device", default="auto")
     e2e.add_argument("--out", default=str(RESULTS_DIR / "e2e"))
     e2e.add_argument("--name", default="e2e_h200")

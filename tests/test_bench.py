@@ -100,8 +100,24 @@ def test_e2e_runs_dense_on_every_engine_a_user_could_pick(monkeypatch):
     from dit_accel import bench
 
     assert bench.e2e_runs("dense", 0.1, CPU) == [("cudnn", None)]
-    assert bench.e2e_runs("topk", 0.1, CPU) == [("reference", {"density": 0.1, "backend": "reference"})]
+    no_warmup = {"dense_steps": 0, "dense_layers": 0}
+    assert bench.e2e_runs("topk", 0.1, CPU) == [("reference", {"density": 0.1, **no_warmup, "backend": "reference"})]
+    assert bench.e2e_runs("topk", 0.1, CPU, {"top_p": 0.9, "density": None})[0][1]["top_p"] == 0.9
     monkeypatch.setattr(bench, "fa4_dense_available", lambda device: True)
     gpu = torch.device("cuda")
     assert bench.e2e_runs("dense", 0.1, gpu) == [("cudnn", None), ("fa4", {"backend": "fa4"})]
     assert [backend for backend, _ in bench.e2e_runs("topk", 0.1, gpu)] == ["fa4", "triton"]
+
+
+def test_e2e_variants_name_a_mode_and_an_accelerate_method():
+    from dit_accel.bench import check_e2e_variants
+
+    check_e2e_variants(["eager:dense", "regional:topk"])
+    with pytest.raises(ValueError, match="start with 'eager:dense'"):
+        check_e2e_variants(["eager:topk"])
+    with pytest.raises(ValueError, match="mode must be one of eager, regional, full"):
+        check_e2e_variants(["eager:dense", "jit:topk"])
+    with pytest.raises(ValueError, match="accelerate methods"):
+        check_e2e_variants(["eager:dense", "eager:record"])
+    with pytest.raises(ValueError, match="unknown method"):
+        check_e2e_variants(["eager:dense", "eager:nope"])
