@@ -10,6 +10,7 @@ import torch
 
 from dit_accel.pipelines import ModelAdapter, find_adapter, supported_model_names
 
+from .block_map import BlockMap, BlockMapRequest
 from .config import MethodConfig
 from .context import LayerBinding
 from .hooks import install_step_hook, remove_step_hook
@@ -58,6 +59,17 @@ class AttentionHandle:
     def dense_fallbacks(self) -> dict[str, int]:
         """Reason -> number of attention calls that ran dense instead of the method (e.g. too few tokens)."""
         return dict(self.tracker.dense_fallbacks)
+
+    def capture_block_map(self, layer: int, step: int) -> None:
+        """Keep the block map of attention layer ``layer`` at denoising step ``step`` (0-based) of the
+        next run, read from :attr:`block_map` afterwards (block-sparse methods; None if it never ran)."""
+        self.tracker.block_map_request = BlockMapRequest(layer, step)
+        self.tracker.block_map = None
+
+    @property
+    def block_map(self) -> BlockMap | None:
+        """The captured :class:`~dit_accel.block_map.BlockMap`, if any."""
+        return self.tracker.block_map
 
     def reset(self) -> None:
         """Start step counting afresh (only needed for direct transformer calls)."""

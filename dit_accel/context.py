@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+from .block_map import BlockMap
 from .forward_info import ForwardInfo
 from .layout import TokenLayout
 from .steps import StepTracker
@@ -77,6 +78,20 @@ class AttentionContext:
     def module_state(self) -> torch.nn.Module | None:
         """The method's per-layer ``nn.Module`` state, if it declared one."""
         return self.binding.module_state
+
+    def wants_block_map(self) -> bool:
+        """Whether the handle asked for this call's block map (``handle.capture_block_map``)."""
+        request = self.binding.tracker.block_map_request
+        if request is None or torch.compiler.is_compiling():
+            return False
+        return (request.layer, request.step) == (self.binding.layer_index, self.binding.tracker.step_index)
+
+    def keep_block_map(self, codes: torch.Tensor, legend: dict[int, str]) -> None:
+        """Store this call's block map on the handle (the first call of the step: cond, under CFG)."""
+        tracker = self.binding.tracker
+        if tracker.block_map is None:
+            request = tracker.block_map_request
+            tracker.block_map = BlockMap(codes.detach().to("cpu", torch.uint8), legend, request.layer, request.step)
 
     def record_dense_fallback(self, method: str, reason: str) -> None:
         """Count a call that ran dense instead of ``method`` (``handle.dense_fallbacks``), warn once."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .block_map import BlockMap, BlockMapRequest
 from .config import MethodConfig, resolve_count
 from .forward_info import ForwardInfo
 
@@ -46,6 +47,8 @@ class StepTracker:
         self._last_timestep: float | None = None
         self.info = ForwardInfo()
         self.dense_fallbacks: Counter[str] = Counter()
+        self.block_map_request: BlockMapRequest | None = None
+        self.block_map: BlockMap | None = None
 
     def record_dense_fallback(self, method: str, reason: str) -> None:
         """Count one attention call that ran dense instead of ``method``; warn on a reason's first call.

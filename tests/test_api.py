@@ -207,3 +207,31 @@ def test_family_defaults_fill_only_the_options_left_unset(monkeypatch):
     assert FamilyConfig().for_family(None).dense_layers == 0
     with pytest.raises(ValueError, match="density"):
         FamilyConfig(density=2.0)
+
+
+def test_block_map_of_the_requested_layer_and_step():
+    model, inputs = tiny_wan(), wan_inputs()
+    with dit_accel.apply(model, "topk", density=0.25, block_size=16) as handle:
+        handle.capture_block_map(layer=1, step=0)
+        run(model, inputs)
+        block_map = handle.block_map
+        assert block_map is not None and (block_map.layer, block_map.step) == (1, 0)
+        codes = block_map.codes
+        heads = model.config.num_attention_heads
+        assert codes.dtype == torch.uint8 and codes.shape[:2] == (1, heads)
+        keep = dit_accel.kernels.keep_count(codes.shape[-1], 0.25, 1)
+        assert (codes.sum(-1) == keep).all()  # every query block: exactly its top-density key blocks
+        assert block_map.legend == {0: "skipped", 1: "exact"}
+        assert block_map.fractions(head=0)["exact"] == pytest.approx(keep / codes.shape[-1])
+        image = block_map.picture(head=heads - 1, cell=3)
+        assert image.shape == (codes.shape[2] * 3, codes.shape[3] * 3, 3)
+        colours = block_map.legend_colours()
+        exact_cell = torch.nonzero(codes[0, heads - 1])[0].tolist()
+        assert tuple(image[exact_cell[0] * 3, exact_cell[1] * 3]) == colours["exact"] != colours["skipped"]
+        with pytest.raises(ValueError, match="head"):
+            block_map.picture(head=heads)
+        handle.capture_block_map(layer=99, step=0)
+        run(model, inputs)
+        assert handle.block_map is None
+    with pytest.raises(ValueError, match="layer"):
+        handle.capture_block_map(layer=-1, step=0)

@@ -160,7 +160,8 @@ class BlockSparseMethod(AttentionMethod):
     blocks are formed; default the config's 3-D tile order), :meth:`select` (the :class:`BlockList`
     of exact blocks; default top-``density`` of the pooled scores), :meth:`attend` (exact attention
     over the list; default the backend dispatcher), :meth:`tail` (an approximate ``(out, lse)`` for
-    what was not selected; default none). Calls that cannot run block-sparse run dense and are
+    what was not selected; default none), :meth:`combine` (joins the two; default the exact LSE
+    merge). Calls that cannot run block-sparse run dense and are
     counted in ``handle.dense_fallbacks``.
     """
 
@@ -210,6 +211,22 @@ class BlockSparseMethod(AttentionMethod):
         """Approximate ``(out, lse)`` over the keys not selected, in ``attend``'s rows; None drops them."""
         return None
 
+    def block_map(self, routing: Routing, blocks, ctx: AttentionContext) -> Tensor:
+        """uint8 ``(B, H, NQ, NK)`` code of each (query block, key block), keys of :meth:`map_legend`.
+
+        Default: 1 where the block is computed exactly, 0 elsewhere. Methods with classes of their
+        own (pyramid levels, linear blocks) override both.
+        """
+        from dit_accel.kernels.reference import block_mask_from_lists
+
+        return block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks).to(torch.uint8)
+
+    def map_legend(self) -> dict[int, str]:
+        """Names of the :meth:`block_map` codes, least computed first."""
+        cls = type(self)
+        approximated = cls.tail is not BlockSparseMethod.tail or cls.combine is not BlockSparseMethod.combine
+        return {0: "approximated" if approximated else "skipped", 1: "exact"}
+
     # --- the shared pipeline -------------------------------------------------------------------
 
     def dense_reason(self, ctx: AttentionContext) -> str | None:
@@ -233,15 +250,24 @@ class BlockSparseMethod(AttentionMethod):
             return ctx.dense(q, k, v)
         if self.full_density_set():
             return self.full_density(q, k, v, ctx)
-        from dit_accel import kernels
-
         routing = self.route(q, k, v, ctx)
         blocks = self.select(routing, ctx)
+        if ctx.wants_block_map():
+            ctx.keep_block_map(self.block_map(routing, blocks, ctx), self.map_legend())
         out, lse = self.attend(routing, blocks, ctx)
+        return self._assemble(self.combine(routing, blocks, out, lse, ctx), q, k, v, routing, ctx)
+
+    def combine(self, routing: Routing, blocks, out: Tensor, lse: Tensor, ctx: AttentionContext) -> Tensor:
+        """The exact part ``(out, lse)`` with the skipped keys' approximation folded in: ``tail()`` merged by LSE.
+
+        Override where the correction needs the exact part itself (Rectified SpaAttn rescales it).
+        """
         tail = self.tail(routing, blocks, ctx)
-        if tail is not None:
-            out, _ = kernels.merge_attention(out, lse, *tail)
-        return self._assemble(out, q, k, v, routing, ctx)
+        if tail is None:
+            return out
+        from dit_accel import kernels
+
+        return kernels.merge_attention(out, lse, *tail)[0]
 
     def full_density(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """Density 1.0 keeps every block: exact dense attention on the fastest engine (no routing).
