@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 BUILTIN_METHODS = {
     "dense": "dit_accel.methods.dense:DenseAttention",
     "topk": "dit_accel.methods.topk:TopKAttention",
+    "psa": "dit_accel.methods.psa:PSAAttention",
+    "svg_ear": "dit_accel.methods.svg_ear:SVGEARAttention",
+    "rectified": "dit_accel.methods.rectified:RectifiedAttention",
+    "pisa": "dit_accel.methods.pisa:PISAAttention",
+    "sla": "dit_accel.methods.sla:SLAAttention",
     "record": "dit_accel.methods.record:RecordAttention",
     "aligned_gen": "dit_accel.editing.aligned_gen:AlignedGenAttention",
 }

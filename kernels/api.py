@@ -12,6 +12,7 @@ from .ops import (
     select_blocks,
     use_triton,
 )
+from .pisa_ops import pisa_block_stats, pisa_tail
 from .reference import block_counts, keep_count, routing_scores
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "gather_blocks",
     "keep_count",
     "merge_attention",
+    "pisa_block_stats",
+    "pisa_tail",
     "pool_blocks",
     "route_blocks",
     "routing_scores",

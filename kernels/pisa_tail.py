@@ -1,0 +1,162 @@
+"""PISA's approximate tail: each query row over the pseudo-tokens of its skipped key blocks (Triton).
+
+One program takes ``BLOCK_M`` rows of one query block of one (batch, head). It loads the rows
+(gathered through ``q_rows``), then streams every key block's pseudo-token — mean key ``k̄_j``, logit
+bias ``log n_j``, mean value ``v̄_j`` — in chunks of ``BLOCK_N``, masking the blocks the query block
+computes exactly. The mask comes from walking the query block's ascending block list alongside the
+chunks (at most ``BLOCK_N`` list entries can fall in one chunk), so it costs ``BLOCK_N²`` compares
+per chunk whatever the density. Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``,
+``Σ n_j e^{s q·k̄_j}`` and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so
+a pseudo-logit above every exact logit is handled: the exact part is merged later by LSE). The
+first-order term ``Σ e^{s q·k̄_j} · s qᵀH̄`` is one ``tl.dot`` of the query tile with ``H̄`` at the end.
+
+Reference: :func:`dit_accel.kernels.pisa_reference.pisa_tail_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _pisa_tail_fwd(
+    Q, KMean, VMean, HBar, LogCounts, QRows, BlockIdx, BlockCnt, Out, Lse,
+    stride_qb, stride_qh, stride_qs,
+    stride_ob, stride_oh, stride_os,
+    stride_ib, stride_ih, stride_iq,
+    stride_cb, stride_ch,
+    H, Sq, Sq_total, num_blocks, list_width, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PER_QBLOCK: tl.constexpr,
+    HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr,
+):  # fmt: skip
+    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)`` and H̄ ``(B*H, D, D)`` contiguous, in q's dtype."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Sq
+    if HAS_QROWS:
+        rows = tl.load(QRows + offs_m, mask=row_ok, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)  # fmt: skip
+
+    q_block = pid_m // TILES_PER_QBLOCK
+    count = tl.load(BlockCnt + b * stride_cb + h * stride_ch + q_block)
+    list_base = BlockIdx + b * stride_ib + h * stride_ih + q_block * stride_iq
+    mean_offsets = pid_bh.to(tl.int64) * num_blocks * HEAD_DIM
+    slot = tl.full([], 0, tl.int32)  # first list entry not yet matched to a chunk (lists are ascending)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    w_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for start in range(0, num_blocks, BLOCK_N):
+        cols = start + offs_n
+        col_ok = cols < num_blocks
+        window = slot + offs_n
+        listed = tl.load(list_base + window, mask=(window < count) & (window < list_width), other=-1)
+        in_chunk = (listed >= start) & (listed < start + BLOCK_N)
+        slot += tl.sum(in_chunk.to(tl.int32), 0)
+        chosen = tl.max((listed[:, None] == cols[None, :]).to(tl.int32), 0) > 0
+        log_n = tl.load(LogCounts + cols, mask=col_ok, other=0.0)
+        col_bias = tl.where(col_ok & ~chosen, log_n * 1.4426950408889634, float("-inf"))
+        means = mean_offsets + cols[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        k_mean = tl.load(KMean + means, mask=col_ok[:, None], other=0.0)
+        v_mean = tl.load(VMean + means, mask=col_ok[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k_mean)) * qk_scale + col_bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if FIRST_ORDER:
+            w_i = w_i * alpha + tl.sum(p * tl.math.exp2(-log_n * 1.4426950408889634)[None, :], 1)
+        acc = tl.dot(p.to(v_mean.dtype), v_mean, acc * alpha[:, None])
+        m_i = m_new
+
+    if FIRST_ORDER:
+        h_bar = tl.load(HBar + pid_bh.to(tl.int64) * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :])
+        acc += (w_i * scale)[:, None] * tl.dot(q, h_bar)
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :],
+             o.to(Out.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(Lse + pid_bh.to(tl.int64) * Sq_total + rows, lse, mask=row_ok)
+
+
+@dataclass(frozen=True)
+class TailConfig:
+    """Launch configuration of the tail kernel (swept on the GPU by ``benchmarks/check_pisa.py``).
+
+    Attributes:
+        block_m: query rows per program (at most the query block; the query block must be a multiple).
+        block_n: pseudo-tokens per chunk.
+        num_warps, num_stages: Triton launch parameters.
+    """
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 2
+
+
+def pisa_tail_triton(
+    q: torch.Tensor,
+    k_mean: torch.Tensor,
+    v_mean: torch.Tensor,
+    h_bar: torch.Tensor | None,
+    log_counts: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    block_q: int,
+    scale: float,
+    q_rows: torch.Tensor | None = None,
+    config: TailConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)`` as :func:`~dit_accel.kernels.pisa_reference.pisa_tail_reference`.
+
+    q ``(B, H, S, D)`` with a contiguous last dimension, D a power of two >= 16; out has q's shape
+    and dtype (only the logical rows written), lse fp32 ``(B, H, S)``. The pseudo-token means and
+    ``H̄`` are cast to q's dtype for the tensor-core products; accumulation is fp32.
+    """
+    if q.stride(-1) != 1:
+        raise ValueError("q needs a contiguous last (head) dimension")
+    config = config or TailConfig()
+    b, h, s_total, d = q.shape
+    seq = s_total if q_rows is None else q_rows.numel()
+    block_m = min(config.block_m, block_q)
+    num_blocks = k_mean.shape[2]
+    first_order = h_bar is not None and h_bar.numel() > 0
+    k_mean = k_mean.to(q.dtype).contiguous()
+    v_mean = v_mean.to(q.dtype).contiguous()
+    h_bar = h_bar.to(q.dtype).contiguous() if first_order else k_mean
+    indices = indices.contiguous()
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, s_total, device=q.device, dtype=torch.float32)
+    grid = (math.ceil(seq / block_m), b * h)
+    _pisa_tail_fwd[grid](
+        q, k_mean, v_mean, h_bar, log_counts.float().contiguous(), q_rows if q_rows is not None else counts,
+        indices, counts, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        indices.stride(0), indices.stride(1), indices.stride(2),
+        counts.stride(0), counts.stride(1),
+        h, seq, s_total, num_blocks, indices.shape[-1], scale * LOG2E, scale,
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=config.block_n, TILES_PER_QBLOCK=block_q // block_m,
+        HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
