@@ -1,0 +1,56 @@
+# The methods' GPU session on the lent H200, in stages (one device call each, results under $OUT):
+#   bash benchmarks/gpu_methods.sh check    each method's kernel check script (correctness + times)
+#   bash benchmarks/gpu_methods.sh kernel   bench kernel of every method at the Wan-1.3B shape, FA4 and Triton,
+#                                           with the error on q/k/v recorded from the tiny model on this GPU
+#   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
+# Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
+set -u
+STAGE=$1
+REPO=$PWD
+LOG=$OUT/$STAGE.log
+mkdir -p "$OUT"
+exec > >(tee -a "$LOG") 2>&1
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+python3 -c "import flash_attn.cute; print('FA4 importable')" || echo "FA4 not installed"
+
+if [ "$STAGE" = check ]; then
+    mkdir -p /tmp/check
+    for script in "$REPO"/benchmarks/check_*.py; do
+        name=$(basename "$script" .py)
+        echo "=== $name"
+        (cd /tmp && timeout 240 python3 "$script" --out "/tmp/check/$name.json") || echo "$name FAILED ($?)"
+    done
+    (cd /tmp && python3 "$REPO/benchmarks/profile_routing.py" --out /tmp/check/routing_profile.json)
+    tar -C /tmp -czf "$OUT/check.tgz" check
+fi
+
+if [ "$STAGE" = kernel ]; then
+    mkdir -p /tmp/kernel
+    dit_accel_cli record --out /tmp/tiny_qkv.safetensors --seed 11 --prompt "a green ring moving left on a dotted black background"
+    bench() {  # name, method, then bench options
+        local name=$1; shift
+        echo "=== $name"
+        dit_accel_cli bench kernel --shapes wan-1.3b-480p --recorded /tmp/tiny_qkv.safetensors \
+            --out /tmp/kernel --name "$name" "$@" || echo "$name FAILED"
+    }
+    bench topk --method topk --densities 1.0 0.25 0.125 0.1 0.05
+    bench pisa_o1 --method pisa -o order=1 --densities 0.25 0.125 0.05
+    bench pisa_o0 --method pisa -o order=0 --densities 0.125
+    bench rectified --method rectified --densities 0.25 0.125 0.11
+    bench psa --method psa --densities 0.25 0.125
+    bench svg_ear --method svg_ear --densities 0.22 0.125
+    bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
+    tar -C /tmp -czf "$OUT/kernel.tgz" kernel
+fi
+
+if [ "$STAGE" = sweep ]; then
+    dit_accel_cli sweep --out /tmp/sweep --pairs 8 \
+        --variant "topk density=0.125" --variant "topk density=0.25" \
+        --variant "pisa density=0.125 order=1" --variant "pisa density=0.125 order=0" \
+        --variant "pisa density=0.25 order=1" \
+        --variant "rectified density=0.125" --variant "rectified density=0.25" \
+        --variant "psa density=0.125" --variant "svg_ear density=0.125" \
+        --variant "sla k_high=0.05"
+    tar -C /tmp -czf "$OUT/sweep.tgz" sweep
+fi
