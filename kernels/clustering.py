@@ -1,0 +1,108 @@
+"""Batched k-means per (batch, head) and the cluster order of tokens (SVG-EAR's semantic permutation).
+
+Every (batch, head) of a ``(B, H, S, D)`` tensor is clustered independently, all of them in one
+launch per iteration (no loop over batch or heads). An iteration assigns each row to its nearest
+centroid and moves each centroid to the mean of its rows, so the returned centroids are exactly
+the means of the returned clusters. A fixed number of iterations (no convergence test) keeps the
+loop free of host syncs; warm starts across denoising steps make two iterations enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .reference import block_counts
+from .svg_ear_ops import kmeans_assign
+from .svg_ear_reference import segment_counts, segment_sums
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """k-means clusters of the rows of a ``(B, H, S, D)`` tensor, per (batch, head).
+
+    Attributes:
+        labels: ``(B, H, S)`` int32, the cluster of each row.
+        centroids: ``(B, H, C, D)`` fp32 (fp64 for fp64 rows): each cluster's mean row; an empty
+            cluster keeps the centroid it started from.
+        counts: ``(B, H, C)`` int32 rows per cluster.
+        value_means: ``(B, H, C, D)`` mean of the value rows of each cluster (0 when empty), or None.
+    """
+
+    labels: Tensor
+    centroids: Tensor
+    counts: Tensor
+    value_means: Tensor | None = None
+
+
+def _means(sums: Tensor, counts: Tensor, empty: Tensor | float) -> Tensor:
+    filled = counts[..., None] > 0
+    return torch.where(filled, sums / counts.clamp(min=1)[..., None].to(sums.dtype), empty)
+
+
+def spread_centroids(x: Tensor, clusters: int) -> Tensor:
+    """Starting centroids: ``clusters`` rows evenly spaced along the sequence (deterministic)."""
+    rows = torch.arange(clusters, device=x.device) * x.shape[2] // clusters
+    return x[:, :, rows].to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def kmeans(x: Tensor, centroids: Tensor, iterations: int, values: Tensor | None = None) -> Clusters:
+    """``iterations`` k-means steps from ``centroids`` ``(B, H, C, D)``; the last also averages ``values``."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    for step in range(iterations):
+        last = step == iterations - 1
+        labels, sums, counts, value_sums = kmeans_assign(x, centroids, values if last else None)
+        centroids = _means(sums, counts, centroids.to(sums.dtype))
+    value_means = _means(value_sums, counts, 0.0) if values is not None else None
+    return Clusters(labels, centroids, counts, value_means)
+
+
+def clusters_from_labels(x: Tensor, labels: Tensor, clusters: int, values: Tensor | None = None) -> Clusters:
+    """The clusters a labelling defines, means computed in x's compute dtype (no assignment step)."""
+    counts = segment_counts(labels, clusters)
+    value_means = _means(segment_sums(values, labels, clusters), counts, 0.0) if values is not None else None
+    return Clusters(labels, _means(segment_sums(x, labels, clusters), counts, 0.0), counts, value_means)
+
+
+def cluster_order(labels: Tensor) -> Tensor:
+    """Per (batch, head), row indices that make each cluster contiguous (clusters ascending, rows
+    in their original order inside a cluster): ``(B, H, S)`` int64."""
+    return torch.argsort(labels, dim=-1, stable=True)
+
+
+def gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """``x[b, h, order[b, h, r]]`` for every row r: ``(B, H, S, D)`` contiguous."""
+    return x.gather(2, order[..., None].expand(-1, -1, -1, x.shape[-1]))
+
+
+def scatter_rows(x: Tensor, order: Tensor) -> Tensor:
+    """The inverse of :func:`gather_rows`: row r of x goes back to row ``order[b, h, r]``."""
+    return torch.empty_like(x).scatter_(2, order[..., None].expand(-1, -1, -1, x.shape[-1]), x)
+
+
+def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
+    """Per (query block, cluster): the cluster's rows lying in key blocks the query block skipped.
+
+    ``selected`` ``(B, H, NQ, NK)`` marks the key blocks each query block computes; ``counts``
+    ``(B, H, C)`` are the cluster sizes of rows in cluster order, cut into blocks of ``block_k``
+    (``key_len`` rows). Cluster j spans rows ``[start_j, end_j)``, so its covered rows are read from
+    a prefix sum of selected rows at both ends. Returns ``(B, H, NQ, C)`` int64.
+    """
+    b, h, nq, _ = selected.shape
+    block_rows = block_counts(key_len, block_k, selected.device).long()
+    taken = selected.long()
+    covered_before = torch.nn.functional.pad((taken * block_rows).cumsum(dim=-1), (1, 0))
+    taken = torch.nn.functional.pad(taken, (0, 1))
+    ends = counts.long().cumsum(dim=-1)
+
+    def covered_up_to(rows: Tensor) -> Tensor:
+        block = rows // block_k
+        index = block[:, :, None, :].expand(b, h, nq, -1)
+        inside = (rows - block * block_k)[:, :, None, :]
+        return covered_before.gather(-1, index) + taken.gather(-1, index) * inside
+
+    return counts.long()[:, :, None, :] - (covered_up_to(ends) - covered_up_to(ends - counts.long()))

@@ -1,0 +1,93 @@
+"""SVG-EAR's kernels as PyTorch custom ops: Triton on CUDA, the PyTorch reference elsewhere.
+
+Registered with ``torch.library.custom_op`` and a fake (shape) implementation each, like
+:mod:`.ops`, so ``torch.compile`` traces the method without graph breaks. fp64 inputs always take
+the reference (they are the tests' oracles).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import svg_ear_reference as reference
+from .ops import HAS_TRITON, use_triton
+
+if HAS_TRITON:
+    from .centroid_attention import centroid_attention_triton
+    from .error_probe import error_probe_triton
+    from .kmeans_assign import kmeans_assign_triton
+
+Tensor = torch.Tensor
+
+
+def _on_triton(x: Tensor) -> bool:
+    return use_triton(x) and x.dtype != torch.float64
+
+
+def _sum_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("dit_accel::kmeans_assign", mutates_args=())
+def kmeans_assign(x: Tensor, centroids: Tensor, values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One k-means step: ``(labels, sums, counts, value_sums)`` (value_sums empty without ``values``).
+
+    See :func:`.svg_ear_reference.kmeans_assign_reference`.
+    """
+    if _on_triton(x) and x.stride(-1) == 1 and (values is None or values.stride(-1) == 1):
+        labels, sums, counts, value_sums = kmeans_assign_triton(x, centroids, values)
+    else:
+        labels, sums, counts, value_sums = reference.kmeans_assign_reference(x, centroids, values)
+    return labels, sums, counts, value_sums if value_sums is not None else sums.new_empty(0)
+
+
+@kmeans_assign.register_fake
+def _(x, centroids, values=None):
+    b, h, s, d = x.shape
+    sums = x.new_empty(b, h, centroids.shape[2], d, dtype=_sum_dtype(x))
+    counts = x.new_empty(b, h, centroids.shape[2], dtype=torch.int32)
+    value_sums = torch.empty_like(sums) if values is not None else sums.new_empty(0)
+    return x.new_empty(b, h, s, dtype=torch.int32), sums, counts, value_sums
+
+
+@torch.library.custom_op("dit_accel::error_probe", mutates_args=())
+def error_probe(
+    q_mean: Tensor,
+    k: Tensor,
+    v: Tensor,
+    labels: Tensor,
+    centroid_logits: Tensor,
+    value_means: Tensor,
+    scale: float,
+    block_k: int,
+) -> tuple[Tensor, Tensor]:
+    """``(log_err, log_mass)`` per (query block, key block); see :func:`.svg_ear_reference.error_probe_reference`."""
+    args = (q_mean, k, v, labels, centroid_logits, value_means, scale, block_k)
+    if _on_triton(k) and k.stride(-1) == 1 and v.stride(-1) == 1:
+        return error_probe_triton(*args)
+    return reference.error_probe_reference(*args)
+
+
+@error_probe.register_fake
+def _(q_mean, k, v, labels, centroid_logits, value_means, scale, block_k):
+    b, h, nq, _ = q_mean.shape
+    out = k.new_empty(b, h, nq, math.ceil(k.shape[2] / block_k), dtype=_sum_dtype(k))
+    return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("dit_accel::centroid_attention", mutates_args=())
+def centroid_attention(
+    q: Tensor, k_centroids: Tensor, v_centroids: Tensor, log_weights: Tensor, block_q: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` over weighted pseudo-keys; see :func:`.svg_ear_reference.centroid_attention_reference`."""
+    args = (q, k_centroids, v_centroids, log_weights, block_q, scale)
+    if _on_triton(q) and q.stride(-1) == 1:
+        return centroid_attention_triton(*args)
+    return reference.centroid_attention_reference(*args)
+
+
+@centroid_attention.register_fake
+def _(q, k_centroids, v_centroids, log_weights, block_q, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_sum_dtype(q))

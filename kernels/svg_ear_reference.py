@@ -1,0 +1,116 @@
+"""PyTorch references of SVG-EAR's kernels: k-means assignment, error probe, centroid attention.
+
+Same signatures as the Triton launchers (:mod:`.kmeans_assign`, :mod:`.error_probe`,
+:mod:`.centroid_attention`); any device and dtype, computed in fp32 (fp64 for fp64 inputs). They
+serve CPU tensors and are the float64 oracles of the tests.
+
+Conventions: tensors are ``(B, H, S, D)`` per (batch, head); clusters are per (batch, head), so
+centroids are ``(B, H, C, D)`` and labels ``(B, H, S)`` int32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .reference import _compute_dtype
+
+Tensor = torch.Tensor
+
+
+def segment_sums(x: Tensor, labels: Tensor, segments: int) -> Tensor:
+    """Per (batch, head), the sum of the rows of x ``(B, H, S, D)`` with each label: ``(B, H, segments, D)``."""
+    b, h, _, d = x.shape
+    sums = torch.zeros(b, h, segments, d, dtype=_compute_dtype(x), device=x.device)
+    return sums.scatter_add_(2, labels.long()[..., None].expand(-1, -1, -1, d), x.to(sums.dtype))
+
+
+def segment_counts(labels: Tensor, segments: int) -> Tensor:
+    """Per (batch, head), how many rows carry each label: ``(B, H, segments)`` int32."""
+    counts = torch.zeros(*labels.shape[:2], segments, dtype=torch.int32, device=labels.device)
+    return counts.scatter_add_(2, labels.long(), torch.ones_like(labels, dtype=torch.int32))
+
+
+def kmeans_assign_reference(
+    x: Tensor, centroids: Tensor, values: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Nearest centroid of every row of x, and the per-cluster sums of the rows (and of ``values``).
+
+    Nearest means the largest ``x·c − ‖c‖²/2``, the same argmin as the Euclidean distance; the first
+    centroid wins a tie. Returns ``(labels, sums, counts, value_sums)``: labels ``(B, H, S)`` int32,
+    sums ``(B, H, C, D)`` and value_sums (or None) in the compute dtype, counts ``(B, H, C)`` int32.
+    """
+    cdt = _compute_dtype(x)
+    c = centroids.to(cdt)
+    score = torch.matmul(x.to(cdt), c.transpose(-1, -2)) - 0.5 * (c * c).sum(-1)[..., None, :]
+    labels = score.argmax(dim=-1).to(torch.int32)
+    clusters = centroids.shape[2]
+    value_sums = segment_sums(values, labels, clusters) if values is not None else None
+    return labels, segment_sums(x, labels, clusters), segment_counts(labels, clusters), value_sums
+
+
+def _pad_blocks(x: Tensor, block: int, fill: float) -> Tensor:
+    """The last dimension padded with ``fill`` to whole blocks and split: ``(..., N, block)``."""
+    n = math.ceil(x.shape[-1] / block)
+    padded = torch.nn.functional.pad(x, (0, n * block - x.shape[-1]), value=fill)
+    return padded.view(*x.shape[:-1], n, block)
+
+
+def error_probe_reference(
+    q_mean: Tensor,
+    k: Tensor,
+    v: Tensor,
+    labels: Tensor,
+    centroid_logits: Tensor,
+    value_means: Tensor,
+    scale: float,
+    block_k: int,
+) -> tuple[Tensor, Tensor]:
+    """Per (query block I, key block J): ``log ε_IJ`` and the log centroid mass, ``(B, H, NQ, NK)`` each.
+
+    k, v ``(B, H, Sk, D)`` are in cluster order and ``labels`` ``(B, H, Sk)`` gives each key's
+    cluster; ``q_mean`` ``(B, H, NQ, D)`` are the query-block means, ``centroid_logits`` ``(B, H, NQ,
+    C)`` = ``scale · q̄_I·k̄_j`` and ``value_means`` ``(B, H, C, D)`` the clusters' mean values. With
+    ``a_t = scale · q̄_I·k_t`` and ``b_t`` the logit of key t's centroid,
+
+        ε_IJ = Σ_{t∈J} ‖e^{a_t} v_t − e^{b_t} v̄_t‖²,     mass_IJ = log Σ_{t∈J} e^{b_t}
+
+    (the error of standing in for block J's keys by their clusters' centroids, and the softmax mass
+    those centroids give it). Each term is expanded into per-key scalars that never cancel:
+    ``‖E_a v − E_b v̄‖² = E_a² ‖v − v̄‖² + 2 E_a (E_a − E_b) (v − v̄)·v̄ + (E_a − E_b)² ‖v̄‖²``, with
+    ``E = e^{· − m}`` relative to the largest logit m of the (I, J) pair; ``log ε = 2m + log Σ``.
+    """
+    cdt = _compute_dtype(k)
+    q_mean, k, v, value_means = (t.to(cdt) for t in (q_mean, k, v, value_means))
+    idx = labels.long()
+    a = torch.matmul(q_mean, k.transpose(-1, -2)) * scale
+    b = centroid_logits.to(cdt).gather(-1, idx[:, :, None, :].expand(-1, -1, q_mean.shape[2], -1))
+    v_bar = value_means.gather(2, idx[..., None].expand(-1, -1, -1, v.shape[-1]))
+    diff = v - v_bar
+    per_key = [(diff * diff).sum(-1), (diff * v_bar).sum(-1), (v_bar * v_bar).sum(-1)]
+    r, g, c = (_pad_blocks(t, block_k, 0.0)[:, :, None] for t in per_key)
+    a, b = _pad_blocks(a, block_k, -math.inf), _pad_blocks(b, block_k, -math.inf)
+    m = torch.maximum(a.amax(-1), b.amax(-1))
+    ea, eb = torch.exp(a - m[..., None]), torch.exp(b - m[..., None])
+    delta = ea - eb
+    err = (ea * ea * r + 2 * ea * delta * g + delta * delta * c).sum(-1).clamp(min=0)
+    return 2 * m + torch.log(err), torch.logsumexp(b, dim=-1)
+
+
+def centroid_attention_reference(
+    q: Tensor, k_centroids: Tensor, v_centroids: Tensor, log_weights: Tensor, block_q: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Attention of every query over C pseudo-keys: ``(out, lse)``.
+
+    Query row r (of block ``I = r // block_q``) sees pseudo-key j with logit
+    ``scale · q_r·k̄_j + log_weights[I, j]`` and value ``v̄_j``: a weight ``n`` stands for n keys at
+    the centroid, ``-inf`` removes it. Rows that see none give 0 and LSE ``-inf``. out has q's dtype,
+    lse is fp32 (fp64 for fp64 inputs), natural log.
+    """
+    cdt = _compute_dtype(q)
+    bias = log_weights.to(cdt).repeat_interleave(block_q, dim=2)[:, :, : q.shape[2]]
+    logits = torch.matmul(q.to(cdt), k_centroids.to(cdt).transpose(-1, -2)) * scale + bias
+    lse = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    return torch.matmul(probs, v_centroids.to(cdt)).to(q.dtype), lse
