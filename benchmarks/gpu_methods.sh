@@ -2,6 +2,7 @@
 #   bash benchmarks/gpu_methods.sh check    each method's kernel check script (correctness + times)
 #   bash benchmarks/gpu_methods.sh kernel   bench kernel of every method at the Wan-1.3B shape, FA4 and Triton,
 #                                           with the error on q/k/v recorded from the tiny model on this GPU
+#   bash benchmarks/gpu_methods.sh e2e      bench e2e: Wan-1.3B (topk, pisa), HunyuanVideo 720p (fewer layers), FLUX 1024 px
 #   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
 set -u
@@ -42,6 +43,21 @@ if [ "$STAGE" = kernel ]; then
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
+fi
+
+if [ "$STAGE" = e2e ]; then
+    mkdir -p /tmp/e2e
+    dit_accel_cli bench e2e --model wan-1.3b --density 0.1 --out /tmp/e2e --name e2e_wan \
+        --variants eager:dense eager:topk regional:dense regional:topk
+    dit_accel_cli bench e2e --model wan-1.3b --density 0.125 --out /tmp/e2e --name e2e_wan_pisa \
+        --variants eager:dense eager:pisa regional:pisa
+    # HunyuanVideo 720p 129 frames (118,800 video tokens): every layer at full width, depth cut to 4 + 8
+    # blocks so that a forward takes seconds, not tens of seconds (the attention share is the same per block).
+    dit_accel_cli bench e2e --model hunyuan-video --density 0.1 --out /tmp/e2e --name e2e_hunyuan \
+        --config num_layers=4 --config num_single_layers=8 --variants eager:dense eager:topk
+    dit_accel_cli bench e2e --model flux-dev --density 0.15 --out /tmp/e2e --name e2e_flux \
+        --variants eager:dense eager:topk regional:dense regional:topk
+    tar -C /tmp -czf "$OUT/e2e.tgz" e2e
 fi
 
 if [ "$STAGE" = sweep ]; then
