@@ -32,6 +32,10 @@ class ForwardInfo:
         token_order, token_inverse: the permutation into that order and its inverse.
         token_order_after_text: ``token_order`` shifted past leading text tokens (FLUX rotary rows).
         pos_embed, img_ids, txt_ids: FLUX's rotary module and position ids (for ShiftPE).
+        external_start, external_len: sequence positions of fixed-context tokens (see
+            :class:`~dit_accel.layout.TokenLayout`): SkyReels-V2's clean prefix frames, Kontext's context image.
+        causal_block: tokens per block of a block-causal frame mask (SkyReels-V2), 0 when none.
+        frame_timesteps: per-frame timesteps of a diffusion-forcing call (largest over the batch), else None.
     """
 
     grid: Tile | None = None
@@ -49,6 +53,10 @@ class ForwardInfo:
     pos_embed: Any = None
     img_ids: torch.Tensor | None = None
     txt_ids: torch.Tensor | None = None
+    external_start: int = 0
+    external_len: int = 0
+    causal_block: int = 0
+    frame_timesteps: tuple[float, ...] | None = None
 
     @property
     def has_video(self) -> bool:

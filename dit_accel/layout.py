@@ -34,6 +34,13 @@ class TokenLayout:
         appended_grid: token grid of those appended tokens, if they form a raster.
         token_tile: the tile whose order the video (and appended) tokens are already in, when the
             adapter reorders tokens once per forward (see :mod:`dit_accel.tiling`); None = raster.
+        external_start, external_len: key positions ``[external_start, external_start + external_len)``
+            that hold fixed context rather than the tokens being generated (SkyReels-V2 diffusion
+            forcing: the clean prefix frames; FLUX Kontext: the context image's tokens). 0 = none
+            declared; :attr:`external_keys` then falls back to the appended key-only tokens.
+        causal_block: for a video-only call under a block-causal mask (SkyReels-V2 diffusion forcing),
+            tokens per causal block: token ``i`` sees token ``j`` only when ``j // causal_block <=
+            i // causal_block``. 0 = no such mask.
     """
 
     seq_len: int
@@ -47,9 +54,13 @@ class TokenLayout:
     appended_len: int = 0
     appended_grid: tuple[int, int, int] | None = None
     token_tile: tuple[int, int, int] | None = None
+    external_start: int = 0
+    external_len: int = 0
+    causal_block: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups", "appended_len"):
+        for name in ("seq_len", "video_start", "video_len", "text_start", "text_len", "cfg_groups", "appended_len",
+                     "external_start", "external_len", "causal_block"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"TokenLayout.{name} must be >= 0, got {getattr(self, name)}")
         if self.video_start + self.video_len > self.seq_len:
@@ -71,6 +82,11 @@ class TokenLayout:
             raise ValueError(
                 f"appended_grid {self.appended_grid} does not hold appended_len={self.appended_len} tokens"
             )
+        if self.external_start + self.external_len > self.seq_len + self.appended_len:
+            raise ValueError(
+                f"external range [{self.external_start}, {self.external_start + self.external_len}) exceeds the "
+                f"{self.seq_len + self.appended_len} keys"
+            )
 
     @property
     def video_end(self) -> int:
@@ -87,6 +103,13 @@ class TokenLayout:
     @property
     def text_slice(self) -> slice:
         return slice(self.text_start, self.text_end)
+
+    @property
+    def external_keys(self) -> tuple[int, int]:
+        """``(start, length)`` of the keys holding fixed context: the declared span, else the appended tokens."""
+        if self.external_len:
+            return self.external_start, self.external_len
+        return self.seq_len, self.appended_len
 
     @property
     def video_only(self) -> bool:

@@ -23,6 +23,7 @@ BUILTIN_METHODS = {
     "rectified": "dit_accel.methods.rectified:RectifiedAttention",
     "pisa": "dit_accel.methods.pisa:PISAAttention",
     "sla": "dit_accel.methods.sla:SLAAttention",
+    "flashblock": "dit_accel.methods.flashblock:FlashBlockAttention",
     "record": "dit_accel.methods.record:RecordAttention",
     "aligned_gen": "dit_accel.editing.aligned_gen:AlignedGenAttention",
 }

@@ -44,11 +44,22 @@ def raster_grid_from_ids(img_ids: torch.Tensor | None) -> tuple[int, int, int] |
     return count // (height * width), height, width
 
 
+def context_image_len(img_ids: torch.Tensor) -> int:
+    """Trailing image tokens of a conditioning image (FLUX Kontext tags them with a first id above the target's)."""
+    first = (img_ids[0] if img_ids.ndim == 3 else img_ids)[:, 0]
+    if first.numel() == 0:
+        return 0
+    is_context = first != first[0]
+    count = int(is_context.sum())
+    return count if count and bool(is_context[-count:].all()) else 0
+
+
 def flux_layout(seq_len: int, text_len: int, info: ForwardInfo) -> TokenLayout:
     video_len = seq_len - text_len
     grid, token_tile = info.grid, info.token_tile
     if grid is not None and grid[0] * grid[1] * grid[2] != video_len:
         grid = token_tile = None
+    whole_forward = seq_len == info.text_len + info.video_len and token_tile is None
     return TokenLayout(
         seq_len=seq_len,
         video_start=text_len,
@@ -57,6 +68,8 @@ def flux_layout(seq_len: int, text_len: int, info: ForwardInfo) -> TokenLayout:
         text_start=0,
         text_len=text_len,
         token_tile=token_tile,
+        external_start=info.external_start if whole_forward else 0,
+        external_len=info.external_len if whole_forward else 0,
     )
 
 
@@ -135,6 +148,7 @@ class FluxAdapter(DualSingleStreamAdapter):
         img_ids = arguments.get("img_ids")
         text_len = 0 if text is None else int(text.shape[1])
         image = arguments["hidden_states"]
+        context = context_image_len(img_ids) if img_ids is not None and img_ids.shape[-2] == image.shape[1] else 0
         return ForwardInfo(
             text_len=text_len,
             grid=raster_grid_from_ids(img_ids),
@@ -146,6 +160,9 @@ class FluxAdapter(DualSingleStreamAdapter):
             pos_embed=model.pos_embed,
             img_ids=img_ids,
             txt_ids=arguments.get("txt_ids"),
+            # FLUX Kontext: the context image's tokens, fixed context for FlashBlock.
+            external_start=text_len + int(image.shape[1]) - context,
+            external_len=context,
         )
 
     def can_reorder(self, model: torch.nn.Module, arguments: dict[str, Any]) -> bool:

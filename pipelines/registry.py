@@ -9,9 +9,10 @@ from dit_accel.context import LayerBinding
 from .base import BoundProcessor, ModelAdapter
 from .flux import FluxAdapter
 from .hunyuan_video import HunyuanVideoAdapter
+from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), FluxAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), FluxAdapter(), SkyReelsV2Adapter())
 
 
 def supported_model_names() -> list[str]:

@@ -10,7 +10,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
 from dit_accel.forward_info import ForwardInfo
-from dit_accel.layout import video_only_layout
+from dit_accel.layout import TokenLayout, video_only_layout
 
 from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_forward_info
 
@@ -27,7 +27,12 @@ def wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: 
 
 
 class WanSelfAttnProcessor(BoundProcessor):
-    """Replaces ``WanAttnProcessor`` on ``attn1``; identical up to q/k/v, then calls the op."""
+    """Replaces ``WanAttnProcessor`` on ``attn1``; identical up to q/k/v, then calls the op.
+
+    Wan-architecture families (SkyReels-V2) subclass it with their own projection helper and layout.
+    """
+
+    qkv_projections = staticmethod(_get_qkv_projections)
 
     def __call__(
         self,
@@ -39,7 +44,7 @@ class WanSelfAttnProcessor(BoundProcessor):
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:
             raise ValueError("WanSelfAttnProcessor serves self-attention (attn1) only")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key, value = self.qkv_projections(attn, hidden_states, None)
 
         query = attn.norm_q(query)
         key = attn.norm_k(key)
@@ -52,8 +57,7 @@ class WanSelfAttnProcessor(BoundProcessor):
             query = wan_rotary(query, *rotary_emb)
             key = wan_rotary(key, *rotary_emb)
 
-        info = self.binding.tracker.info
-        layout = video_only_layout(query.shape[1], info.grid, info.token_tile)
+        layout = self.layout(query.shape[1])
         hidden_states = self.attend(query, key, value, layout, attention_mask, rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
@@ -61,6 +65,11 @@ class WanSelfAttnProcessor(BoundProcessor):
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states
+
+    def layout(self, seq_len: int) -> TokenLayout:
+        """The call's token layout: video tokens only."""
+        info = self.binding.tracker.info
+        return video_only_layout(seq_len, info.grid, info.token_tile)
 
 
 class WanAdapter(ModelAdapter):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import (
+    flux_image_ids,
     flux_inputs,
     hunyuan_inputs,
     run,
+    skyreels_df_inputs,
     tiny_flux,
     tiny_hunyuan,
+    tiny_skyreels,
     tiny_wan,
     wan_inputs,
 )
@@ -189,3 +192,65 @@ def test_topk_top_p_matches_its_float64_definition(family):
                 binding.op = spy
         run(model, inputs)
     assert checked and max(checked) < 1e-5
+
+
+def test_skyreels_diffusion_forcing_dense_is_bit_identical_and_declares_its_prefix():
+    """Per-frame timesteps and the block-causal frame mask: dense is the stock call; the layout carries both."""
+    model = tiny_skyreels(frames_per_block=2)
+    inputs = skyreels_df_inputs([0.0, 0.0, 400.0, 400.0, 999.0, 999.0], height=10, width=12)
+    reference = run(model, inputs)
+    seen = []
+
+    def spy(q, k, v, ctx):
+        seen.append((ctx.layout, ctx.attention_mask))
+        return ctx.dense(q, k, v)
+
+    with dit_accel.apply(model, "dense") as handle:
+        assert torch.equal(run(model, inputs), reference)
+        for block in model.blocks:
+            block.attn1.processor.binding.op = spy
+        run(model, inputs)
+        assert handle.tracker.info.frame_timesteps == (0.0, 0.0, 400.0, 400.0, 999.0, 999.0)
+    frame = 5 * 6
+    for layout, mask in seen:
+        assert layout.external_keys == (0, 2 * frame) and layout.causal_block == 2 * frame
+        rows = torch.arange(layout.seq_len) // layout.causal_block
+        assert torch.equal(mask[0, 0], rows[None, :] <= rows[:, None])
+
+
+def test_skyreels_block_sparse_methods_run_dense_under_the_frame_mask():
+    model = tiny_skyreels(frames_per_block=2)
+    inputs = skyreels_df_inputs([0.0, 0.0, 400.0, 400.0], height=10, width=12)
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "topk", density=0.3, block_size=16) as handle:
+        out = run(model, inputs)
+    assert torch.equal(out, reference)
+    assert handle.dense_fallbacks == {"the attention mask is not a text key-padding mask": len(model.blocks)}
+
+
+def test_skyreels_fused_projections_are_bit_identical():
+    model, inputs = tiny_skyreels(), skyreels_df_inputs([0.0, 500.0, 500.0])
+    model.fuse_qkv_projections()
+    reference = run(model, inputs)
+    with dit_accel.apply(model, "dense"):
+        assert torch.equal(run(model, inputs), reference)
+
+
+def test_flux_kontext_context_image_is_external():
+    """FLUX Kontext appends the context image's tokens with a first id of 1: they are the call's external keys."""
+    model, inputs = tiny_flux(), flux_inputs(height=4, width=5)
+    context = flux_image_ids(3, 4)
+    context[:, 0] = 1
+    inputs["img_ids"] = torch.cat([inputs["img_ids"], context])
+    inputs["hidden_states"] = torch.cat([inputs["hidden_states"], torch.randn(1, 12, 8)], dim=1)
+    seen = []
+
+    def spy(q, k, v, ctx):
+        seen.append(ctx.layout)
+        return ctx.dense(q, k, v)
+
+    with dit_accel.apply(model, "dense"):
+        for module in [b.attn for b in model.transformer_blocks] + [b.attn for b in model.single_transformer_blocks]:
+            module.processor.binding.op = spy
+        run(model, inputs)
+    assert [layout.external_keys for layout in seen] == [(6 + 20, 12)] * 3

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import torch
-from diffusers import FluxTransformer2DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
+from diffusers import (
+    FluxTransformer2DModel,
+    HunyuanVideoTransformer3DModel,
+    SkyReelsV2Transformer3DModel,
+    WanTransformer3DModel,
+)
 
 
 def tiny_wan(num_layers: int = 2, seed: int = 0) -> WanTransformer3DModel:
@@ -97,10 +102,42 @@ def flux_inputs(batch: int = 1, height: int = 9, width: int = 11, timestep: floa
     }
 
 
+def tiny_skyreels(num_layers: int = 2, seed: int = 0, frames_per_block: int = 1) -> SkyReelsV2Transformer3DModel:
+    """SkyReels-V2 (Wan architecture); ``frames_per_block > 1`` gives diffusion forcing's block-causal mask."""
+    torch.manual_seed(seed)
+    return SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=8,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=num_layers,
+        rope_max_seq_len=64,
+        num_frame_per_block=frames_per_block,
+    ).eval()
+
+
+def skyreels_inputs(batch: int = 1, frames: int = 3, height: int = 18, width: int = 22, timestep: float = 500.0):
+    """Plain (non diffusion-forcing) call: one timestep per sample, like Wan."""
+    return wan_inputs(batch, frames, height, width, timestep)
+
+
+def skyreels_df_inputs(frame_timesteps: list[float], batch: int = 1, height: int = 18, width: int = 22):
+    """Diffusion-forcing call: one timestep per latent frame (0 = clean)."""
+    inputs = wan_inputs(batch, len(frame_timesteps), height, width)
+    inputs["timestep"] = torch.tensor(frame_timesteps).expand(batch, -1).clone()
+    inputs["enable_diffusion_forcing"] = True
+    return inputs
+
+
 FAMILIES = {
     "wan": (tiny_wan, wan_inputs),
     "hunyuan_video": (tiny_hunyuan, hunyuan_inputs),
     "flux": (tiny_flux, flux_inputs),
+    "skyreels_v2": (tiny_skyreels, skyreels_inputs),
 }
 
 
