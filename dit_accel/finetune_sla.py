@@ -1,0 +1,382 @@
+"""Fine-tune a Wan transformer for ``sla``: distil the dense model into its sparse-linear self.
+
+The teacher is a frozen copy of the transformer with dense attention; the student is the same
+weights with ``sla`` applied. Training data comes from the model itself, so no data set is needed:
+the teacher first generates a pool of clean latents (``pool_size`` prompt/seed pairs, the
+pipeline's own sampler, ``output_type="latent"``); each step then noises pool latents to a random
+step of the inference schedule (``x_t = (1 - σ) x_0 + σ ε``, fresh noise), under the prompt's
+embedding or the negative prompt's (half each, as classifier-free guidance calls them), and the
+loss is the MSE between the student's and the teacher's predicted velocities. Trained: the SLA
+projections, plus LoRA adapters (``train="lora"``, via ``peft``) or every weight (``train="all"``).
+``accelerate`` places the model and runs mixed precision (bf16 autocast with fp32 trainable
+weights when the pipeline is bf16). Checkpoints every ``save_every`` steps; ``resume=True`` continues
+from the last one (each step's samples are drawn from a generator seeded by the step, so a resumed
+run is the same as an uninterrupted one). The result folder loads with
+``dit_accel.apply(pipe, "sla", weights=out_dir, ...)`` (see :mod:`dit_accel.sla_weights`); with
+``train="all"`` the trained transformer is also saved under ``out_dir/transformer``.
+
+    dit-accel finetune-sla --out out/sla -o k_high=0.05 --steps 2000 --train lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dit_accel.methods.sla import SLAConfig
+
+TRAIN_MODES = ("projections", "lora", "all")
+DEFAULT_LR = {"projections": 1e-3, "lora": 1e-4, "all": 1e-5}
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+POOL_FILE = "teacher_pool.pt"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_PREFIX = "checkpoint-"
+KEEP_CHECKPOINTS = 2
+# Prompts in the shipped tiny model's domain; any list can be given instead.
+DEFAULT_PROMPTS = (
+    "a red circle moving right on a striped blue background",
+    "a yellow star moving up on a plain gray background",
+    "a green square moving left on a checkered white background",
+    "a blue triangle growing on a dotted orange background",
+    "a pink diamond shrinking on a striped black background",
+    "an orange ring moving down on a plain cyan background",
+    "a purple circle turning yellow on a checkered gray background",
+    "a cyan star moving right on a dotted pink background",
+    "a red square moving up on a plain white background",
+    "a green ring shrinking on a striped purple background",
+    "a yellow triangle moving left on a dotted black background",
+    "a blue diamond moving down on a checkered orange background",
+)
+
+
+@dataclass
+class TeacherPool:
+    """Clean latents of the teacher's own generations, their prompt embeddings and the noise schedule."""
+
+    latents: torch.Tensor
+    conditional: torch.Tensor
+    unconditional: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+
+
+@dataclass
+class FinetuneResult:
+    """Where the weights are, the total step count reached and this run's per-step losses."""
+
+    out_dir: Path
+    step: int
+    losses: list[float]
+
+
+def _check_pipeline(pipe: Any) -> torch.nn.Module:
+    transformer = getattr(pipe, "transformer", None)
+    if type(transformer).__name__ != "WanTransformer3DModel" or getattr(pipe, "transformer_2", None) is not None:
+        raise ValueError(
+            "finetune-sla trains the transformer of a single-transformer Wan pipeline (WanPipeline); "
+            f"got {type(pipe).__name__} with {type(transformer).__name__}"
+        )
+    return transformer
+
+
+def _generation_call(pipe: Any, call: dict[str, Any] | None) -> dict[str, Any]:
+    """The teacher's sampling arguments: the model folder's defaults, overridden by ``call``."""
+    from dit_accel.compare import generation_defaults
+
+    source = pipe.config.get("_name_or_path") if hasattr(pipe, "config") else None
+    return {**(generation_defaults(source) if source else {}), **(call or {})}
+
+
+def _encode(pipe: Any, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if getattr(pipe, "text_encoder", None) is None:
+        raise ValueError("this pipeline has no text encoder: pass prompt_embeds and negative_prompt_embeds")
+    with torch.no_grad():
+        return pipe.encode_prompt(prompts, negative_prompt=[""] * len(prompts), device=device)
+
+
+def build_pool(pipe: Any, pool_size: int, call: dict[str, Any], seed: int, prompts: list[str] | None = None,
+               prompt_embeds: torch.Tensor | None = None,
+               negative_prompt_embeds: torch.Tensor | None = None) -> TeacherPool:  # fmt: skip
+    """``pool_size`` generations of the (dense) pipeline, cycling through the prompts, seeds ``seed + i``."""
+    device = torch.device(pipe._execution_device)
+    if prompt_embeds is None:
+        texts = list(prompts or DEFAULT_PROMPTS)
+        prompt_embeds, negative_prompt_embeds = _encode(pipe, texts, device)
+    if negative_prompt_embeds is None:
+        negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+    pick = torch.arange(pool_size) % prompt_embeds.shape[0]
+    conditional, unconditional = prompt_embeds[pick].to(device), negative_prompt_embeds[pick].to(device)
+    call = dict(call)
+    steps = call.pop("num_inference_steps", 30)
+    latents = []
+    for i in range(pool_size):
+        out = pipe(prompt_embeds=conditional[i : i + 1], negative_prompt_embeds=unconditional[i : i + 1],
+                   num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i), output_type="latent",
+                   **call)  # fmt: skip
+        latents.append(out.frames.detach().float().cpu())
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps, device="cpu")
+    timesteps = scheduler.timesteps.float()
+    return TeacherPool(torch.cat(latents), conditional.cpu(), unconditional.cpu(), timesteps,
+                       scheduler.sigmas[: len(timesteps)].float())  # fmt: skip
+
+
+@dataclass
+class _Training:
+    """What fine-tuning changed on the transformer, to put back afterwards."""
+
+    lora: dict[str, Any] | None
+    remove_lora: Any
+    dtypes: dict[torch.nn.Parameter, torch.dtype]
+    flags: dict[torch.nn.Parameter, bool]
+
+    def restore(self) -> None:
+        if self.remove_lora is not None:
+            self.remove_lora()
+        for parameter, dtype in self.dtypes.items():
+            parameter.data = parameter.data.to(dtype)
+        for parameter, flag in self.flags.items():
+            parameter.requires_grad_(flag)
+
+
+def _trainable(transformer: torch.nn.Module, train: str, lora_rank: int) -> _Training:
+    """Mark what trains, in fp32 (the SLA projections, + LoRA adapters or every weight)."""
+    from dit_accel.methods.sla import SLAProjection
+    from dit_accel.sla_weights import add_lora
+
+    flags = {p: p.requires_grad for p in transformer.parameters()}
+    transformer.requires_grad_(train == "all")
+    lora = remove_lora = None
+    if train == "lora":
+        lora = {"r": lora_rank, "lora_alpha": lora_rank, "target_modules": LORA_TARGETS, "init_lora_weights": True}
+        remove_lora = add_lora(transformer, lora)
+        for name, parameter in transformer.named_parameters():
+            parameter.requires_grad_(".lora_" in name)
+    for module in transformer.modules():
+        if isinstance(module, SLAProjection):
+            module.requires_grad_(True)
+    dtypes = {p: p.dtype for p in transformer.parameters() if p.requires_grad and p in flags}
+    for parameter in transformer.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return _Training(lora, remove_lora, dtypes, flags)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").is_file())
+
+
+def _save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: Any) -> None:
+    folder = out_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    params = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(params, str(folder / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    (folder / "state.json").write_text(json.dumps({"step": step}))
+    for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+
+
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any) -> int:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(str(folder / "trainable.safetensors")).items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    return json.loads((folder / "state.json").read_text())["step"]
+
+
+def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype):
+    """Step ``step``'s noisy latents, timesteps and embeddings (drawn from a generator seeded by the step)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    pick = torch.randint(0, pool.latents.shape[0], (batch_size,), generator=gen)
+    when = torch.randint(0, pool.timesteps.numel(), (batch_size,), generator=gen)
+    unconditional = torch.rand(batch_size, generator=gen) < 0.5
+    x0 = pool.latents[pick]
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = pool.sigmas[when].view(-1, *([1] * (x0.ndim - 1)))
+    embeds = torch.where(unconditional[:, None, None], pool.unconditional[pick], pool.conditional[pick])
+    noisy = ((1 - sigma) * x0 + sigma * noise).to(device, dtype)
+    return noisy, pool.timesteps[when].to(device), embeds.to(device, dtype)
+
+
+def _velocity(model: torch.nn.Module, noisy: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor):
+    return model(hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0].float()
+
+
+def finetune_sla(
+    pipe_or_model_path: Any,
+    out_dir: str | Path,
+    *,
+    sla_options: dict[str, Any] | None = None,
+    train: str = "projections",
+    steps: int = 1000,
+    lr: float | None = None,
+    batch_size: int = 1,
+    lora_rank: int = 16,
+    prompts: list[str] | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    pool_size: int = 16,
+    call: dict[str, Any] | None = None,
+    save_every: int = 200,
+    resume: bool = False,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = True,
+) -> FinetuneResult:
+    """Distil the dense transformer into its ``sla`` self; writes a weights folder to ``out_dir``.
+
+    Args:
+        pipe_or_model_path: a Wan pipeline, or its folder / hub id (loaded on ``device`` in ``dtype``).
+        sla_options: options of ``sla`` (``k_high``, ``k_low``, ``feature_map``, ``block_size`` ...).
+        train: ``"projections"`` (the SLA projections only), ``"lora"`` (and LoRA adapters of rank
+            ``lora_rank`` on to_q/to_k/to_v/to_out) or ``"all"`` (and every transformer weight).
+        steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
+        lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
+        prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
+            ``negative_prompt_embeds`` ``(N, L, E)`` for a pipeline without a text encoder.
+        pool_size: teacher generations to draw training latents from.
+        call: sampling arguments of the teacher's generations (num_frames, height, width,
+            num_inference_steps, guidance_scale); default the model folder's ``generation_defaults.json``.
+        save_every: checkpoint interval in steps; ``resume`` continues from ``out_dir``'s last checkpoint.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from dit_accel.api import apply
+    from dit_accel.compare import load_pipeline
+    from dit_accel.sla_weights import MATCHED_OPTIONS, named_transformers, save_sla_weights
+
+    if train not in TRAIN_MODES:
+        raise ValueError(f"train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
+    if steps < 1 or save_every < 1 or batch_size < 1 or pool_size < 1:
+        raise ValueError("steps, save_every, batch_size and pool_size must be >= 1")
+    config = SLAConfig(**(sla_options or {}))
+    if config.weights is not None:
+        raise ValueError("sla_options: weights is what fine-tuning writes; leave it out")
+    out = Path(out_dir)
+    if _checkpoints(out) and not resume:
+        raise ValueError(f"{out} holds checkpoints: pass resume=True (--resume) or choose another folder")
+    pipe = load_pipeline(str(pipe_or_model_path), device, dtype) if isinstance(pipe_or_model_path, (str, Path)) else (
+        pipe_or_model_path
+    )  # fmt: skip
+    transformer = _check_pipeline(pipe)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / POOL_FILE).is_file():
+        pool = TeacherPool(**torch.load(out / POOL_FILE, weights_only=True))
+    else:
+        pipe.set_progress_bar_config(disable=True)
+        pool = build_pool(pipe, pool_size, _generation_call(pipe, call), seed, prompts, prompt_embeds,
+                          negative_prompt_embeds)  # fmt: skip
+        torch.save(asdict(pool), out / POOL_FILE)
+
+    base_dtype = transformer.dtype
+    teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
+    handle = apply(transformer, config)
+    training = _trainable(transformer, train, lora_rank)
+    on_gpu = transformer.device.type == "cuda"
+    accelerator = Accelerator(mixed_precision="bf16" if on_gpu and base_dtype == torch.bfloat16 else "no",
+                              cpu=not on_gpu)  # fmt: skip
+    parameters = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr or DEFAULT_LR[train], weight_decay=0.0)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    start = _load_checkpoint(_checkpoints(out)[-1], transformer, optimizer) if resume and _checkpoints(out) else 0
+
+    losses: list[float] = []
+    began = time.monotonic()
+    step = start
+    bar = tqdm(total=steps, initial=start, desc="finetune-sla", disable=not (progress and accelerator.is_main_process))
+    with (out / LOG_FILE).open("a") as log:
+        while step < steps and (max_minutes is None or time.monotonic() - began < 60 * max_minutes):
+            noisy, timestep, embeds = _batch(pool, step, seed, batch_size, accelerator.device, base_dtype)
+            with torch.no_grad():
+                target = _velocity(teacher, noisy, timestep, embeds)
+            loss = torch.nn.functional.mse_loss(_velocity(model, noisy, timestep, embeds), target)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            log.write(json.dumps({"step": step, "loss": losses[-1], "timestep": timestep.tolist(),
+                                  "seconds": round(time.monotonic() - began, 3)}) + "\n")  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if step % save_every == 0 and accelerator.is_main_process:
+                _save_checkpoint(out, step, transformer, optimizer)
+    bar.close()
+
+    named = named_transformers(transformer, [transformer])
+    if accelerator.is_main_process:
+        if not _checkpoints(out) or json.loads((_checkpoints(out)[-1] / "state.json").read_text())["step"] != step:
+            _save_checkpoint(out, step, transformer, optimizer)
+        info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
+                "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
+                "pool_size": pool.latents.shape[0], "seed": seed}  # fmt: skip
+        save_sla_weights(out, named, info, training.lora)
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    training.restore()
+    handle.remove()
+    if train == "all" and accelerator.is_main_process:
+        transformer.save_pretrained(out / "transformer")
+    return FinetuneResult(out, step, losses)
+
+
+def _run(args: argparse.Namespace) -> int:
+    prompts = Path(args.prompts).read_text().splitlines() if args.prompts else None
+    call = {name: getattr(args, name) for name in ("num_frames", "height", "width", "num_inference_steps")}
+    result = finetune_sla(
+        args.model, args.out, sla_options=dict(args.option), train=args.train, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, lora_rank=args.lora_rank, prompts=[p for p in prompts or [] if p.strip()] or None,
+        pool_size=args.pool_size, call={k: v for k, v in call.items() if v is not None}, save_every=args.save_every,
+        resume=args.resume, seed=args.seed, max_minutes=args.minutes, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    tail = result.losses[-10:]
+    mean = f", mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4g}" if tail else ""
+    print(f"finetune-sla: step {result.step}{mean}; weights in {result.out_dir} "
+          f"(dit_accel.apply(pipe, 'sla', weights='{result.out_dir}', ...))")  # fmt: skip
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """``dit-accel finetune-sla``: distil the dense model into its sla self (projections, LoRA or all weights)."""
+    from dit_accel.compare import parse_option
+    from dit_accel.tiny_model import TINY_MODEL_DIR
+
+    parser = subparsers.add_parser("finetune-sla", help="fine-tune a Wan model for sla (distil its dense self)",
+                                   description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser.add_argument("--model", default=str(TINY_MODEL_DIR), help="Wan pipeline folder or hub id (default: tiny)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and the weights")
+    parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                        help="sla option, e.g. k_high=0.05 k_low=0.1 feature_map=softmax")  # fmt: skip
+    parser.add_argument("--train", choices=TRAIN_MODES, default="projections")
+    parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 / 1e-4 / 1e-5 (projections/lora/all)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--pool-size", type=int, default=16, help="teacher generations to train on")
+    parser.add_argument("--prompts", default=None, help="text file, one prompt a line (default: built-in list)")
+    parser.add_argument("--frames", dest="num_frames", type=int, default=None, help="default: the model's")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--sample-steps", dest="num_inference_steps", type=int, default=None,
+                        help="the teacher's sampling steps (default: the model's)")  # fmt: skip
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,102 @@
+"""finetune-sla on the tiny random-weight Wan pipeline (CPU): the projections learn (the student gets
+closer to the dense teacher), the weights folder loads with apply(weights=...), resume continues the
+step count and equals an uninterrupted run, LoRA adapters load and leave with remove()."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import tiny_wan_pipeline
+
+import dit_accel
+from dit_accel.finetune_sla import POOL_FILE, TeacherPool, _batch, finetune_sla
+from dit_accel.sla_weights import LORA_FILE, PROJECTIONS_FILE
+
+CALL = {"height": 96, "width": 128, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 5.0}
+# 144 video tokens in 16-token blocks: 9 key blocks, 2 critical, 1 negligible, 6 marginal.
+OPTIONS = {"k_high": 0.2, "k_low": 0.2, "block_size": 16}
+
+
+def finetune(out, steps, **kwargs):
+    gen = torch.Generator().manual_seed(5)
+    embeds, negative = torch.randn(2, 2, 7, 8, generator=gen)
+    kwargs = {"lr": 1e-2, "save_every": 2, "pool_size": 2, **kwargs}
+    return finetune_sla(tiny_wan_pipeline(), out, sla_options=OPTIONS, steps=steps, prompt_embeds=embeds,
+                        negative_prompt_embeds=negative, call=CALL, progress=False, **kwargs)  # fmt: skip
+
+
+def velocity(pipe, inputs, sla=True, weights=None):
+    """The transformer's prediction on ``inputs``: with ``sla`` (and its ``weights``) or dense."""
+    with torch.no_grad():
+        if not sla:
+            return pipe.transformer(**inputs, return_dict=False)[0]
+        with dit_accel.apply(pipe, "sla", **OPTIONS, weights=weights):
+            return pipe.transformer(**inputs, return_dict=False)[0]
+
+
+def training_inputs(out, steps):
+    """The samples the first ``steps`` training steps drew (the random-weight model gives nothing to
+    generalise from: the test is that fitting them works)."""
+    pool = TeacherPool(**torch.load(out / POOL_FILE, weights_only=True))
+    parts = [_batch(pool, step, 0, 1, torch.device("cpu"), torch.float32) for step in range(steps)]
+    names = ("hidden_states", "timestep", "encoder_hidden_states")
+    return {name: torch.cat([part[i] for part in parts]) for i, name in enumerate(names)}
+
+
+def test_projections_learn_load_and_resume_exactly(tmp_path):
+    first = finetune(tmp_path / "resumed", steps=3)
+    assert first.step == 3 and len(first.losses) == 3
+    with pytest.raises(ValueError, match="holds checkpoints"):
+        finetune(tmp_path / "resumed", steps=6)
+    resumed = finetune(tmp_path / "resumed", steps=6, resume=True)
+    assert resumed.step == 6 and len(resumed.losses) == 3
+    log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 7))
+    finetune(tmp_path / "straight", steps=6)
+    a, b = load_file(tmp_path / "resumed" / PROJECTIONS_FILE), load_file(tmp_path / "straight" / PROJECTIONS_FILE)
+    assert a.keys() == b.keys() and len(a) == 2
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        assert a[key].abs().max() > 1e-3  # trained away from zero
+
+    pipe, inputs = tiny_wan_pipeline(), training_inputs(tmp_path / "straight", 6)
+    dense = velocity(pipe, inputs, sla=False)
+    untrained = velocity(pipe, inputs)
+    trained = velocity(pipe, inputs, weights=tmp_path / "straight")
+    error_before = float((untrained - dense).pow(2).mean())
+    error_after = float((trained - dense).pow(2).mean())
+    assert error_after < 0.98 * error_before, (error_before, error_after)  # deterministic: 0.962 measured
+    torch.testing.assert_close(velocity(tiny_wan_pipeline(), inputs, weights=tmp_path / "straight"), trained,
+                               rtol=0, atol=0)  # fmt: skip
+    assert torch.equal(velocity(pipe, inputs, sla=False), dense)  # remove() left the pipeline as it was
+
+
+def test_lora_adapters_save_load_and_leave_with_remove(tmp_path):
+    result = finetune(tmp_path / "lora", steps=2, train="lora", lora_rank=4, lr=5e-2)
+    assert (result.out_dir / LORA_FILE).is_file()
+    pipe = tiny_wan_pipeline()
+    inputs = training_inputs(result.out_dir, 2)
+    dense = velocity(pipe, inputs, sla=False)
+    with dit_accel.apply(pipe, "sla", **OPTIONS, weights=result.out_dir):
+        assert any("lora_A" in name for name, _ in pipe.transformer.named_parameters())
+        with torch.no_grad():
+            with_lora = pipe.transformer(**inputs, return_dict=False)[0]
+    assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())
+    assert torch.equal(velocity(pipe, inputs, sla=False), dense)
+    assert torch.equal(velocity(tiny_wan_pipeline(), inputs, weights=result.out_dir), with_lora)
+    projections_only = tmp_path / "projections_only"
+    projections_only.mkdir()
+    shutil.copy(result.out_dir / PROJECTIONS_FILE, projections_only)
+    assert (velocity(pipe, inputs, weights=projections_only) - with_lora).abs().max() > 1e-6  # the adapters count
+
+
+def test_weights_errors_name_the_problem(tmp_path):
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(FileNotFoundError, match=PROJECTIONS_FILE):
+        dit_accel.apply(pipe, "sla", **OPTIONS, weights=tmp_path)
+    with pytest.raises(ValueError, match="train must be one of projections, lora, all"):
+        finetune_sla(pipe, tmp_path, train="everything")
