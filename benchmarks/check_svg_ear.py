@@ -16,7 +16,8 @@ padded text keys)::
     ``svg_ear`` at equal density (default 0.22, the paper's HunyuanVideo setting), ``svg_ear`` at
     its top-p budget, and the parts of a warm call: k-means of Q and of K (2 iterations each),
     permutation (k-means + sort + gathers), probe, selection (probe + budget), exact part, tail.
-    Speedups against cuDNN from the same run; target >= 4x at density 0.22.
+    Speedups against cuDNN from the same run; target >= 4x at density 0.22. Then a sweep of the
+    launch configurations of the k-means step, the probe and the tail.
 (c) Every record in the JSON written to ``--out``. ``--device cpu`` runs the reference parts on a
     small shape (the method against its float64 definition, and the timings).
 """
@@ -231,6 +232,49 @@ def timings(shape: dict, device: torch.device, density: float) -> list[dict]:
     return records
 
 
+def sweep(shape: dict, device: torch.device) -> list[dict]:
+    """Launch configurations of the three kernels at the full shape (k-means of K with its values)."""
+    from dit_accel.kernels.centroid_attention import centroid_attention_triton
+    from dit_accel.kernels.error_probe import error_probe_triton
+    from dit_accel.kernels.kmeans_assign import kmeans_assign_triton
+
+    q, k, v, layout = inputs(shape, torch.bfloat16, device, seed=3)
+    run = warm_run({"density": 0.22}, q, k, v, layout)
+    routing, blocks = run.route_and_select()
+    keys = routing.keys
+    k_video, v_video = (x.transpose(1, 2)[:, :, : layout.video_len] for x in (k, v))
+    logits = routing_scores(routing.q_mean, keys.centroids, routing.scale)
+    log_w = run.method._uncovered(routing, blocks).float().log()
+    tiles = [
+        dict(block_rows=r, block_centroids=c, num_warps=w) for r in (64, 128) for c in (32, 64, 128) for w in (4, 8)
+    ]
+    kernels = {
+        "kmeans_assign": (tiles, lambda cfg: kmeans_assign_triton(k_video, keys.centroids, v_video, **cfg)),
+        "error_probe": (
+            [dict(block_queries=i, num_warps=w) for i in (16, 32, 64) for w in (4, 8)],
+            lambda cfg: error_probe_triton(routing.q_mean, routing.k, routing.v, routing.key_labels, logits,
+                                           keys.value_means, routing.scale, routing.block_k, **cfg),
+        ),
+        "centroid_attention": (
+            tiles,
+            lambda cfg: centroid_attention_triton(routing.q, keys.centroids, keys.value_means, log_w,
+                                                  routing.block_q, routing.scale, **cfg),
+        ),
+    }  # fmt: skip
+    records = []
+    for name, (configs, call) in kernels.items():
+        for cfg in configs:
+            try:
+                ms = median_ms(lambda cfg=cfg, call=call: call(cfg), device, warmup_ms=50, rep_ms=200)
+            except Exception as error:  # a config the compiler rejects (shared memory, registers)
+                print(f"sweep {name} {cfg}: {type(error).__name__}")
+                continue
+            records.append({"what": f"sweep {name}", **cfg, "ms": ms})
+        best = min((r for r in records if r["what"] == f"sweep {name}"), key=lambda r: r["ms"], default=None)
+        print(f"sweep best {name}: {best}", flush=True)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -245,6 +289,7 @@ def main() -> None:
         records += check_method(ODD, device, "odd", with_reference=True)
         records += check_method(FULL, device, "full", with_reference=False)
         records += timings(FULL, device, args.density)
+        records += sweep(FULL, device)
     else:
         print("SKIP Triton kernel checks (no CUDA); the method against its float64 definition and timings on CPU")
         records += check_method(CPU, device, "cpu", with_reference=True)

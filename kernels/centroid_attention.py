@@ -77,11 +77,16 @@ def centroid_attention_triton(
     log_weights: torch.Tensor,
     block_q: int,
     scale: float,
+    *,
+    block_rows: int = MAX_BLOCK_ROWS,
+    block_centroids: int = BLOCK_CENTROIDS,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)``: out like q, lse ``(B, H, Sq)`` fp32 natural log (see the reference).
 
     q is ``(B, H, Sq, D)`` with a contiguous last dimension; centroids ``(B, H, C, D)``; log_weights
-    ``(B, H, NQ, C)`` with ``NQ = ceil(Sq / block_q)``.
+    ``(B, H, NQ, C)`` with ``NQ = ceil(Sq / block_q)``. ``block_rows`` (capped at ``block_q``),
+    ``block_centroids`` and ``num_warps`` set the launch, open for sweeps.
     """
     if q.stride(-1) != 1:
         raise ValueError("q needs a contiguous last (head) dimension")
@@ -89,14 +94,14 @@ def centroid_attention_triton(
     nq, nc = log_weights.shape[2], k_centroids.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    block_m = min(MAX_BLOCK_ROWS, block_q)
+    block_m = min(block_rows, block_q)
     _centroid_attention[(triton.cdiv(sq, block_m), b * h)](
         q, k_centroids.float().contiguous(), v_centroids.float().contiguous(), log_weights.float().contiguous(),
         out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         h, sq, nq, nc, d, block_q, scale * LOG2E,
-        BLOCK_M=block_m, BLOCK_C=BLOCK_CENTROIDS, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        num_warps=4,
+        BLOCK_M=block_m, BLOCK_C=block_centroids, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        num_warps=num_warps,
     )  # fmt: skip
     return out, lse

@@ -84,8 +84,14 @@ def error_probe_triton(
     value_means: torch.Tensor,
     scale: float,
     block_k: int,
+    *,
+    block_queries: int = BLOCK_QUERIES,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log_err, log_mass)`` ``(B, H, NQ, NK)`` fp32 (see the reference); k/v need a contiguous last dimension."""
+    """``(log_err, log_mass)`` ``(B, H, NQ, NK)`` fp32 (see the reference); k/v need a contiguous last dimension.
+
+    ``block_queries`` (query-block means per tile) and ``num_warps`` set the launch, open for sweeps.
+    """
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("k and v need a contiguous last (head) dimension")
     b, h, sk, d = k.shape
@@ -99,8 +105,8 @@ def error_probe_triton(
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         h, nq, nk, sk, nc, d, scale,
-        BLOCK_I=BLOCK_QUERIES, BLOCK_N=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_I=block_queries, BLOCK_N=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
         PRECISION="ieee" if k.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=num_warps,
     )  # fmt: skip
     return log_err, log_mass

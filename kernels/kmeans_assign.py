@@ -70,11 +70,18 @@ def _kmeans_assign(
 
 
 def kmeans_assign_triton(
-    x: torch.Tensor, centroids: torch.Tensor, values: torch.Tensor | None = None
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    values: torch.Tensor | None = None,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    block_centroids: int = BLOCK_CENTROIDS,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(labels, sums, counts, value_sums)`` of one assignment step (see the reference).
 
     x and values are ``(B, H, S, D)`` with a contiguous last dimension; centroids ``(B, H, C, D)``.
+    The launch configuration (rows per program, centroids per tile, warps) is open for sweeps.
     """
     if x.stride(-1) != 1 or (values is not None and values.stride(-1) != 1):
         raise ValueError("x and values need a contiguous last (head) dimension")
@@ -87,14 +94,14 @@ def kmeans_assign_triton(
     counts = torch.zeros(b, h, clusters, dtype=torch.int32, device=x.device)
     value_sums = torch.zeros_like(sums) if values is not None else None
     v = values if values is not None else x
-    grid = (triton.cdiv(s, BLOCK_ROWS), b * h)
+    grid = (triton.cdiv(s, block_rows), b * h)
     _kmeans_assign[grid](
         x, cent, half, labels, sums, counts, v, value_sums if values is not None else sums,
         x.stride(0), x.stride(1), x.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         h, s, clusters, d,
-        BLOCK_S=BLOCK_ROWS, BLOCK_C=BLOCK_CENTROIDS, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_S=block_rows, BLOCK_C=block_centroids, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_V=values is not None, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=num_warps,
     )  # fmt: skip
     return labels, sums, counts, value_sums
