@@ -1,7 +1,8 @@
 """PISA's kernels as PyTorch custom ops: Triton on CUDA, the PyTorch reference elsewhere.
 
-``torch.ops.dit_accel.pisa_block_stats`` and ``torch.ops.dit_accel.pisa_tail`` have fake (shape)
-implementations so that ``torch.compile`` traces the ``pisa`` method without graph breaks.
+``torch.ops.dit_accel.pisa_block_stats``, ``pisa_tail`` and ``pisa_tail_merge`` (the tail merged
+with the exact part in the same pass) have fake (shape) implementations so that ``torch.compile``
+traces the ``pisa`` method without graph breaks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from .ops import use_triton
 from .pisa_reference import pisa_block_stats_reference, pisa_tail_reference
+from .reference import merge_attention_reference
 
 try:
     from .pisa_stats import pisa_block_stats_triton
@@ -75,3 +77,35 @@ def pisa_tail(
 @pisa_tail.register_fake
 def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows=None):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_stats_dtype(q))
+
+
+@torch.library.custom_op("dit_accel::pisa_tail_merge", mutates_args=())
+def pisa_tail_merge(
+    q: Tensor,
+    k_mean: Tensor,
+    v_mean: Tensor,
+    h_bar: Tensor | None,
+    log_counts: Tensor,
+    indices: Tensor,
+    counts: Tensor,
+    block_q: int,
+    scale: float,
+    q_rows: Tensor | None,
+    exact_out: Tensor,
+    exact_lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The exact part ``(exact_out, exact_lse)`` merged by LSE with :func:`pisa_tail`, in one pass on CUDA.
+
+    Equals ``merge_attention(exact_out, exact_lse, *pisa_tail(...))``; the Triton kernel merges before
+    its store, so the tail's output never goes to memory. Returns out in exact_out's dtype, lse fp32.
+    """
+    args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows)
+    if _triton_serves(q, block_q) and q.stride(-1) == 1 and exact_out.stride(-1) == 1:
+        return pisa_tail_triton(*args, merge_into=(exact_out, exact_lse))
+    out, lse = merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(*args))
+    return torch.empty_like(exact_out).copy_(out), lse  # the exact output's layout, as the fake says
+
+
+@pisa_tail_merge.register_fake
+def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows, exact_out, exact_lse):
+    return torch.empty_like(exact_out), q.new_empty(q.shape[:3], dtype=_stats_dtype(q))

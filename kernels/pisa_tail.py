@@ -7,8 +7,10 @@ computes exactly. The mask comes from walking the query block's ascending block 
 chunks (at most ``BLOCK_N`` list entries can fall in one chunk), so it costs ``BLOCK_N²`` compares
 per chunk whatever the density. Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``,
 ``Σ n_j e^{s q·k̄_j}`` and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so
-a pseudo-logit above every exact logit is handled: the exact part is merged later by LSE). The
+a pseudo-logit above every exact logit is handled by the LSE merge with the exact part). The
 first-order term ``Σ e^{s q·k̄_j} · s qᵀH̄`` is one ``tl.dot`` of the query tile with ``H̄`` at the end.
+Optionally the exact part's rows are merged in by LSE before the store (one pass instead of a tail
+write plus a merge kernel reading both parts).
 
 Reference: :func:`dit_accel.kernels.pisa_reference.pisa_tail_reference`.
 """
@@ -27,16 +29,20 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _pisa_tail_fwd(
-    Q, KMean, VMean, HBar, LogCounts, QRows, BlockIdx, BlockCnt, Out, Lse,
+    Q, KMean, VMean, HBar, LogCounts, QRows, BlockIdx, BlockCnt, Out, Lse, ExactOut, ExactLse,
     stride_qb, stride_qh, stride_qs,
     stride_ob, stride_oh, stride_os,
+    stride_eb, stride_eh, stride_es,
+    stride_elb, stride_elh, stride_els,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
     H, Sq, Sq_total, num_blocks, list_width, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PER_QBLOCK: tl.constexpr,
-    HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr,
+    HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr, MERGE: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)`` and H̄ ``(B*H, D, D)`` contiguous, in q's dtype."""
+    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)`` and H̄ ``(B*H, D, D)`` contiguous, in q's dtype.
+    With ``MERGE`` the exact part's rows (``ExactOut``, ``ExactLse``) are merged in by LSE before the
+    store, so the tail's own output never goes to memory."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -91,9 +97,22 @@ def _pisa_tail_fwd(
         acc += (w_i * scale)[:, None] * tl.dot(q, h_bar)
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    if MERGE:
+        exact_lse = tl.load(ExactLse + b * stride_elb + h * stride_elh + rows * stride_els, mask=row_ok,
+                            other=float("-inf")).to(tl.float32)  # fmt: skip
+        m = tl.maximum(exact_lse, lse)
+        none = m == float("-inf")
+        m_safe = tl.where(none, 0.0, m)
+        w_exact = tl.exp(exact_lse - m_safe)
+        w_tail = tl.exp(lse - m_safe)
+        total = tl.where(none, 1.0, w_exact + w_tail)
+        exact = tl.load(ExactOut + b * stride_eb + h * stride_eh + rows[:, None] * stride_es + offs_d[None, :],
+                        mask=(row_ok & (w_exact > 0.0))[:, None], other=0.0)  # fmt: skip
+        o = exact.to(tl.float32) * (w_exact / total)[:, None] + o * (w_tail / total)[:, None]
+        lse = tl.where(none, float("-inf"), m_safe + tl.log(total))
     tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :],
              o.to(Out.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(Lse + pid_bh.to(tl.int64) * Sq_total + rows, lse, mask=row_ok)
 
 
@@ -125,12 +144,15 @@ def pisa_tail_triton(
     scale: float,
     q_rows: torch.Tensor | None = None,
     config: TailConfig | None = None,
+    merge_into: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` as :func:`~dit_accel.kernels.pisa_reference.pisa_tail_reference`.
 
     q ``(B, H, S, D)`` with a contiguous last dimension, D a power of two >= 16; out has q's shape
     and dtype (only the logical rows written), lse fp32 ``(B, H, S)``. The pseudo-token means and
-    ``H̄`` are cast to q's dtype for the tensor-core products; accumulation is fp32.
+    ``H̄`` are cast to q's dtype for the tensor-core products; accumulation is fp32. ``merge_into``
+    (the exact part's ``(out, lse)``, shaped like q and ``(B, H, S)``) returns the LSE merge of both
+    instead (as ``merge_attention``), in the exact output's dtype.
     """
     if q.stride(-1) != 1:
         raise ValueError("q needs a contiguous last (head) dimension")
@@ -144,19 +166,24 @@ def pisa_tail_triton(
     v_mean = v_mean.to(q.dtype).contiguous()
     h_bar = h_bar.to(q.dtype).contiguous() if first_order else k_mean
     indices = indices.contiguous()
-    out = torch.empty_like(q)
+    exact_out, exact_lse = merge_into if merge_into is not None else (q, counts.new_empty(0, 0, 0))
+    if exact_out.stride(-1) != 1:
+        raise ValueError("the exact output needs a contiguous last (head) dimension")
+    out = torch.empty_like(exact_out if merge_into is not None else q)
     lse = torch.empty(b, h, s_total, device=q.device, dtype=torch.float32)
     grid = (math.ceil(seq / block_m), b * h)
     _pisa_tail_fwd[grid](
         q, k_mean, v_mean, h_bar, log_counts.float().contiguous(), q_rows if q_rows is not None else counts,
-        indices, counts, out, lse,
+        indices, counts, out, lse, exact_out, exact_lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
+        exact_out.stride(0), exact_out.stride(1), exact_out.stride(2),
+        exact_lse.stride(0), exact_lse.stride(1), exact_lse.stride(2),
         indices.stride(0), indices.stride(1), indices.stride(2),
         counts.stride(0), counts.stride(1),
         h, seq, s_total, num_blocks, indices.shape[-1], scale * LOG2E, scale,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=config.block_n, TILES_PER_QBLOCK=block_q // block_m,
-        HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order,
+        HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order, MERGE=merge_into is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

@@ -9,7 +9,7 @@ import torch
 
 from dit_accel.bench import standalone_context
 from dit_accel.kernels import merge_attention, reference
-from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail
+from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail, pisa_tail_merge
 from dit_accel.kernels.pisa_reference import pisa_block_stats_reference, pisa_tail_reference
 from dit_accel.kernels.pisa_stats import pisa_block_stats_triton
 from dit_accel.kernels.pisa_tail import TailConfig, pisa_tail_triton
@@ -108,6 +108,32 @@ def test_tail_triton_matches_float64(order, gathered, dtype, block_m):
     assert rel_err(got, want) < tol
     if order:  # the first-order term is there: order 0 differs
         assert rel_err(pisa_tail_reference(q_in, *args[:2], None, *args[3:])[0][:, :, logical], want) > 1e-3
+
+
+@pytest.mark.parametrize("gathered", [True, False])
+def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered):
+    gen = torch.Generator().manual_seed(5 + gathered)
+    q, rows, k_mean, v_mean, h_bar, log_counts, indices, counts = tail_inputs(gen)
+    rows = rows if gathered else None
+    q_in = q if gathered else q[:, :, 5:]
+    exact_out = torch.randn(q_in.shape, generator=gen, dtype=torch.float64)
+    exact_lse = 3 * torch.randn(q_in.shape[:3], generator=gen, dtype=torch.float64)
+    logical = rows.long() if gathered else torch.arange(q_in.shape[2])
+    exact_lse[0, 0, logical[:40]] = -math.inf  # exact part empty (the first query block's tail is all)
+    exact_lse[-1, -1, logical[128:]] = -math.inf  # both parts empty (the last query block keeps every block)
+    args = (k_mean, v_mean, h_bar, log_counts, indices, counts, 32, 32**-0.5, rows)
+    want, want_lse = reference.merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(q_in, *args))
+    got, got_lse = pisa_tail_triton(
+        q_in.float(), *(x.float() for x in args[:4]), *args[4:], config=TailConfig(block_m=32, block_n=16, num_warps=4),
+        merge_into=(exact_out.float(), exact_lse.float()),
+    )  # fmt: skip
+    got, got_lse, want, want_lse = (x[:, :, logical] for x in (got, got_lse, want, want_lse))
+    assert torch.isneginf(want_lse).any() and torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
+    finite = torch.isfinite(want_lse)
+    torch.testing.assert_close(got_lse[finite].double(), want_lse[finite], rtol=2e-5, atol=2e-5)
+    assert rel_err(got, want) < 2e-5 and (got[~finite] == 0).all()
+    op_out, op_lse = pisa_tail_merge(q_in, *args, exact_out, exact_lse)  # CPU: the reference composition
+    assert torch.equal(op_out[:, :, logical], want) and torch.equal(op_lse[:, :, logical], want_lse)
 
 
 def definition(q, k, v, allowed, key_block, counts, scale, order):
@@ -217,6 +243,7 @@ def test_ops_dispatch_to_the_reference_on_cpu_and_pass_opcheck():
     assert torch.equal(out, want) and torch.equal(lse, want_lse)
     torch.library.opcheck(pisa_tail, args)
     torch.library.opcheck(pisa_tail, (*args[:3], None, *args[4:9], None))
+    torch.library.opcheck(pisa_tail_merge, (*args, torch.randn_like(q), torch.randn(q.shape[:3], dtype=q.dtype)))
     k, v = bhsd(gen, 1, 2, 70, 16), bhsd(gen, 1, 2, 70, 16)
     k_mean = reference.pool_blocks_reference(k, 16).double()
     torch.library.opcheck(pisa_block_stats, (k, v, k_mean, 16, 70, True, True))

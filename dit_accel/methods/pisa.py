@@ -129,12 +129,34 @@ class PISAAttention(BlockSparseMethod):
         indices, counts = kernels.select_blocks(scores, self.config.density, None, 1, routing.log_counts)
         return BlockList(indices, counts, routing.block_q, routing.block_k, routing.key_len)
 
-    def tail(self, routing: PISARouting, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
-        """The skipped blocks' pseudo-tokens ``(out, lse)``, in ``attend``'s rows."""
+    def attend(self, routing: PISARouting, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+        """The exact part; where the Triton tail serves, already merged with the tail in one pass."""
+        exact = super().attend(routing, blocks, ctx)
+        if not self.fuses_tail(routing):
+            return exact
+        from dit_accel.kernels.pisa_ops import pisa_tail_merge
+
+        return pisa_tail_merge(*self.tail_arguments(routing, blocks), *exact)
+
+    def tail(self, routing: PISARouting, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor] | None:
+        """The skipped blocks' pseudo-tokens ``(out, lse)``, in ``attend``'s rows (None: merged in ``attend``)."""
+        if self.fuses_tail(routing):
+            return None
         from dit_accel.kernels.pisa_ops import pisa_tail
 
+        return pisa_tail(*self.tail_arguments(routing, blocks))
+
+    @staticmethod
+    def fuses_tail(routing: PISARouting) -> bool:
+        """Whether the tail is merged inside the tail kernel (CUDA, not float64) instead of by the pipeline."""
+        from dit_accel import kernels
+
+        return kernels.use_triton(routing.q) and routing.q.dtype != torch.float64
+
+    def tail_arguments(self, routing: PISARouting, blocks) -> tuple:
+        """The arguments of ``pisa_tail`` / ``pisa_tail_merge`` (before the exact part)."""
         v_mean, h_bar, _ = routing.stats
-        return pisa_tail(
+        return (
             routing.q, routing.k_mean, v_mean, h_bar if self.config.order == 1 else None, routing.log_counts,
             blocks.indices, blocks.counts, blocks.block_q, routing.scale, routing.q_rows,
         )  # fmt: skip
