@@ -36,7 +36,6 @@ from dit_accel.kernels import routing_scores, svg_ear_reference
 from dit_accel.kernels.clustering import clusters_from_labels, kmeans
 from dit_accel.kernels.svg_ear_ops import centroid_attention, error_probe, kmeans_assign
 from dit_accel.layout import TokenLayout
-from dit_accel.methods.svg_ear import KMeansState
 
 FULL = {"batch": 1, "heads": 12, "grid": (21, 30, 52), "text": 0, "dim": 128}  # Wan2.1-1.3B 480p 81 frames
 ODD = {"batch": 2, "heads": 3, "grid": (3, 11, 13), "text": 37, "dim": 64}  # 429 video tokens, padded text
@@ -70,9 +69,8 @@ def verdict(name: str, errors: dict[str, float], limits: dict[str, float]) -> di
 
 
 def warm_run(method_options: dict, q, k, v, layout) -> MethodRun:
-    """A ``svg_ear`` call with layer state, called once: later calls warm-start their k-means."""
+    """A ``svg_ear`` call, made once: later calls on it warm-start their k-means (2 iterations)."""
     run = MethodRun("svg_ear", method_options, layout, q, k, v)
-    run.ctx.binding.module_state = KMeansState()
     run.full()
     return run
 
@@ -181,7 +179,7 @@ def check_method(shape: dict, device: torch.device, label: str, with_reference: 
 def parts(run: MethodRun, device: torch.device) -> dict[str, float]:
     """ms of a warm call's steps (CUDA-graph GPU time where available, else eager)."""
     method, ctx, cfg = run.method, run.ctx, run.config
-    layout, state = ctx.layout, ctx.module_state
+    layout, state = ctx.layout, method._state(ctx)
     qh, kh, vh = (x.transpose(1, 2) for x in (run.q, run.k, run.v))
     q_video, k_video, v_video = (x[:, :, layout.video_slice] for x in (qh, kh, vh))
     routing = method.route(run.q, run.k, run.v, ctx)

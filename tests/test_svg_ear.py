@@ -345,6 +345,24 @@ def test_cfg_batch_equals_separate_calls_and_compensation_counts():
     assert (both - dense).abs().mean() < 0.8 * (dropped - dense).abs().mean()
 
 
+def test_calls_outside_a_model_warm_start_per_context(monkeypatch):
+    """bench's standalone contexts: repeated calls on one context warm-start, a new context starts afresh."""
+    from dit_accel.kernels import clustering
+
+    calls = []
+    real = clustering.kmeans_assign
+    monkeypatch.setattr(clustering, "kmeans_assign", lambda *a: calls.append(1) or real(*a))
+    layout = TokenLayout(seq_len=150, video_start=0, video_len=150)
+    q, k, v = structured_qkv(torch.Generator().manual_seed(12), 1, 150)
+    method, _ = method_and_context(layout)
+    counted = []
+    for ctx in [standalone_context(layout, method.config)] * 2 + [standalone_context(layout, method.config)]:
+        calls.clear()
+        method(q, k, v, ctx)
+        counted.append(len(calls))
+    assert counted == [16, 4, 16]  # q and k: 8 first iterations each, then 2
+
+
 def test_options_are_validated_with_the_allowed_values():
     with pytest.raises(ValueError, match="route_by must be one of 'error', 'mass'"):
         SVGEARConfig(route_by="energy")

@@ -192,9 +192,10 @@ class SVGEARAttention(BlockSparseMethod):
 
     @staticmethod
     def _state(ctx: AttentionContext) -> KMeansState:
-        """The layer's state, or a fresh one for a call outside a model (each such call stands alone)."""
+        """The layer's state; outside a model (no module state), one kept in the context's cache, so
+        repeated calls on one context warm-start and each new context starts afresh."""
         state = ctx.module_state
-        return state if isinstance(state, KMeansState) else KMeansState()
+        return state if isinstance(state, KMeansState) else ctx.state.setdefault("svg_ear_kmeans", KMeansState())
 
     def route(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> ClusterRouting:
         qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
