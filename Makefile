@@ -1,5 +1,6 @@
 # The two set-up commands of README.md: `make demo` (install + web demo) and `make test`
-# (install + the CPU test suite). Both use the current Python environment.
+# (install + the CPU test suite). Both use the current Python environment. More demo models:
+#   make demo DEMO_ARGS="--model black-forest-labs/FLUX.1-dev --host 0.0.0.0"
 PYTHON ?= python3
 # torch, when none is installed yet: the CUDA build where an NVIDIA driver answers (nvidia-smi), else
 # the CPU build (a plain `pip install torch` pulls a multi-GB CUDA build even on a machine without a GPU).
@@ -24,7 +25,7 @@ install-test: install-torch
 	$(PIP_INSTALL) -e ".[test]"
 
 demo: install
-	$(PYTHON) app.py
+	$(PYTHON) -m dit_accel.cli demo $(DEMO_ARGS)
 
 test: install-test
 	$(PYTHON) -m pytest -q

@@ -5,6 +5,7 @@ examples:
   dit-accel list -v                                   the methods and their options
   dit-accel compare --method topk -o density=0.25     dense vs topk on the shipped tiny model
                                                       (on a CPU: a small size, about a minute)
+  dit-accel demo                                      the web demo on http://127.0.0.1:7860
   dit-accel compare --help                            every option of a command
 
 A mistake in the input prints one line and exits with status 2; add --debug (anywhere on the line)
@@ -26,6 +27,8 @@ LAZY_COMMANDS = {
     "bench": ("dit_accel.bench", "time attention kernels and whole transformer forwards (GPU)"),
     "record": ("dit_accel.recorder", "record q/k/v of chosen layers and steps (for bench kernel --recorded)"),
     "aligned-report": ("dit_accel.aligned_report", "a FLUX batch with and without AlignedGen, style metrics"),
+    "demo": ("dit_accel.demo", "the web demo: dense vs any method (videos, metrics, block map), style batches"),
+    "finetune-sla": ("dit_accel.finetune_sla", "fine-tune a Wan model for sla (distil its dense self)"),
 }
 # Exit status of a user error, as argparse uses for a bad command line.
 USAGE_ERROR = 2

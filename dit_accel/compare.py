@@ -20,7 +20,6 @@ given on the command line; on a CPU a small size and step count replace its size
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
 import json
@@ -41,15 +40,19 @@ from PIL import Image
 import dit_accel
 from dit_accel.api import apply
 from dit_accel.bench import environment
+from dit_accel.block_map import BlockMap, BlockMapRequest
 from dit_accel.call_sizes import resolve_call, size_rules
 from dit_accel.metrics import video_psnr, video_ssim
+from dit_accel.option_specs import parse_value
 from dit_accel.pipelines import find_adapter
 from dit_accel.registry import build_config
 from dit_accel.result_notes import result_notes
 from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE, TINY_MODEL_DIR
 
 DEFAULT_PROMPT = "a red circle moving right on a striped blue background"
-VIDEO_FORMATS = ("gif", "mp4")
+VIDEO_FORMATS = ("gif", "mp4", "webm")
+# OpenCV codec of each video container: webm (VP9) is the one browsers play that OpenCV's wheels write.
+FOURCC = {".mp4": "mp4v", ".webm": "VP90"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Called after each denoising step of a run with (run label, step, steps of the run); may raise to stop.
 StepCallback = Callable[[str, int, int], None]
@@ -78,6 +81,7 @@ class ComparisonResult:
     accelerated: np.ndarray = field(repr=False)
     dense_fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> attention calls that ran dense
     outputs: dict[str, str] = field(default_factory=dict)
+    block_map: BlockMap | None = field(default=None, repr=False)  # the captured one, when asked for
 
     @property
     def psnr(self) -> float:
@@ -98,8 +102,16 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record; an infinite PSNR (identical frames) is written as null."""
         record = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("dense", "accelerated")
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("dense", "accelerated", "block_map")
         }
+        if self.block_map is not None:
+            record["block_map"] = {
+                "layer": self.block_map.layer,
+                "step": self.block_map.step,
+                "fractions": self.block_map.fractions(),
+            }
         record.update(
             psnr=self.psnr, ssim=self.ssim, speedup=self.speedup, transformer_speedup=self.transformer_speedup
         )
@@ -233,7 +245,7 @@ def _frames_of(output: Any) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def _step_hook(pipe: Any, label: str, on_step: StepCallback) -> dict[str, Any]:
+def step_hook(pipe: Any, label: str, on_step: StepCallback) -> dict[str, Any]:
     """The pipeline-call argument that reports each finished denoising step to ``on_step``."""
     if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
         return {}
@@ -257,7 +269,7 @@ def timed_run(
     # Label the pipeline's own progress bar, keeping whatever else was set (e.g. disable=True in a UI).
     pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": label})
     if on_step is not None:
-        call = {**call, **_step_hook(pipe, label, on_step)}
+        call = {**call, **step_hook(pipe, label, on_step)}
     generator = torch.Generator("cpu").manual_seed(seed)
     with transformer_timer(_transformers(pipe), device) as transformer_seconds:
         _sync(device)
@@ -285,14 +297,16 @@ def compare(
     video_format: str = "gif",
     model_name: str | None = None,
     on_step: StepCallback | None = None,
+    block_map: BlockMapRequest | None = None,
 ) -> ComparisonResult:
     """Run ``pipe`` dense and with ``method`` on the same call; measure and optionally write the outputs.
 
     ``warmup_runs`` untimed runs of each precede the timed ones (compilation, autotuning, cuDNN
     plans). ``pipeline_kwargs`` go to both runs' pipeline calls as they are. With ``out_dir``, a
-    side-by-side video (``video_format``: gif or mp4; PNG for images) and a JSON record are written
-    there and listed in ``result.outputs``. ``on_step`` hears of every denoising step (progress, and
-    an exception raised there stops the comparison).
+    side-by-side video (``video_format``: gif, mp4 or webm; PNG for images) and a JSON record are
+    written there and listed in ``result.outputs``. ``on_step`` hears of every denoising step
+    (progress, and an exception raised there stops the comparison). ``block_map`` (a layer and a
+    step) keeps that call's block map of the timed method run in ``result.block_map``.
     """
     if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 0:
         raise ValueError(f"warmup_runs must be an int >= 0, got {warmup_runs!r}")
@@ -305,7 +319,7 @@ def compare(
     for _ in range(warmup_runs):
         timed_run(pipe, call, seed, "warm-up dense", device, on_step)
     dense_run = timed_run(pipe, call, seed, "dense", device, on_step)
-    method_run = run_with_method(pipe, config, call, seed, device, warmup_runs, on_step)
+    method_run = run_with_method(pipe, config, call, seed, device, warmup_runs, on_step, block_map)
     result = comparison_result(pipe, call, seed, dense_run, method_run, model_name)
     if out_dir is not None:
         write_outputs(result, Path(out_dir), video_format)
@@ -321,6 +335,7 @@ class AcceleratedRun:
     transformer_seconds: float
     config: Any
     dense_fallbacks: dict[str, int]
+    block_map: BlockMap | None = None
 
 
 def run_with_method(
@@ -331,14 +346,19 @@ def run_with_method(
     device: torch.device,
     warmup_runs: int = 0,
     on_step: StepCallback | None = None,
+    block_map: BlockMapRequest | None = None,
 ) -> AcceleratedRun:
-    """Install ``config`` on ``pipe``, run ``warmup_runs`` untimed calls and one timed call, remove it."""
+    """Install ``config`` on ``pipe``, run ``warmup_runs`` untimed calls and one timed call, remove it;
+    with ``block_map``, the timed run keeps the block map of that layer and step."""
     with apply(pipe, config) as handle:
         for _ in range(warmup_runs):
             timed_run(pipe, call, seed, f"warm-up {config.method}", device, on_step)
+        if block_map is not None:
+            handle.capture_block_map(block_map.layer, block_map.step)
         frames, seconds, transformer_seconds = timed_run(pipe, call, seed, config.method, device, on_step)
         # handle.config carries the model family's defaults; fallbacks: calls that ran dense, by reason.
-        return AcceleratedRun(frames, seconds, transformer_seconds, handle.config, dict(handle.dense_fallbacks))
+        fallbacks = dict(handle.dense_fallbacks)
+        return AcceleratedRun(frames, seconds, transformer_seconds, handle.config, fallbacks, handle.block_map)
 
 
 def comparison_result(
@@ -373,6 +393,7 @@ def comparison_result(
         dense=dense,
         accelerated=method_run.frames,
         dense_fallbacks=method_run.dense_fallbacks,
+        block_map=method_run.block_map,
     )
 
 
@@ -397,20 +418,22 @@ def side_by_side(left: np.ndarray, right: np.ndarray, left_label: str, right_lab
 
 
 def write_video(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
-    """Write ``(F, H, W, 3)`` uint8 RGB frames as a GIF, an MP4 or (one frame) a PNG, by ``path``'s suffix."""
+    """Write ``(F, H, W, 3)`` uint8 RGB frames as a GIF, an MP4, a WebM or (one frame) a PNG, by ``path``'s suffix."""
     suffix = path.suffix.lower()
     if suffix == ".png":
         Image.fromarray(frames[0]).save(path)
     elif suffix == ".gif":
         images = [Image.fromarray(f) for f in frames]
         images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    elif suffix == ".mp4":
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+    elif suffix in FOURCC:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC[suffix]), fps, frames.shape[2:0:-1])
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write {FOURCC[suffix]} video to {path.name} here; use a .gif path")
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
     else:
-        raise ValueError(f"path must end in .png, .gif or .mp4, got {path.name!r}")
+        raise ValueError(f"path must end in .png, .gif, .mp4 or .webm, got {path.name!r}")
     return path
 
 
@@ -438,10 +461,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        return key.strip(), value.strip()
+    return key.strip(), parse_value(value)
 
 
 def generation_defaults(model: str) -> dict[str, Any]:

@@ -16,6 +16,30 @@ from typing import Any, ClassVar
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # The dispatcher's names (kernels.backends.BACKENDS), kept here so options load without the kernels.
 BACKENDS = ("auto", "fa4", "triton", "reference")
+# Keys of a field's metadata that say how a UI offers the option (dit_accel.option_specs reads them;
+# validation stays in __post_init__): a number's (low, high) range, a fixed set of values, or hidden.
+UI_RANGE = "range"
+UI_CHOICES = "choices"
+UI_HIDDEN = "hidden"
+
+
+def ui_field(
+    default: Any,
+    *,
+    range: tuple[float, float] | None = None,
+    choices: tuple[Any, ...] | None = None,
+    hidden: bool = False,
+) -> Any:
+    """A dataclass field with ``default`` whose metadata tells a UI how to offer it: ``range=(low, high)``
+    for a number (a slider), ``choices`` for a fixed set of values (a dropdown), ``hidden`` for an option a
+    UI should not show. A subclass that re-declares the field with another default keeps this metadata
+    for UIs (they look it up along the class hierarchy)."""
+    metadata: dict[str, Any] = {UI_HIDDEN: True} if hidden else {}
+    if range is not None:
+        metadata[UI_RANGE] = tuple(range)
+    if choices is not None:
+        metadata[UI_CHOICES] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def check_fraction_or_count(name: str, value: Any) -> None:
@@ -92,7 +116,7 @@ class MethodConfig:
     dense_steps: int | float = 0
     dense_layers: int | float = 0
     block_size: int | tuple[int, int] = 128
-    num_inference_steps: int | None = None
+    num_inference_steps: int | None = ui_field(None, hidden=True)  # pipelines report their step count
 
     def __post_init__(self) -> None:
         check_fraction_or_count("dense_steps", self.dense_steps)
@@ -172,8 +196,8 @@ class AccelerateConfig(MethodConfig):
             from the query block size (``(2, 8, 8)`` for 128-token blocks of video).
     """
 
-    density: float | None = 0.125
-    backend: str = "auto"
+    density: float | None = ui_field(0.125, range=(0.0, 1.0))
+    backend: str = ui_field("auto", choices=BACKENDS)
     tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:

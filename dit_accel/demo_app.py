@@ -1,0 +1,314 @@
+"""The web demo's page (Gradio), started by ``dit-accel demo`` (or ``make demo``, ``python app.py``).
+
+Tab "Accelerate" runs one prompt and seed with dense attention and with any ``accelerate`` method of
+the registry, its options offered as widgets built from the method's options dataclass, and shows
+both videos playing side by side, the wall time and speedup, PSNR and SSIM per frame, and the block
+map of a chosen layer, step and head. Tab "Style-aligned batch" generates a style-aligned FLUX batch
+(AlignedGen) through any of those methods, with its style-consistency score.
+
+Only the models the demo was started with are offered (a list, never a typed path). Jobs run one at a
+time in a bounded queue; each step shows in the progress bar; Stop or closing the page ends a job at
+its next step. Input mistakes, bad uploads and GPU out-of-memory show a message in place of the
+result, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from dit_accel.call_sizes import resolve_call
+from dit_accel.compare import DEFAULT_PROMPT, ComparisonResult, generation_defaults
+from dit_accel.demo import (
+    NO_FLUX_MODEL,
+    OUT_OF_MEMORY,
+    DemoSession,
+    acceleration_methods,
+    block_map_view,
+    free_gpu_memory,
+    run_comparison,
+    run_style_batch,
+)
+from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
+from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
+from dit_accel.option_specs import OptionSpec, changed_options, options_text
+
+# Errors that come from the user's input: shown as their message in place of the result.
+USER_ERRORS = (ValueError, TypeError, OSError)
+# Jobs waiting in the queue beyond the running one; more are refused with a message.
+QUEUE_SIZE = 8
+# Identical frames have an infinite PSNR; the plot shows them at this value.
+PSNR_CAP = 100.0
+# Option help under each widget is cut after this many characters (the full text is in the docs).
+HELP_CHARS = 160
+
+
+def failure_text(error: Exception) -> str:
+    """What a job shows in place of its result when it fails: a stop, a GPU out-of-memory (after freeing
+    the memory), or an input mistake; any other error is raised again (a bug: Gradio reports it)."""
+    if isinstance(error, Stopped):
+        return f"**Stopped** {error}."
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        free_gpu_memory()
+        return f"**Error:** {OUT_OF_MEMORY}"
+    if isinstance(error, USER_ERRORS):
+        return f"**Error:** {error}"
+    raise error
+
+
+def short_help(text: str) -> str:
+    """An option's help text, cut to its first sentence or :data:`HELP_CHARS` characters."""
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= HELP_CHARS else first[: HELP_CHARS - 1].rstrip() + "…"
+
+
+def option_widget(spec: OptionSpec) -> gr.components.Component:
+    """The Gradio widget of one option, showing its default for the chosen model."""
+    common = {"label": spec.name, "info": short_help(spec.help), "min_width": 200, "interactive": True}
+    if spec.kind == "slider":
+        return gr.Slider(spec.range[0], spec.range[1], value=spec.value, step=spec.step, **common)
+    if spec.kind == "number":
+        low, high = spec.range or (None, None)
+        return gr.Number(spec.value, precision=0 if spec.integer else None, minimum=low, maximum=high, **common)
+    if spec.kind == "checkbox":
+        return gr.Checkbox(spec.value, **common)
+    if spec.kind == "dropdown":
+        return gr.Dropdown(spec.labels, value=spec.shown, **common)
+    return gr.Textbox(spec.shown, placeholder="empty: the default", **common)
+
+
+def frame_plots(result: ComparisonResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PSNR and SSIM per frame, for two line plots."""
+    frames = list(range(len(result.psnr_per_frame)))
+    psnr = [min(value, PSNR_CAP) for value in result.psnr_per_frame]
+    return (
+        pd.DataFrame({"frame": frames, "PSNR (dB)": psnr}),
+        pd.DataFrame({"frame": frames, "SSIM": result.ssim_per_frame}),
+    )
+
+
+def map_view(kept: tuple[Any, Any] | None, head: float | None) -> tuple[Any, str]:
+    """The block map picture and caption of one head, from the (map, request) a comparison kept."""
+    if kept is None:
+        return None, ""
+    try:
+        return block_map_view(kept[0], head, kept[1])
+    except ValueError as error:
+        return None, f"**Error:** {error}"
+
+
+def _size_field(label: str, default: Any) -> gr.Textbox:
+    """A size or step field: empty means the default, which the placeholder shows."""
+    return gr.Textbox("", label=label, placeholder=f"empty: {default}", min_width=100)
+
+
+def _progress(progress: gr.Progress, stops: StopFlags, request: gr.Request, runs: int) -> StepProgress:
+    """The step callback of one job: the page's progress bar, stopped by the session's Stop button."""
+    return StepProgress(lambda fraction, text: progress(fraction, desc=text), stops.start(request.session_hash), runs)
+
+
+def accelerate_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, ...]]]:
+    """The Generate button's handler: clears the old result, reports steps, shows failures as text."""
+
+    def job(
+        model: str,
+        method: str,
+        options: str,
+        prompt: str,
+        seed: float,
+        steps: str,
+        frames: str,
+        height: str,
+        width: str,
+        map_layer: str,
+        map_step: str,
+        map_head: float,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
+    ) -> Iterator[tuple[Any, ...]]:
+        yield None, None, "Running: dense first, then the method...", None, None, None, "", None
+        try:
+            run = run_comparison(
+                session, model, method, options, prompt, seed, steps, frames, height, width, map_layer, map_step,
+                on_step=_progress(progress, stops, request, runs=2),
+            )  # fmt: skip
+        except Exception as error:
+            yield None, None, failure_text(error), None, None, None, "", None
+            return
+        kept = (run.result.block_map, run.map_request)
+        psnr, ssim = frame_plots(run.result)
+        yield run.dense_video, run.method_video, run.summary, psnr, ssim, *map_view(kept, map_head), kept
+
+    return job
+
+
+def style_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, str]]]:
+    """The style tab's handler: clears the old batch, reports steps, shows failures as text."""
+
+    def job(
+        model: str | None,
+        style: str,
+        subjects: str,
+        method: str,
+        options: str,
+        style_image: str | None,
+        seed: float,
+        steps: str,
+        size: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
+    ) -> Iterator[tuple[Any, str]]:
+        yield None, "Running..."
+        try:
+            yield run_style_batch(
+                session, model, style, subjects, method, options, style_image, seed, steps, size,
+                on_step=_progress(progress, stops, request, runs=1),
+            )  # fmt: skip
+        except Exception as error:
+            yield None, failure_text(error)
+
+    return job
+
+
+def stop_job(stops: StopFlags) -> Callable[[gr.Request], None]:
+    """A Stop button's handler: the session's running job stops at its next step."""
+
+    def stop(request: gr.Request) -> None:
+        stops.stop(request.session_hash)
+
+    return stop
+
+
+def check_style_image(path: str | None) -> tuple[Any, str]:
+    """Open an uploaded style image as the batch will: a preview, or the message saying what is wrong."""
+    if not path:
+        return None, ""
+    try:
+        return open_upload_image(path, "style image"), ""
+    except ValueError as error:
+        return None, f"**Error:** {error}"
+
+
+def _accelerate_tab(session: DemoSession, stops: StopFlags) -> None:
+    models = [(session.label(model), model) for model in session.models]
+    defaults, size_note = resolve_call({}, generation_defaults(session.models[0]), session.on_cpu, video=True)
+    with gr.Row():
+        model = gr.Dropdown(models, value=session.models[0], label="model", info="the models this demo serves")
+        method = gr.Dropdown(acceleration_methods(), value="topk", label="method")
+    options = gr.Textbox(
+        "", label="options given to the method", interactive=False,
+        info="set by the widgets below; the others keep the method's defaults for this model",
+    )  # fmt: skip
+
+    @gr.render(inputs=[method, model])
+    def method_options(method_name: str, model_name: str) -> None:
+        specs = session.option_specs(method_name, model_name)
+        with gr.Row():
+            widgets = [option_widget(spec) for spec in specs]
+
+        def collect(*values: Any) -> str:
+            return options_text(changed_options(specs, list(values)))
+
+        gr.on([w.change for w in widgets], collect, widgets, options, queue=False, api_visibility="private")
+
+    gr.on([method.change, model.change], lambda: "", None, options, queue=False, api_visibility="private")
+    prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt")
+    with gr.Row():
+        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+        steps = _size_field("steps", defaults.get("num_inference_steps"))
+        frames = _size_field("frames", defaults.get("num_frames"))
+        height = _size_field("height", defaults.get("height"))
+        width = _size_field("width", defaults.get("width"))
+    if size_note:
+        gr.Markdown(size_note)
+    with gr.Row():
+        map_layer = _size_field("block map: layer", "the middle one")
+        map_step = _size_field("block map: step", "the last one")
+        map_head = gr.Number(0, label="block map: head", precision=0, minimum=0, min_width=100)
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    with gr.Row():
+        dense_video = gr.Video(label="dense", autoplay=True, loop=True, interactive=False)
+        method_video = gr.Video(label="method", autoplay=True, loop=True, interactive=False)
+    summary = gr.Markdown()
+    with gr.Row():
+        psnr = gr.LinePlot(x="frame", y="PSNR (dB)", label=f"PSNR per frame (identical: {PSNR_CAP:.0f})")
+        ssim = gr.LinePlot(x="frame", y="SSIM", label="SSIM per frame")
+    with gr.Row():
+        map_image = gr.Image(label="block map", format="png", interactive=False)
+        map_caption = gr.Markdown()
+    kept_map = gr.State(None)
+    run.click(
+        accelerate_job(session, stops),
+        [model, method, options, prompt, seed, steps, frames, height, width, map_layer, map_step, map_head],
+        [dense_video, method_video, summary, psnr, ssim, map_image, map_caption, kept_map],
+        api_name="compare",
+    )
+    map_head.change(map_view, [kept_map, map_head], [map_image, map_caption], queue=False, api_name="block_map")
+    stop.click(stop_job(stops), None, None, queue=False, api_name="stop")
+
+
+def _style_tab(session: DemoSession, stops: StopFlags) -> None:
+    models = [(session.label(model), model) for model in session.style_models()]
+    gr.Markdown(
+        "Image 0 is the style reference (or the style image, when given); every image shares its style. "
+        + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+    )
+    with gr.Row():
+        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
+        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
+    style = gr.Textbox("in the style of a watercolor painting", label="style")
+    subjects = gr.Textbox("a cat\na lighthouse\na bicycle", lines=4, label="subjects (one per line)")
+    options = gr.Textbox(
+        "style_lambda=1.1", label="options: aligned_gen's and the method's, key=value (e.g. density=0.25)"
+    )
+    with gr.Row():
+        style_image = gr.File(label="style image (optional)", file_types=["image"], type="filepath")
+        preview = gr.Image(label="style image as used", interactive=False, height=160)
+    with gr.Row():
+        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+        steps = _size_field("steps", "the pipeline's")
+        size = _size_field("size", "the pipeline's")
+    with gr.Row():
+        make = gr.Button("Generate the batch", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    gallery = gr.Gallery(label="the batch", columns=4)
+    status = gr.Markdown()
+    style_image.upload(check_style_image, style_image, [preview, status], api_name="check_style_image")
+    make.click(
+        style_job(session, stops),
+        [model, style, subjects, method, options, style_image, seed, steps, size],
+        [gallery, status],
+        api_name="style",
+    )
+    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_style")
+
+
+def build_app(session: DemoSession) -> gr.Blocks:
+    """The two-tab page; jobs run one at a time, with a bounded queue."""
+    stops = StopFlags()
+    with gr.Blocks(title="dit-accel", delete_cache=(3600, 3600)) as app:
+        gr.Markdown("# dit-accel\nFaster and training-free editing attention for Diffusers video and image models.")
+        with gr.Tab("Accelerate"):
+            _accelerate_tab(session, stops)
+        with gr.Tab("Style-aligned batch"):
+            _style_tab(session, stops)
+
+        def page_closed(request: gr.Request) -> None:
+            stops.forget(request.session_hash)  # its job stops at the next step
+
+        app.unload(page_closed)
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **extra: Any):
+    """Serve the page with the demo's upload limit; ``extra`` goes to ``Blocks.launch`` as it is."""
+    return app.launch(
+        server_name=host, server_port=port, share=share, show_error=True, max_file_size=f"{MAX_UPLOAD_MB}mb", **extra
+    )
