@@ -4,7 +4,8 @@
 gathered or not) against the float64 references, bf16 at the full shape and at a small odd shape; the
 whole method against the same routing composed from the references (exact part + tail + LSE merge).
 (b) times (``dit_accel.bench.median_ms``; GPU time from CUDA graphs where capture works): statistics,
-tail (and a sweep of its launch configurations), merge, and the whole method (``MethodRun``, tokens
+tail (and a sweep of its launch configurations), merge, tail fused with the merge (what the method
+runs on CUDA), and the whole method (``MethodRun``, tokens
 pretiled as in a model) for ``pisa`` order 0/1 and ``topk`` at each density and block size, against
 cuDNN dense in the same run. (c) everything to the JSON file ``--out``. Exits non-zero on a FAIL.
 
@@ -127,7 +128,7 @@ def gpu_ms(fn, device) -> dict:
 
 def time_parts(shape, dtype, device, block_q, block_k) -> list[dict]:
     """Stats, tail (launch sweep), merge at the shape's video length (rows pretiled: no q_rows)."""
-    from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail
+    from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail, pisa_tail_merge
 
     b, h, s, d = shape.batch, shape.heads, shape.video_len, shape.head_dim
     q, k, v, k_mean, indices, counts, _ = block_inputs(b, h, s, d, block_q, block_k, 0.125, dtype, device)
@@ -155,8 +156,11 @@ def time_parts(shape, dtype, device, block_q, block_k) -> list[dict]:
                 ms = {"ms": None, "error": f"{type(error).__name__}: {str(error)[:200]}"}
             records.append({"part": "tail_sweep", "order": 1, "block_n": bn, "num_warps": warps,
                             "num_stages": stages, **ms})  # fmt: skip
-    out, lse = pisa_tail(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, d**-0.5)
+    tail_args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, d**-0.5, None)
+    out, lse = pisa_tail(*tail_args)
     records.append({"part": "merge", **gpu_ms(functools.partial(merge_attention, out, lse, out, lse), device)})
+    fused = functools.partial(pisa_tail_merge, *tail_args, out, lse)
+    records.append({"part": "tail_merge_fused", "order": 1, **gpu_ms(fused, device)})
     return [r | {"block_size": [block_q, block_k]} for r in records]
 
 
