@@ -123,17 +123,19 @@ def masked_reference(q: Tensor, k: Tensor, v: Tensor, routing: Routing, blocks, 
     layout = ctx.layout
     b, s, h, _ = q.shape
     total_keys = k.shape[1]
-    query_rows = routing.q_rows.long() if routing.q_rows is not None else torch.arange(layout.video_start,
-                                                                                      layout.video_end)  # fmt: skip
+    device = q.device
+    in_order = torch.arange(layout.video_start, layout.video_end, device=device)
+    query_rows = routing.q_rows.long() if routing.q_rows is not None else in_order
     block_mask = kernels.reference.block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks)
     token_mask = block_mask.repeat_interleave(blocks.block_q, 2)[:, :, : query_rows.numel()]
     token_mask = token_mask.repeat_interleave(blocks.block_k, 3)[..., : routing.key_len]
-    video_allowed = torch.zeros(b, h, query_rows.numel(), total_keys, dtype=torch.bool)
+    video_allowed = torch.zeros(b, h, query_rows.numel(), total_keys, dtype=torch.bool, device=device)
     video_allowed[..., routing.key_rows.long()] = token_mask
-    text_keys = torch.zeros(b, total_keys, dtype=torch.bool)
+    text_keys = torch.zeros(b, total_keys, dtype=torch.bool, device=device)
     if layout.text_len:
         valid = layout.text_valid if layout.text_valid is not None else torch.full((b,), layout.text_len)
-        text_keys[:, layout.text_slice] = torch.arange(layout.text_len)[None, :] < valid.long().cpu()[:, None]
+        positions = torch.arange(layout.text_len, device=device)
+        text_keys[:, layout.text_slice] = positions[None, :] < valid.to(device).long()[:, None]
     every_key = text_keys.clone()
     every_key[:, : layout.text_start] = True
     every_key[:, layout.text_end :] = True
