@@ -58,6 +58,17 @@ def pooled_logits(
     return video, torch.logsumexp(text, dim=-1)
 
 
+def gapr_passes(x: Tensor, x_mad: Tensor | None, k_mean: Tensor, k_mad: Tensor) -> Tensor:
+    """GAPR's test ``|x·k̄_j| > |x·δk_j| (+ |δq·k̄_j| with ``x_mad``)``, bool ``(B, H, M, NK)`` for rows ``x``."""
+    cdt = _compute_dtype(x, k_mean)
+    x, k_mean = x.to(cdt), k_mean.to(cdt)
+    gain = torch.matmul(x, k_mean.transpose(-1, -2)).abs()
+    err = torch.matmul(x, k_mad.to(cdt).transpose(-1, -2)).abs()
+    if x_mad is not None:
+        err = err + torch.matmul(x_mad.to(cdt), k_mean.transpose(-1, -2)).abs()
+    return gain > err
+
+
 def rectified_weights(
     x: Tensor, x_mad: Tensor | None, k_mean: Tensor, k_mad: Tensor, v_mean: Tensor, critical: Tensor, *,
     key_len: int, block_k: int, scale: float, extra_k: Tensor | None = None, extra_valid: Tensor | None = None,
@@ -68,15 +79,9 @@ def rectified_weights(
     the query pooling error ``|δq·k̄_j|`` to GAPR's error.
     """
     video, text_lse = pooled_logits(x, k_mean, key_len, block_k, scale, extra_k, extra_valid)
-    cdt = video.dtype
-    x, k_mean = x.to(cdt), k_mean.to(cdt)
-    gain = torch.matmul(x, k_mean.transpose(-1, -2)).abs()
-    err = torch.matmul(x, k_mad.to(cdt).transpose(-1, -2)).abs()
-    if x_mad is not None:
-        err = err + torch.matmul(x_mad.to(cdt), k_mean.transpose(-1, -2)).abs()
     log_z = torch.logaddexp(torch.logsumexp(video, dim=-1), text_lse)
-    moved = torch.exp(video - log_z[..., None]) * (~critical & (gain > err))
-    return 1.0 - moved.sum(-1), torch.matmul(moved, v_mean.to(cdt))
+    moved = torch.exp(video - log_z[..., None]) * (~critical & gapr_passes(x, x_mad, k_mean, k_mad))
+    return 1.0 - moved.sum(-1), torch.matmul(moved, v_mean.to(video.dtype))
 
 
 def rectified_row_weights(

@@ -19,7 +19,7 @@ from dit_accel.kernels.rectified_reference import (
 )
 from dit_accel.kernels.rectified_stats import block_stats_triton
 from dit_accel.kernels.rectified_tail import rectified_merge_triton
-from dit_accel.kernels.reference import keep_count, select_blocks_reference
+from dit_accel.kernels.reference import block_mask_from_lists, keep_count, select_blocks_reference
 from dit_accel.layout import TokenLayout
 from dit_accel.methods.rectified import RectifiedAttention, RectifiedConfig, neighbour_mask
 from dit_accel.methods.topk import TopKAttention, TopKConfig
@@ -274,6 +274,25 @@ def test_method_matches_its_float64_definition_with_padded_text(per_row):
     routing = method.route(q, k, v, ctx)
     exact, _ = method.attend(routing, method.select(routing, ctx), ctx)
     assert (out.transpose(1, 2) - exact[:, :, :192]).abs().max() > 1e-2, "the output must be rectified"
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_block_map_names_exact_pooled_and_dropped_blocks(per_row):
+    gen = torch.Generator().manual_seed(15)
+    method = RectifiedAttention(RectifiedConfig(block_size=16, tile=(1, 4, 4), per_row=per_row, density=0.25))
+    q, k, v, layout = call_inputs(gen, text=8)
+    ctx = standalone_context(layout, method.config)
+    routing = method.route(q, k, v, ctx)
+    blocks = method.select(routing, ctx)
+    codes = method.block_map(routing, blocks, ctx)
+    assert method.map_legend() == {0: "dropped", 1: "pooled", 2: "exact"} and codes.dtype == torch.uint8
+    assert torch.equal(codes == 2, block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks))
+    assert (codes == 1).any() and (codes == 0).any()
+    if not per_row:  # a query block's rows are rescaled exactly when one of its blocks is pooled
+        keep, _ = rectified_row_weights(routing.q, *routing.stats, blocks.indices, blocks.counts, block_q=16,
+                                        block_k=16, key_len=192, scale=routing.scale, per_row=False,
+                                        q_rows=routing.q_rows)  # fmt: skip
+        assert torch.equal((keep[:, :, ::16] < 1), (codes == 1).any(-1))
 
 
 def test_options_and_family_defaults():

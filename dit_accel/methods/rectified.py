@@ -35,7 +35,7 @@ from dit_accel.context import AttentionContext
 from dit_accel.forward_info import ForwardInfo
 from dit_accel.kernels import rectified_ops
 from dit_accel.kernels.block_list import BlockList
-from dit_accel.kernels.rectified_reference import pooled_logits, rectified_row_weights
+from dit_accel.kernels.rectified_reference import gapr_passes, pooled_logits, rectified_row_weights
 from dit_accel.kernels.reference import keep_count
 from dit_accel.tiling import Tile, tile_permutation
 
@@ -217,6 +217,22 @@ class RectifiedAttention(BlockSparseMethod):
         ranks = torch.arange(num_blocks, device=video.device)
         mask = torch.zeros(video.shape, dtype=torch.bool, device=video.device).scatter(-1, order, ranks < kept)
         return blocks_from_mask(mask | near if near is not None else mask, *sizes)
+
+    def block_map(self, routing: RectifiedRouting, blocks: BlockList, ctx: AttentionContext) -> Tensor:
+        """2 exact; 1 pooled: passes GAPR (per row: for most of the block's rows), its ``P̃ v̄`` added;
+        0 dropped: its mass rescales the exact part."""
+        q_mean, q_mad, k_mean, k_mad, _ = routing.stats
+        if self.config.per_row:
+            rows = routing.q if routing.q_rows is None else routing.q.index_select(2, routing.q_rows.long())
+            votes = gapr_passes(rows, None, k_mean, k_mad).to(torch.float32)
+            padded = torch.nn.functional.pad(votes, (0, 0, 0, -votes.shape[2] % routing.block_q), value=math.nan)
+            passes = padded.unflatten(2, (-1, routing.block_q)).nanmean(3) > 0.5
+        else:
+            passes = gapr_passes(q_mean, q_mad, k_mean, k_mad)
+        return torch.where(super().block_map(routing, blocks, ctx).bool(), 2, passes.to(torch.uint8)).to(torch.uint8)
+
+    def map_legend(self) -> dict[int, str]:
+        return {0: "dropped", 1: "pooled", 2: "exact"}
 
     def combine(self, routing: RectifiedRouting, blocks: BlockList, out: Tensor, lse: Tensor,
                 ctx: AttentionContext) -> Tensor:  # fmt: skip
