@@ -16,6 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+# Rows of a block loaded at once (a 32 x 128 bf16 tile per step).
+ROWS_PER_LOAD = 32
+
 
 @triton.jit
 def _gather_block_mean(
@@ -25,36 +28,41 @@ def _gather_block_mean(
     stride_ob, stride_oh, stride_os,
     stride_mb, stride_mh, stride_mn,
     H, S,
-    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, HAS_ROWS: tl.constexpr, COPY: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr, HAS_ROWS: tl.constexpr,
+    COPY: tl.constexpr,
 ):  # fmt: skip
+    """Grid (blocks, B * H). The block is read CHUNK rows at a time: a small register tile keeps many
+    programs resident per SM, so the loads of one overlap the sums of another (bandwidth-bound)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs < S
-    if HAS_ROWS:
-        rows = tl.load(Rows + offs, mask=ok, other=0).to(tl.int64)
-    else:
-        rows = offs.to(tl.int64)
-    x = tl.load(
-        X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + offs_d[None, :],
-        mask=ok[:, None],
-        other=0.0,
-    )
-    n = tl.minimum(S - pid_n * BLOCK, BLOCK).to(tl.float32)
-    mean = tl.sum(x.to(tl.float32), axis=0) / n
-    tl.store(Mean + b * stride_mb + h * stride_mh + pid_n * stride_mn + offs_d, mean)
-    if COPY:
-        out_offsets = b * stride_ob + h * stride_oh + offs[:, None].to(tl.int64) * stride_os + offs_d[None, :]
-        tl.store(XOut + out_offsets, x)
-        y = tl.load(
-            Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_ys + offs_d[None, :],
+    total = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in tl.static_range(0, BLOCK, CHUNK):
+        offs = pid_n * BLOCK + start + tl.arange(0, CHUNK)
+        ok = offs < S
+        if HAS_ROWS:
+            rows = tl.load(Rows + offs, mask=ok, other=0).to(tl.int64)
+        else:
+            rows = offs.to(tl.int64)
+        x = tl.load(
+            X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + offs_d[None, :],
             mask=ok[:, None],
             other=0.0,
         )
-        tl.store(YOut + out_offsets, y)
+        total += tl.sum(x.to(tl.float32), axis=0)
+        if COPY:
+            out_offsets = b * stride_ob + h * stride_oh + offs[:, None].to(tl.int64) * stride_os + offs_d[None, :]
+            tl.store(XOut + out_offsets, x)
+            y = tl.load(
+                Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_ys + offs_d[None, :],
+                mask=ok[:, None],
+                other=0.0,
+            )
+            tl.store(YOut + out_offsets, y)
+    n = tl.minimum(S - pid_n * BLOCK, BLOCK).to(tl.float32)
+    tl.store(Mean + b * stride_mb + h * stride_mh + pid_n * stride_mn + offs_d, total / n)
 
 
 def _launch(x, y, x_out, y_out, rows, mean, seq_len: int, block: int, copy: bool) -> None:
@@ -67,8 +75,8 @@ def _launch(x, y, x_out, y_out, rows, mean, seq_len: int, block: int, copy: bool
         x_out.stride(0), x_out.stride(1), x_out.stride(2),
         mean.stride(0), mean.stride(1), mean.stride(2),
         h, seq_len,
-        HEAD_DIM=d, BLOCK=block, HAS_ROWS=rows is not None, COPY=copy,
-        num_warps=4 if block * d <= 64 * 128 else 8,
+        HEAD_DIM=d, BLOCK=block, CHUNK=min(block, ROWS_PER_LOAD), HAS_ROWS=rows is not None, COPY=copy,
+        num_warps=4,
     )  # fmt: skip
 
 
