@@ -8,8 +8,9 @@ One object on a patterned background, described by a caption from a small gramma
 
 The renderer turns ``(caption, seed)`` into a video deterministically: the seed draws where the
 object starts, how far it goes, its size and the background pattern's scale and phase; the caption
-fixes what is drawn. Shapes are signed-distance functions, so every edge is anti-aliased for free,
-and rendering is plain torch, so a training batch is drawn on the GPU that trains on it.
+fixes what is drawn. Colours, shapes and background patterns come from
+:mod:`tools.tiny_common.drawing` (shared with the tiny FLUX images): signed-distance shapes with
+anti-aliased edges, rendered in plain torch, so a training batch is drawn on the GPU that trains on it.
 
 Shape colours are saturated and bright (HSV saturation and value 1); backgrounds are muted (saturation
 at most 0.45, value at most 0.55, or grey). The reader uses that contract to find the object in any
@@ -18,7 +19,6 @@ video, real or generated: the pixels with high saturation and value, their hue a
 
 from __future__ import annotations
 
-import colorsys
 import itertools
 import math
 from collections.abc import Sequence
@@ -27,21 +27,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Hue (degrees) of each colour word; shapes use them at full saturation, backgrounds muted.
-COLOURS: dict[str, float] = {
-    "red": 0.0,
-    "orange": 30.0,
-    "yellow": 58.0,
-    "green": 120.0,
-    "cyan": 185.0,
-    "blue": 228.0,
-    "purple": 275.0,
-    "pink": 320.0,
-}
-# Greys are background colours only: (value of the main tone, value of the second tone).
-GREYS: dict[str, tuple[float, float]] = {"white": (0.88, 0.68), "gray": (0.5, 0.32), "black": (0.2, 0.07)}
-BACKGROUND_COLOURS: tuple[str, ...] = (*COLOURS, *GREYS)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "ring")
+from tools.tiny_common.drawing import (
+    BACKGROUND_COLOURS,
+    COLOURS,
+    GREYS,
+    PATTERNS,
+    SHAPE_EXTENT,
+    SHAPES,
+    article,
+    as_unit_float,
+    background_numbers,
+    choose,
+    coverage,
+    draw_backgrounds,
+    host_to_device,
+    hue_distance,
+    hue_to_rgb,
+    mean_hue,
+    nearest_colour,
+    object_pixels,
+    shape_distance,
+)
+
 DIRECTIONS: dict[str, tuple[float, float]] = {
     "left": (-1.0, 0.0),
     "right": (1.0, 0.0),
@@ -49,27 +56,8 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "down": (0.0, 1.0),
 }
 MOTIONS: tuple[str, ...] = (*DIRECTIONS, "growing", "shrinking", "turning")
-PATTERNS: tuple[str, ...] = ("plain", "striped", "checkered", "dotted")
-
-BACKGROUND_SATURATION = 0.45
-BACKGROUND_VALUES = (0.55, 0.32)
-# The reader's object mask: brighter and more saturated than any background can be.
-OBJECT_MIN_SATURATION = 0.6
-OBJECT_MIN_VALUE = 0.6
-# Background patterns ramp from one tone to the other over this fraction of their period: soft
-# enough for an 8x-downsampling VAE trained for minutes, sharp enough to read as stripes and dots.
-PATTERN_SOFTNESS = 0.12
 # A colour change must be at least this large (degrees) to be captioned and to be read as one.
 MIN_TURN_DEGREES = 60.0
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _choose(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -84,13 +72,13 @@ class Caption:
     target: str | None = None
 
     def __post_init__(self) -> None:
-        _choose("colour", self.colour, tuple(COLOURS))
-        _choose("shape", self.shape, SHAPES)
-        _choose("motion", self.motion, MOTIONS)
-        _choose("pattern", self.pattern, PATTERNS)
-        _choose("background", self.background, BACKGROUND_COLOURS)
+        choose("colour", self.colour, tuple(COLOURS))
+        choose("shape", self.shape, SHAPES)
+        choose("motion", self.motion, MOTIONS)
+        choose("pattern", self.pattern, PATTERNS)
+        choose("background", self.background, BACKGROUND_COLOURS)
         if self.motion == "turning":
-            _choose("target", str(self.target), tuple(COLOURS))
+            choose("target", str(self.target), tuple(COLOURS))
         elif self.target is not None:
             raise ValueError(f"target is only allowed with motion 'turning', got motion {self.motion!r}")
 
@@ -103,7 +91,7 @@ class Caption:
     @property
     def text(self) -> str:
         return (
-            f"{_article(self.colour)} {self.colour} {self.shape} {self.motion_phrase} "
+            f"{article(self.colour)} {self.colour} {self.shape} {self.motion_phrase} "
             f"on a {self.pattern} {self.background} background"
         )
 
@@ -129,23 +117,17 @@ def parse_caption(text: str) -> Caption:
     target = None
     if motion_words[:1] == ["moving"] and len(motion_words) == 2:
         motion = motion_words[1]
-        _choose("direction", motion, tuple(DIRECTIONS))
+        choose("direction", motion, tuple(DIRECTIONS))
     elif motion_words[:1] == ["turning"] and len(motion_words) == 2:
         motion, target = "turning", motion_words[1]
     elif len(motion_words) == 1:
         motion = motion_words[0]
-        _choose("motion", motion, ("growing", "shrinking"))
+        choose("motion", motion, ("growing", "shrinking"))
     else:
         raise ValueError(
             f"motion must be 'moving <direction>', 'growing', 'shrinking' or 'turning <colour>'; got {text!r}"
         )
     return Caption(colour, shape, motion, words[-3], words[-2], target)
-
-
-def hue_distance(a: float, b: float) -> float:
-    """Angle between two hues in degrees, in [0, 180]."""
-    d = abs(a - b) % 360.0
-    return min(d, 360.0 - d)
 
 
 def sample_caption(rng: np.random.Generator) -> Caption:
@@ -183,10 +165,6 @@ class Scene:
     phase: tuple[float, float]
 
 
-# A shape of size s reaches at most this many s from its centre (star tips, square corners).
-_EXTENT = 1.3
-
-
 def make_scene(caption: Caption, seed: int, aspect: float = 1.0) -> Scene:
     """Draw the seed's choices for ``caption``; ``aspect`` is width / height of the frames to come."""
     rng = np.random.default_rng(seed)
@@ -199,7 +177,7 @@ def make_scene(caption: Caption, seed: int, aspect: float = 1.0) -> Scene:
         size = (s, s)
     # Margins keep the largest extent inside the frame; sizes are relative to the shorter side.
     short_over_w, short_over_h = min(1.0, 1.0 / aspect), min(1.0, aspect)
-    margin = (_EXTENT * max(size) * short_over_w, _EXTENT * max(size) * short_over_h)
+    margin = (SHAPE_EXTENT * max(size) * short_over_w, SHAPE_EXTENT * max(size) * short_over_h)
     if caption.motion in DIRECTIONS:
         dx, dy = DIRECTIONS[caption.motion]
         axis = 0 if dx else 1
@@ -228,114 +206,18 @@ def make_scene(caption: Caption, seed: int, aspect: float = 1.0) -> Scene:
 # and a few dozen kernels per shape present, so a GPU draws its own training data.
 
 
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a CPU tensor to ``device`` without waiting for the GPU (pinned, non-blocking), so the host
-    can prepare the next training step while the device works on this one."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-def _rgb(hue: float, saturation: float, value: float) -> tuple[float, float, float]:
-    return colorsys.hsv_to_rgb((hue % 360.0) / 360.0, saturation, value)
-
-
-def _tones(background: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """The two RGB tones of a background colour (muted hue, or grey)."""
-    if background in GREYS:
-        first, second = GREYS[background]
-        return _rgb(0.0, 0.0, first), _rgb(0.0, 0.0, second)
-    first, second = BACKGROUND_VALUES
-    hue = COLOURS[background]
-    return _rgb(hue, BACKGROUND_SATURATION, first), _rgb(hue, BACKGROUND_SATURATION, second)
-
-
-def hue_to_rgb(hue: torch.Tensor) -> torch.Tensor:
-    """RGB (new last dim of 3) of fully saturated, full-value colours from hues in degrees."""
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = (n + hue / 60.0) % 6.0
-        channels.append(1.0 - torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
-    return torch.stack(channels, dim=-1)
-
-
-def _shape_distance(shape: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Signed distance (negative inside) of a unit-size shape at the origin; y points down."""
-    if shape == "circle":
-        return torch.hypot(x, y) - 1.0
-    if shape == "ring":
-        return (torch.hypot(x, y) - 0.775).abs() - 0.225
-    if shape == "square":
-        qx, qy = x.abs() - 0.88, y.abs() - 0.88
-        outside = torch.hypot(qx.clamp(min=0), qy.clamp(min=0))
-        return outside + torch.maximum(qx, qy).clamp(max=0)
-    if shape == "diamond":
-        a, b = 0.95, 1.3
-        return (x.abs() / a + y.abs() / b - 1.0) * (a * b / math.hypot(a, b))
-    if shape == "triangle":  # equilateral, pointing up, side 2r (Inigo Quilez's exact distance)
-        r, k = 1.2, math.sqrt(3.0)
-        px, py = x.abs() - r, -y + r / k
-        flip = px + k * py > 0
-        px, py = torch.where(flip, (px - k * py) / 2, px), torch.where(flip, (-k * px - py) / 2, py)
-        px = px - px.clamp(-2 * r, 0)
-        return -torch.hypot(px, py) * torch.sign(py)
-    if shape == "star":  # five points, straight edges (Inigo Quilez's exact distance, folded into one spike)
-        r, inner = 1.25, 0.45
-        k1x, k1y = 0.809016994375, -0.587785252292
-        px, py = x.abs(), -y
-        for kx, ky in ((k1x, k1y), (-k1x, k1y)):
-            fold = 2.0 * torch.clamp(kx * px + ky * py, min=0.0)
-            px, py = px - fold * kx, py - fold * ky
-        px, py = px.abs(), py - r
-        bax, bay = -inner * k1y, inner * k1x - 1.0
-        h = torch.clamp((px * bax + py * bay) / (bax * bax + bay * bay), 0.0, r)
-        return torch.hypot(px - bax * h, py - bay * h) * torch.sign(py * bax - px * bay)
-    raise ValueError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
-
-
-def _coverage(distance_px: torch.Tensor) -> torch.Tensor:
-    """Anti-aliased coverage of a pixel from the signed distance of its centre, in pixels."""
-    return (0.5 - distance_px).clamp(0.0, 1.0)
-
-
 def _scene_numbers(scene: Scene) -> list[float]:
-    """One row of :data:`_COLUMNS`."""
+    """Start, end, sizes, hue and hue change of the object, then the background's numbers."""
     c = scene.caption
     turn = 0.0 if c.target is None else (COLOURS[c.target] - COLOURS[c.colour] + 180.0) % 360.0 - 180.0  # shortest arc
-    angle = scene.stripe_angle
     return [
         *scene.start,
         *scene.end,
         *scene.size,
         COLOURS[c.colour],
         turn,
-        scene.period,
-        math.cos(angle),
-        math.sin(angle),
-        *scene.phase,
-        *(v for tone in _tones(c.background) for v in tone),
-        *(float(c.pattern == p) for p in ("striped", "checkered", "dotted")),
+        *background_numbers(c.pattern, c.background, scene.period, scene.stripe_angle, scene.phase),
     ]
-
-
-def _backgrounds(numbers: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Static backgrounds ``(B, H, W, 3)``: each pattern drawn for all, the scene's own one kept."""
-    device = numbers.device
-    period, cos_a, sin_a, phase_x, phase_y = (v[:, None, None] for v in numbers[:, 8:13].unbind(1))
-    tone_a, tone_b, pattern = numbers[:, 13:16], numbers[:, 16:19], numbers[:, 19:22]
-    period = period * min(height, width)
-    u = (torch.arange(width, device=device) + 0.5)[None, None, :] / period + phase_x
-    w = (torch.arange(height, device=device) + 0.5)[None, :, None] / period + phase_y
-    # Edges ramp over PATTERN_SOFTNESS of a period: sin(2 pi t) / (2 pi) is about the distance to an
-    # edge in periods, so dividing by the ramp width gives a coverage slope of one per ramp.
-    ramp = 2 * math.pi * PATTERN_SOFTNESS
-    striped = 0.5 + torch.sin(2 * math.pi * (u * cos_a + w * sin_a)) / ramp
-    checkered = 0.5 + torch.sin(2 * math.pi * u) * torch.sin(2 * math.pi * w) / ramp
-    dot_distance = torch.hypot(u % 1.0 - 0.5, w % 1.0 - 0.5) - 0.28
-    dotted = 0.5 - dot_distance / PATTERN_SOFTNESS
-    mixes = torch.stack([striped, checkered, dotted], dim=-1).clamp(0.0, 1.0)
-    mix = (mixes * pattern[:, None, None, :]).sum(dim=-1, keepdim=True)  # plain: all weights 0
-    return torch.lerp(tone_a[:, None, None, :], tone_b[:, None, None, :], mix)
 
 
 def render_scenes(
@@ -369,9 +251,9 @@ def render_scenes(
         r = radius[group, :, None, None]
         x = (xs - cx[group, :, None, None]) / r
         y = (ys[:, None] - cy[group, :, None, None]) / r
-        covers.append(_coverage(_shape_distance(shape, x, y) * r))
+        covers.append(coverage(shape_distance(shape, x, y) * r))
     cover = torch.cat(covers)[..., None]
-    frames = torch.lerp(_backgrounds(numbers, height, width)[:, None], colour[:, :, None, None, :], cover)
+    frames = torch.lerp(draw_backgrounds(numbers[:, 8:], height, width)[:, None], colour[:, :, None, None, :], cover)
     if order == list(range(len(scenes))):
         return frames
     rank = {index: r for r, index in enumerate(order)}
@@ -399,31 +281,6 @@ def render_batch(
 # Reading a video back (numpy; works on rendered and generated videos alike).
 
 
-def _as_unit_float(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (F, H, W, 3), got shape {frames.shape}")
-    if frames.dtype == np.uint8:
-        return frames.astype(np.float32) / 255.0
-    return np.clip(frames.astype(np.float32), 0.0, 1.0)
-
-
-def rgb_to_hsv(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in degrees, saturation and value in [0, 1] of ``(..., 3)`` RGB in [0, 1]."""
-    top, bottom = frames.max(axis=-1), frames.min(axis=-1)
-    chroma = top - bottom
-    r, g, b = frames[..., 0], frames[..., 1], frames[..., 2]
-    safe = np.where(chroma > 0, chroma, 1.0)
-    hue = np.where(top == r, ((g - b) / safe) % 6.0, np.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    saturation = np.where(top > 0, chroma / np.where(top > 0, top, 1.0), 0.0)
-    return hue * 60.0 % 360.0, saturation, top
-
-
-def _mean_hue(hues: np.ndarray) -> float:
-    angle = np.deg2rad(hues)
-    return float(np.rad2deg(np.arctan2(np.sin(angle).mean(), np.cos(angle).mean())) % 360.0)
-
-
 @dataclass(frozen=True)
 class Reading:
     """What the reader sees: the object's hue, area and centroid in its first and last visible frames.
@@ -443,9 +300,9 @@ class Reading:
 
 def read_video(frames: np.ndarray) -> Reading | None:
     """Find the saturated object in each frame; None when it is in no frame."""
-    rgb = _as_unit_float(frames)
-    hue, saturation, value = rgb_to_hsv(rgb)
-    mask = (saturation > OBJECT_MIN_SATURATION) & (value > OBJECT_MIN_VALUE)
+    if np.ndim(frames) != 4 or np.shape(frames)[-1] != 3:
+        raise ValueError(f"frames must be (F, H, W, 3), got shape {np.shape(frames)}")
+    hue, mask = object_pixels(as_unit_float(frames))
     height, width = mask.shape[1:]
     # A frame counts when the object covers at least a 6x6-pixel-equivalent of a 128x128 frame.
     seen = np.flatnonzero(mask.sum(axis=(1, 2)) >= max(4, mask[0].size * 0.002))
@@ -456,15 +313,10 @@ def read_video(frames: np.ndarray) -> Reading | None:
     def at(i: int) -> tuple[float, tuple[float, float], float]:
         m = mask[i]
         centroid = (float((xs[m] + 0.5).mean() / width), float((ys[m] + 0.5).mean() / height))
-        return _mean_hue(hue[i][m]), centroid, float(m.mean())
+        return mean_hue(hue[i][m]), centroid, float(m.mean())
 
     (h0, c0, a0), (h1, c1, a1) = at(int(seen[0])), at(int(seen[-1]))
     return Reading(h0, h1, c0, c1, a0, a1, seen.size / mask.shape[0])
-
-
-def nearest_colour(hue: float) -> str:
-    """The colour word whose hue is closest."""
-    return min(COLOURS, key=lambda name: hue_distance(COLOURS[name], hue))
 
 
 def read_motion(reading: Reading) -> str:

@@ -1,8 +1,7 @@
 """Tokenizer and text encoder of the tiny Wan model, built offline.
 
-The tokenizer is word-level over the caption grammar (:func:`tools.tiny_wan.data.vocabulary`),
-lower-cases, drops punctuation and ends every prompt with ``</s>``, as T5 tokenizers do, so
-``WanPipeline`` uses it unchanged. Unknown words become ``<unk>``.
+The tokenizer is word-level over the caption grammar (:func:`tools.tiny_wan.data.vocabulary`; see
+:func:`tools.tiny_common.text.word_tokenizer`), so ``WanPipeline`` uses it unchanged.
 
 The text encoder is a two-layer ``UMT5EncoderModel`` (the class Wan ships with) trained jointly with
 the transformer. A frozen random encoder would be cheaper by a rounding error but worse: Wan's
@@ -16,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
-from .data import host_to_device, vocabulary
+from tools.tiny_common.drawing import host_to_device
+from tools.tiny_common.text import t5_encoder, word_tokenizer
 
-PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+from .data import vocabulary
+
 # Long enough for any caption of the grammar plus </s>; prompts are padded to this when training.
 CAPTION_TOKENS = 24
 # WanPipeline's default max_sequence_length: the transformer sees this many text positions.
@@ -29,36 +29,13 @@ PIPELINE_TEXT_LENGTH = 512
 
 
 def build_tokenizer(model_max_length: int = PIPELINE_TEXT_LENGTH) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the grammar; ids 0, 1, 2 are pad, eos and unk (T5's order)."""
-    words = [PAD, EOS, UNK, *vocabulary()]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=UNK))
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^a-z\s]"), " ")]
-    )
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=model_max_length
-    )
+    """The word-level tokenizer over the grammar; ids 0, 1, 2 are pad, eos and unk (T5's order)."""
+    return word_tokenizer(vocabulary(), model_max_length)
 
 
 def build_text_encoder(vocab_size: int, d_model: int, num_layers: int, num_heads: int, d_ff: int) -> UMT5EncoderModel:
     """A randomly initialised ``UMT5EncoderModel`` of the given size (no dropout)."""
-    config = UMT5Config(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=d_model // num_heads,
-        d_ff=d_ff,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    return UMT5EncoderModel(config)
+    return t5_encoder(UMT5EncoderModel, vocab_size, d_model, num_layers, num_heads, d_ff)
 
 
 def encode_prompts(

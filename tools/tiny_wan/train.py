@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
-import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,20 +39,36 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, WanPipeline
 
-from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE
-
-from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
-from .data import check_video, render_batch, sample_caption
-from .distributed import (
+from tools.tiny_common.distributed import (
     Ranks,
     SharedClock,
-    average_gradients,
     broadcast_,
     broadcast_state,
     close,
     in_sync,
     init_ranks,
 )
+from tools.tiny_common.training import (
+    Progress,
+    Schedule,
+    autocast,
+    configure_device,
+    flow_pair,
+    learning_rate,
+    make_optimizer,
+    optimizer_step,
+    process_age_seconds,
+    psnr_db,
+    read_record,
+    sample_sigmas,
+    save_pipeline,
+    storage_copy,
+    update_ema,
+    write_record,
+)
+
+from .build import FULL, TOY, TinyWanSpec, assemble_pipeline, build_pipeline
+from .data import check_video, render_batch, sample_caption
 from .echo import EchoPool
 from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
 
@@ -64,10 +77,7 @@ from .text import CAPTION_TOKENS, PIPELINE_TEXT_LENGTH, encode_prompts
 # slows the first minutes badly. A light L2 keeps the latents' scale in check.
 LATENT_WEIGHT = 1e-4
 CAPTION_DROPOUT = 0.1
-EMA_DECAY = 0.998
-MAX_SHARD_SIZE = "15MB"
 TIMESTEP_SCALE = 1000.0  # the schedulers' num_train_timesteps: timestep = 1000 * sigma
-CHECKPOINTS = 4  # stage 2 saves its EMA weights after each quarter, so a run cut short leaves a model
 
 
 @dataclass(frozen=True)
@@ -136,114 +146,6 @@ TOY_PLAN = Plan(
 )
 
 
-def process_age_seconds() -> float:
-    """Seconds since this process started (imports included), or 0 where /proc is missing."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-@dataclass
-class Schedule:
-    """Deadlines of the stages, as ``time.monotonic()`` values."""
-
-    vae_end: float
-    checkpoints: tuple[float, ...]
-    train_end: float
-    end: float
-
-    @classmethod
-    def from_budget(cls, minutes: float, plan: Plan, spent: float = 0.0) -> Schedule:
-        """Split ``minutes`` of which ``spent`` seconds are already gone (process start-up)."""
-        now = time.monotonic()
-        total = minutes * 60.0 - spent
-        reserve = max(plan.reserve_seconds, 0.05 * total)
-        if total <= reserve:
-            raise ValueError(f"--minutes {minutes} leaves no time to train (need more than {reserve / 60:.2f} min)")
-        vae_end = now + plan.vae_share * (total - reserve)
-        train_end = now + total - reserve
-        checkpoints = tuple(vae_end + (train_end - vae_end) * i / CHECKPOINTS for i in range(1, CHECKPOINTS))
-        return cls(vae_end, checkpoints, train_end, now + total)
-
-
-class Progress:
-    """Unbuffered loss logging every ``every`` steps, with throughput.
-
-    Losses stay on the device between log lines, so logging costs one synchronisation per line, not
-    one per step: with the non-blocking copies of the batch's scene numbers and token ids, the host
-    prepares the next step while the GPU runs this one.
-    """
-
-    def __init__(self, stage: str, every: int, until: float, ranks: Ranks) -> None:
-        self.stage, self.every, self.until, self.ranks = stage, every, until, ranks
-        self.start = time.monotonic()
-        self.pending: list[torch.Tensor] = []
-        self.history: list[dict[str, float]] = []
-        self.samples = 0
-
-    def log(self, step: int, loss: torch.Tensor, lr: float, samples: int) -> None:
-        self.pending.append(loss.detach())
-        self.samples += samples * self.ranks.world
-        if step % self.every == 0:
-            self.flush(step, lr)
-
-    def flush(self, step: int, lr: float) -> None:
-        if not self.pending:
-            return
-        now = time.monotonic()
-        mean = float(torch.stack(self.pending).float().mean())
-        self.pending.clear()
-        self.history.append({"step": step, "loss": round(mean, 5), "seconds": round(now - self.start, 1)})
-        if not self.ranks.main:
-            return
-        print(
-            f"[{self.stage}] step {step:6d}  loss {mean:.4f}  lr {lr:.2e}  "
-            f"{self.samples / (now - self.start):7.1f} samples/s  {self.until - now:6.0f} s left",
-            flush=True,
-        )
-
-    def summary(self, step: int, lr: float) -> dict[str, Any]:
-        self.flush(step, lr)
-        seconds = time.monotonic() - self.start
-        return {
-            "steps": step,
-            "seconds": round(seconds, 1),
-            "samples_per_second": round(self.samples / max(seconds, 1e-9), 2),
-            "final_loss": self.history[-1]["loss"] if self.history else None,
-            "history": self.history,
-        }
-
-
-def learning_rate(base: float, step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up over steps, then cosine decay to 10% over the stage's time."""
-    cosine = 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return base * min(1.0, (step + 1) / warmup) * cosine
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, ranks: Ranks) -> None:
-    """Backward, average the gradients over ranks, clip their norm at 1, step at ``lr``."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    average_gradients(params, ranks)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on GPUs; plain fp32 on CPUs, where bf16 is slower."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def random_videos(rng: np.random.Generator, count: int, num_frames: int, height: int, width: int, device: torch.device):
     """``count`` random captions and their rendered ``(B, 3, F, H, W)`` videos in [-1, 1]."""
     captions = [sample_caption(rng) for _ in range(count)]
@@ -309,11 +211,6 @@ class VaeMeasurement:
     psnr_by_frame: list[float]
 
 
-def psnr_db(error: torch.Tensor) -> torch.Tensor:
-    """PSNR of mean squared errors of videos in [-1, 1] (a value range of 2)."""
-    return 10 * torch.log10(4.0 / error)
-
-
 @torch.no_grad()
 def measure_vae(vae: AutoencoderKLWan, plan: Plan, rng: np.random.Generator, device: torch.device) -> VaeMeasurement:
     """Latent statistics of ``stats_batches`` batches of native-size videos; reconstruction of the first."""
@@ -356,11 +253,8 @@ class Denoiser:
     def trained(self) -> list[torch.nn.Module]:
         return [self.pipe.transformer, self.pipe.text_encoder]
 
-    @torch.no_grad()
     def update_ema(self, step: int) -> None:
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        for ema, model in zip(self.ema, self.trained, strict=True):
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        update_ema(self.ema, self.trained, step)
 
     @torch.no_grad()
     def latents(self, videos: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -368,21 +262,6 @@ class Denoiser:
             z = self.pipe.vae.encode(videos).latent_dist.mode().float()
         shape = (1, -1, 1, 1, 1)
         return (z - self.latents_mean.view(shape)) / self.latents_std.view(shape)
-
-
-def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rectified flow: the noisy input ``(1 - s) x0 + s noise`` and the velocity target ``noise - x0``.
-
-    The transformer sees the timestep ``TIMESTEP_SCALE * s``, as the pipeline's scheduler passes it.
-    """
-    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
-    return (1.0 - s) * x0 + s * noise, noise - x0
-
-
-def sample_sigmas(count: int, shift: float, device: torch.device) -> torch.Tensor:
-    """Logit-normal noise levels, shifted as the sampler's ``flow_shift`` shifts its schedule."""
-    u = torch.sigmoid(torch.randn(count, device=device))
-    return shift * u / (1.0 + (shift - 1.0) * u)
 
 
 def denoiser_loss(
@@ -530,58 +409,11 @@ def load_for_resume(directory: Path, spec: TinyWanSpec) -> WanPipeline:
     return pipe
 
 
-def read_record(directory: Path) -> dict[str, Any]:
-    """The training record saved beside a pipeline (empty if there is none)."""
-    path = directory / "train_record.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def storage_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A ``dtype`` copy of a model; the modules its class keeps in fp32 (Wan's time embedding and norms) stay fp32."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    copied = copy.deepcopy(model).eval()
-    torch.nn.Module.to(copied, dtype)  # the plain cast; Diffusers' own .to() warns about the fp32 modules
-    for name, module in copied.named_modules():
-        if keep.intersection(name.split(".")):
-            module.float()
-    return copied
-
-
 def export_pipeline(denoiser: Denoiser, spec: TinyWanSpec, dtype: torch.dtype = torch.bfloat16) -> WanPipeline:
     """The pipeline to ship: EMA transformer and text encoder, trained VAE, in ``dtype``."""
     ema_transformer, ema_text_encoder = (storage_copy(m, dtype) for m in denoiser.ema)
     vae = storage_copy(denoiser.pipe.vae, dtype)
     return assemble_pipeline(ema_transformer, vae, ema_text_encoder, spec)
-
-
-def portable_tokenizer_class(directory: Path) -> None:
-    """Name the tokenizer ``PreTrainedTokenizerFast``, which transformers 4 and 5 both load."""
-    index_path = directory / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
-    config_path = directory / "tokenizer" / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def save_pipeline(pipe: WanPipeline, spec: TinyWanSpec, out: Path, record: dict[str, Any]) -> None:
-    """Write the pipeline, its call defaults and the training record to ``out`` (replacing it whole)."""
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
-    portable_tokenizer_class(staging)
-    (staging / GENERATION_DEFAULTS_FILE).write_text(json.dumps(spec.call_defaults(), indent=2) + "\n")
-    write_record(staging, record)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    sizes = [p.stat().st_size for p in out.rglob("*") if p.is_file()]
-    print(f"saved {out}: {sum(sizes) / 2**20:.1f} MiB in {len(sizes)} files, largest {max(sizes) / 2**20:.1f} MiB")
-
-
-def write_record(directory: Path, record: dict[str, Any]) -> None:
-    (directory / "train_record.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def evaluation_captions(count: int, seed: int) -> list[str]:
@@ -670,17 +502,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def configure_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was given but CUDA is not available; use --device cpu")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    return device
-
-
 def shared_schedule(schedule: Schedule, ranks: Ranks, device: torch.device) -> Schedule:
     """Rank 0's deadlines on every rank (the ranks started at slightly different times)."""
     values = torch.tensor(
@@ -735,7 +556,9 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
 def train_and_save(
     args: argparse.Namespace, plan: Plan, log_every: int, ranks: Ranks, device: torch.device, spent: float
 ) -> int:
-    schedule = shared_schedule(Schedule.from_budget(args.minutes, plan, spent), ranks, device)
+    schedule = shared_schedule(
+        Schedule.from_budget(args.minutes, plan.vae_share, plan.reserve_seconds, spent), ranks, device
+    )
     record: dict[str, Any] = {
         "spec": asdict(plan.spec),
         "plan": {k: v for k, v in asdict(plan).items() if k != "spec"},
@@ -770,7 +593,12 @@ def train_and_save(
         compile_for_training(pipe.transformer)
 
     def checkpoint(summary: dict[str, Any]) -> None:
-        save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, {**record, "transformer": summary})
+        save_pipeline(
+            export_pipeline(denoiser, plan.spec),
+            plan.spec.call_defaults(),
+            args.out,
+            {**record, "transformer": summary},
+        )
 
     record["transformer"] = train_denoiser(
         denoiser, plan, schedule, rng, device, log_every, checkpoint, ranks, shared_rng
@@ -778,7 +606,7 @@ def train_and_save(
     record["ranks_in_sync"] = in_sync([*denoiser.trained, pipe.vae, *denoiser.ema], ranks, device)
     if not ranks.main:
         return 0
-    save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec, args.out, record)
+    save_pipeline(export_pipeline(denoiser, plan.spec), plan.spec.call_defaults(), args.out, record)
     # Evaluate the saved bf16 weights on GPUs; on CPUs, where bf16 is slow, their fp32 originals.
     final = export_pipeline(denoiser, plan.spec, torch.bfloat16 if device.type == "cuda" else torch.float32)
     quick_end = time.monotonic() + (schedule.end - 3.0 - time.monotonic()) / 3

@@ -1,6 +1,6 @@
-"""Data-parallel training of the tiny model across the GPUs of one host (``torchrun``), or one process.
+"""Data-parallel training of the tiny models across the GPUs of one host (``torchrun``), or one process.
 
-Every rank holds the whole model and renders its own videos; after each backward the gradients
+Every rank holds the whole model and renders its own videos or images; after each backward the gradients
 are averaged with one all-reduce of a flat buffer, so the ranks stay identical without wrapping the
 models in DDP (the training code calls ``vae.encode``/``decode`` and the text encoder directly, which
 DDP's forward hooks would not see). Rank 0 decides when a stage ends, so all ranks take the same
