@@ -56,11 +56,13 @@ def _pisa_block_stats(
             k = tl.load(k_base + rows64[:, None] * stride_ks + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             k_mean = tl.load(KMean + b * stride_mb + h * stride_mh + j * stride_mn + offs_d)
             centred = tl.where(row_ok[:, None], k.to(tl.float32) - k_mean[None, :], 0.0)
-            h_j = tl.dot(tl.trans(centred), v)
-            if WITH_H:
-                h_acc += h_j
             if WITH_NORMS:
+                h_j = tl.dot(tl.trans(centred), v)
                 tl.store(HNorm + pid_bh.to(tl.int64) * num_blocks + j, tl.sqrt(tl.sum(tl.sum(h_j * h_j, 1), 0)))
+                if WITH_H:
+                    h_acc += h_j
+            else:  # accumulate in the dot (no separate D x D product in registers)
+                h_acc = tl.dot(tl.trans(centred), v, h_acc)
     if WITH_H:
         part = HPart + (pid_bh.to(tl.int64) * num_programs + pid_g) * HEAD_DIM * HEAD_DIM
         tl.store(part + offs_d[:, None] * HEAD_DIM + offs_d[None, :], h_acc)

@@ -69,6 +69,8 @@ def test_block_stats_triton_matches_float64_and_the_explicit_per_block_sum(key_l
         assert g.dtype == torch.float32 and rel_err(g, w) < 1e-5, name
     v_only = pisa_block_stats_triton(k.float(), v.float(), k_mean.float(), block_k, key_len, False, False)
     assert v_only[1].numel() == 0 and v_only[2].numel() == 0 and rel_err(v_only[0], want[0]) < 1e-5
+    h_only = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, False)
+    assert h_only[2].numel() == 0 and rel_err(h_only[1], want[1]) < 1e-5
 
 
 def tail_inputs(gen: torch.Generator, batch=2, heads=3, seq=150, dim=32, block_q=32, block_k=8):
