@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -29,6 +29,9 @@ from dit_accel.layout import TokenLayout
 from dit_accel.tiling import Tile
 
 from .base import AttentionMethod, BlockSparseMethod, Routing
+
+if TYPE_CHECKING:
+    from dit_accel.kernels.clustering import Clusters
 
 Tensor = torch.Tensor
 ROUTE_BY = ("error", "mass")
@@ -121,7 +124,8 @@ class KMeansState(torch.nn.Module):
         self.register_buffer("k_centroids", None, persistent=False)
         self.last_labels: tuple[Tensor, Tensor] | None = None
 
-    def clusters(self, name: str, x: Tensor, count: int, first_iters: int, iters: int, values: Tensor | None = None):
+    def clusters(self, name: str, x: Tensor, count: int, first_iters: int, iters: int,
+                 values: Tensor | None = None) -> Clusters:  # fmt: skip
         """k-means of x ``(B, H, S, D)`` into ``count`` clusters, warm-started when the shapes allow."""
         from dit_accel.kernels.clustering import kmeans, spread_centroids
 
@@ -145,7 +149,7 @@ class ClusterRouting(Routing):
     """
 
     q_order: Tensor | None = None
-    keys: Any = None
+    keys: Clusters | None = None
     key_labels: Tensor | None = None
 
 
@@ -180,7 +184,8 @@ class SVGEARAttention(BlockSparseMethod):
             cfg.k_clusters, k_video.shape[2], cfg.block_k
         )
 
-    def _cluster(self, q_video: Tensor, k_video: Tensor, v_video: Tensor, state: KMeansState):
+    def _cluster(self, q_video: Tensor, k_video: Tensor, v_video: Tensor,
+                 state: KMeansState) -> tuple[Clusters, Clusters]:  # fmt: skip
         """Query and key clusters of this call (state warm-started and updated), remembered for reference()."""
         cfg = self.config
         q_count, k_count = self._counts(q_video, k_video)
@@ -204,7 +209,8 @@ class SVGEARAttention(BlockSparseMethod):
         queries, keys = self._cluster(q_video, k_video, v_video, self._state(ctx))
         return self._cluster_routing(qh, kh, vh, queries.labels, keys, ctx)
 
-    def _cluster_routing(self, qh: Tensor, kh: Tensor, vh: Tensor, q_labels: Tensor, keys, ctx: AttentionContext):
+    def _cluster_routing(self, qh: Tensor, kh: Tensor, vh: Tensor, q_labels: Tensor, keys: Clusters,
+                         ctx: AttentionContext) -> ClusterRouting:  # fmt: skip
         """The :class:`ClusterRouting` of ``(B, H, S, D)`` q/k/v for given query labels and key clusters."""
         from dit_accel.kernels.clustering import cluster_order, gather_rows
 
