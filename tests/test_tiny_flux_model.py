@@ -185,7 +185,7 @@ def test_training_script_rejects_bad_options(
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("flux") / "toy"
-    assert main(["--out", str(out), "--minutes", "0.3", "--device", "cpu", "--tiny", "--log-every", "1"]) == 0
+    assert main(["--out", str(out), "--minutes", "0.2", "--device", "cpu", "--tiny", "--log-every", "1"]) == 0
     return out
 
 
@@ -202,6 +202,27 @@ def test_toy_training_writes_a_loadable_pipeline(toy_model: Path, monkeypatch: p
     call = json.loads((toy_model / GENERATION_DEFAULTS_FILE).read_text())
     pipe.set_progress_bar_config(disable=True)
     assert pipe(PROMPTS[0], **call, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def test_resumed_training_keeps_the_vae_and_trains_on(toy_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    args = ["--out", str(out), "--minutes", "0.15", "--device", "cpu", "--tiny", "--seed", "1"]
+    assert main([*args, "--resume", str(toy_model)]) == 0
+    before, after = (FluxPipeline.from_pretrained(d, dtype=torch.float32) for d in (toy_model, out))
+    for key, value in before.vae.state_dict().items():
+        torch.testing.assert_close(after.vae.state_dict()[key], value, rtol=0, atol=0)
+    assert (after.vae.config.shift_factor, after.vae.config.scaling_factor) == (
+        before.vae.config.shift_factor,
+        before.vae.config.scaling_factor,
+    )
+    changed = [
+        not torch.equal(a, b) for a, b in zip(*(p.transformer.parameters() for p in (before, after)), strict=True)
+    ]
+    assert any(changed)
+    record = json.loads((out / "train_record.json").read_text())
+    assert "vae" not in record and record["resumed_from"]["transformer"]["steps"] >= 1
+    with pytest.raises(ValueError, match="its transformer differs"):
+        main(["--out", str(tmp_path / "x"), "--minutes", "1", "--device", "cpu", "--resume", str(toy_model)])
 
 
 def test_evaluation_script_writes_its_record(toy_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -216,6 +216,23 @@ def read_record(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def load_matching(
+    pipeline_class: type[DiffusionPipeline], directory: Path, expected: DiffusionPipeline, ignored: set[str]
+) -> DiffusionPipeline:
+    """A saved pipeline in fp32, to resume training from; refused unless its transformer and VAE have
+    the sizes of ``expected``'s (config entries in ``ignored`` aside: those measured by training)."""
+    if not (directory / "model_index.json").is_file():
+        raise ValueError(f"--resume needs a pipeline saved by this script; {directory} has no model_index.json")
+    pipe = pipeline_class.from_pretrained(directory, dtype=torch.float32)
+    for name in ("transformer", "vae"):
+        saved, wanted = (json.loads(json.dumps(getattr(p, name).config)) for p in (pipe, expected))  # tuples as lists
+        sizes = [k for k in wanted if not k.startswith("_") and k not in ignored]
+        differing = sorted(k for k in sizes if saved.get(k) != wanted[k])
+        if differing:
+            raise ValueError(f"--resume {directory}: its {name} differs from this script's model in {differing}")
+    return pipe
+
+
 def save_pipeline(
     pipe: DiffusionPipeline,
     call_defaults: dict[str, Any],

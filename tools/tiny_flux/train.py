@@ -1,6 +1,7 @@
 """Train the tiny FLUX text-to-image model from scratch on procedural images, inside a time budget.
 
     python -m tools.tiny_flux.train --out DIR --minutes 8.5 --compile                 # one GPU
+    python -m tools.tiny_flux.train --resume DIR --out DIR2 --minutes 8.5 --lr 2e-4   # continue a run
     python -m tools.tiny_flux.train --out /tmp/toy --minutes 0.4 --device cpu --tiny  # CPU smoke run
 
 Stage 1 trains the VAE to reconstruct native-size images (L1 + a light L2 on the latents, on the
@@ -48,10 +49,12 @@ from tools.tiny_common.training import (
     configure_device,
     flow_pair,
     learning_rate,
+    load_matching,
     make_optimizer,
     optimizer_step,
     process_age_seconds,
     psnr_db,
+    read_record,
     sample_sigmas,
     save_pipeline,
     storage_copy,
@@ -107,7 +110,7 @@ TOY_PLAN = Plan(
     stats_batches=2,
     eval_prompts=2,
     workers=0,
-    reserve_seconds=9.0,
+    reserve_seconds=6.0,
 )
 
 
@@ -355,6 +358,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="images per stage-2 step (default 256)")
     parser.add_argument("--workers", type=int, default=None, help="data-loader processes (default 6, toy 0)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks in stage 2")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="continue from a pipeline this script saved: the VAE and its latent statistics stay as saved (no "
+        "stage 1), the transformer and text encoders train on, their EMA starting from the saved weights",
+    )
     args = parser.parse_args(argv)
     checks = [
         (args.minutes > 0, f"--minutes must be > 0, got {args.minutes}"),
@@ -377,13 +387,32 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return replace(plan, **{k: v for k, v in given.items() if v is not None})
 
 
+def autoencoder_stage(
+    pipe: FluxPipeline, plan: Plan, until: float, seed: int, device: torch.device, log_every: int
+) -> dict[str, Any]:
+    """Stage 1: train the VAE until ``until``, then write its latents' mean and std into its config as
+    ``shift_factor`` and 1 / ``scaling_factor``; the record of the stage."""
+    stream = image_stream(plan.vae_batch, plan.spec, seed, plan.workers, device)
+    record = train_vae(pipe.vae, plan, until, stream, device, log_every)
+    measured = measure_vae(pipe.vae, plan, stream, device)
+    pipe.vae.register_to_config(shift_factor=measured["mean"], scaling_factor=1.0 / measured["std"])
+    print(f"VAE reconstruction of native images: {measured['psnr']:.2f} dB PSNR; latents {measured}", flush=True)
+    return {
+        **record,
+        "reconstruction_psnr": measured["psnr"],
+        "latent_mean": measured["mean"],
+        "latent_std": measured["std"],
+    }
+
+
 def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     """Train, save and evaluate; ``spent`` seconds of the budget are already used (process start-up)."""
     args = parse_args(argv)
     plan = plan_from_args(args)
     log_every = args.log_every or (2 if args.tiny else 50)
     device = configure_device(args.device)
-    schedule = Schedule.from_budget(args.minutes, plan.vae_share, plan.reserve_seconds, spent)
+    vae_share = 0.0 if args.resume else plan.vae_share  # a resumed run keeps the VAE and its latent space
+    schedule = Schedule.from_budget(args.minutes, vae_share, plan.reserve_seconds, spent)
     record: dict[str, Any] = {
         "spec": asdict(plan.spec),
         "plan": {k: v for k, v in asdict(plan).items() if k != "spec"},
@@ -392,18 +421,18 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
         "torch": torch.__version__,
     }
     torch.manual_seed(args.seed)
-    pipe = build_pipeline(plan.spec, seed=args.seed)
-    zero_init_modulation(pipe.transformer)
+    if args.resume is None:
+        pipe = build_pipeline(plan.spec, seed=args.seed)
+        zero_init_modulation(pipe.transformer)
+    else:
+        ignored = {"shift_factor", "scaling_factor"}  # measured after stage 1, not part of the size
+        pipe = load_matching(FluxPipeline, args.resume, build_pipeline(plan.spec), ignored)
+        record["resumed_from"] = read_record(args.resume)
     pipe.to(device)
     print(f"training on {record['device']} for {args.minutes} min; writing {args.out}", flush=True)
-
-    stream = image_stream(plan.vae_batch, plan.spec, args.seed, plan.workers, device)
-    record["vae"] = train_vae(pipe.vae, plan, schedule.vae_end, stream, device, log_every)
-    measured = measure_vae(pipe.vae, plan, stream, device)
-    del stream
-    pipe.vae.register_to_config(shift_factor=measured["mean"], scaling_factor=1.0 / measured["std"])
-    record["vae"].update(reconstruction_psnr=measured["psnr"], latent_mean=measured["mean"], latent_std=measured["std"])
-    print(f"VAE reconstruction of native images: {measured['psnr']:.2f} dB PSNR; latents {measured}", flush=True)
+    if args.resume is None:
+        record["vae"] = autoencoder_stage(pipe, plan, schedule.vae_end, args.seed, device, log_every)
+    pipe.vae.eval().requires_grad_(False)
 
     denoiser = Denoiser(pipe, plan.spec)
     if args.compile:
@@ -416,7 +445,6 @@ def main(argv: Sequence[str] | None = None, spent: float = 0.0) -> int:
     stream = image_stream(plan.batch, plan.spec, args.seed + 1, plan.workers, device)
     rng = np.random.default_rng([args.seed, 2])
     record["transformer"] = train_denoiser(denoiser, plan, schedule, stream, rng, device, log_every, checkpoint)
-    del stream
     save_pipeline(export_pipeline(denoiser), call, args.out, record, TOKENIZERS)
     # Evaluate the saved bf16 weights on GPUs; on CPUs, where bf16 is slow, their fp32 originals.
     final = export_pipeline(denoiser, torch.bfloat16 if device.type == "cuda" else torch.float32).to(device)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +54,7 @@ from tools.tiny_common.training import (
     configure_device,
     flow_pair,
     learning_rate,
+    load_matching,
     make_optimizer,
     optimizer_step,
     process_age_seconds,
@@ -395,18 +395,8 @@ def compile_for_training(transformer: torch.nn.Module) -> None:
 
 def load_for_resume(directory: Path, spec: TinyWanSpec) -> WanPipeline:
     """A saved tiny pipeline in fp32, to train on; refused unless its models have ``spec``'s sizes."""
-    if not (directory / "model_index.json").is_file():
-        raise ValueError(f"--resume needs a pipeline saved by this script; {directory} has no model_index.json")
-    pipe = WanPipeline.from_pretrained(directory, dtype=torch.float32)
-    expected = build_pipeline(spec)
     ignored = {"latents_mean", "latents_std"}  # measured after stage 1, not part of the size
-    for name in ("transformer", "vae"):
-        saved, wanted = (json.loads(json.dumps(getattr(p, name).config)) for p in (pipe, expected))  # tuples as lists
-        sizes = [k for k in wanted if not k.startswith("_") and k not in ignored]
-        differing = sorted(k for k in sizes if saved.get(k) != wanted[k])
-        if differing:
-            raise ValueError(f"--resume {directory}: its {name} differs from this script's model in {differing}")
-    return pipe
+    return load_matching(WanPipeline, directory, build_pipeline(spec), ignored)
 
 
 def export_pipeline(denoiser: Denoiser, spec: TinyWanSpec, dtype: torch.dtype = torch.bfloat16) -> WanPipeline:
