@@ -11,7 +11,8 @@
 # packing take about 30 s more, so keep MINUTES at 9 or less. Back come at most 8 files of 16 MiB:
 # train.log, and the pipeline (about 21 MB) as tar parts of 15 MB. Unpack them with
 #   cat FILES_AT/tiny-flux.tar.part-* | tar -C .ckpt -xf -        # .ckpt/tiny-flux
-# and score it with `eval .ckpt/tiny-flux` (carry .whl and .ckpt/tiny-flux).
+# and score it with `eval .ckpt/tiny-flux` (carry .whl and .ckpt/tiny-flux). If one segment is not
+# enough, continue it in another call: `train 8.5 --resume .ckpt/tiny-flux --lr 2e-4` (carry it too).
 set -u
 MODEL=/tmp/tiny-flux
 : "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"
@@ -20,8 +21,12 @@ case "${1:-}" in
 train)
     minutes=${2:-8.5}
     shift $(($# < 2 ? $# : 2))
+    options=()
+    while [ $# -gt 0 ]; do  # training runs from /tmp: make the --resume folder absolute
+        if [ "$1" = "--resume" ]; then options+=("$1" "$(realpath "$2")"); shift 2; else options+=("$1"); shift; fi
+    done
     source benchmarks/gpu_env.sh
-    (cd /tmp && python3 -m tools.tiny_flux.train --out "$MODEL" --minutes "$minutes" --compile "$@") 2>&1 \
+    (cd /tmp && python3 -m tools.tiny_flux.train --out "$MODEL" --minutes "$minutes" --compile "${options[@]}") 2>&1 \
         | grep -v Warning | tee "$OUT/train.log" | tail -30
     tar -C "$(dirname "$MODEL")" -cf - "$(basename "$MODEL")" | split -b 15m - "$OUT/tiny-flux.tar.part-"
     ls -la "$OUT"
