@@ -50,7 +50,6 @@ from dit_accel.result_notes import result_notes
 from dit_accel.style_metrics import offline_style_metrics
 from dit_accel.tiny_model import TINY_MODEL_DIR
 
-DEFAULT_MODELS = (str(TINY_MODEL_DIR),)
 NEEDS_FLUX = "the style-aligned batch needs a FLUX.1 model"
 NO_FLUX_MODEL = (
     f"{NEEDS_FLUX}, and none was given: start the demo with "
@@ -65,6 +64,13 @@ OUT_OF_MEMORY = (
 KEPT_RUNS = 8
 # The block map picture is drawn about this many pixels wide, one square per (query block, key block).
 MAP_PIXELS = 256
+
+
+def shipped_models() -> list[str]:
+    """The small models of the checkout's ``assets/`` (each folder with a ``model_index.json``), the tiny
+    Wan model first: the ones the demo serves offline, whatever ships there."""
+    found = sorted(str(index.parent) for index in TINY_MODEL_DIR.parent.glob("*/model_index.json"))
+    return list(dict.fromkeys([str(TINY_MODEL_DIR), *found]))
 
 
 def acceleration_methods() -> list[str]:
@@ -96,8 +102,8 @@ def model_family(model: str) -> str | None:
 class DemoSession:
     """The models a demo serves, their pipelines (loaded on first use, one at a time) and its output files."""
 
-    def __init__(self, models: Sequence[str] = DEFAULT_MODELS, device: str = "auto", dtype: str = "auto") -> None:
-        self.models = list(dict.fromkeys(models))
+    def __init__(self, models: Sequence[str] | None = None, device: str = "auto", dtype: str = "auto") -> None:
+        self.models = list(dict.fromkeys(shipped_models() if models is None else models))
         self.device, self.dtype = device, dtype
         self._added: dict[str, Any] = {}
         self._loaded: dict[str, Any] = {}
@@ -143,8 +149,8 @@ class DemoSession:
         return model_family(model)
 
     def label(self, model: str) -> str:
-        """How the page names a model: the shipped tiny model by its name, others as given."""
-        return "tiny-wan-t2v (shipped, offline)" if model == str(TINY_MODEL_DIR) else model
+        """How the page names a model: shipped ones by their folder's name, others as given."""
+        return f"{Path(model).name} (shipped, offline)" if model in shipped_models() else model
 
     def style_models(self) -> list[str]:
         """The models the style tab offers: FLUX ones, and those whose family is not known before loading."""
@@ -386,7 +392,7 @@ def _launch(args: argparse.Namespace) -> int:
         from dit_accel.demo_app import build_app, launch
     except ImportError as error:
         raise SystemExit(f"dit-accel demo needs Gradio: pip install 'dit-accel[demo]' ({error})") from None
-    session = DemoSession([*DEFAULT_MODELS, *args.model], args.device, args.dtype)
+    session = DemoSession([*shipped_models(), *args.model], args.device, args.dtype)
     launch(build_app(session), args.host, args.port, args.share)
     return 0
 

@@ -23,6 +23,7 @@ from dit_accel.demo import (
     parse_options,
     run_comparison,
     run_style_batch,
+    shipped_models,
 )
 from dit_accel.tiny_model import TINY_MODEL_DIR
 from tools.tiny_wan.build import TOY, build_pipeline
@@ -134,8 +135,16 @@ def test_the_demo_command_serves_the_tiny_model_and_the_given_ones(monkeypatch):
     monkeypatch.setattr(demo_app, "build_app", lambda session: session)
     monkeypatch.setattr(demo_app, "launch", lambda app, *args: launched.update(session=app, args=args))
     assert main(["demo", "--model", "org/a", "--model", "/models/b", "--port", "7000", "--host", "0.0.0.0"]) == 0
-    assert launched["session"].models == [str(TINY_MODEL_DIR), "org/a", "/models/b"]
+    assert launched["session"].models == [*shipped_models(), "org/a", "/models/b"]
     assert launched["args"] == ("0.0.0.0", 7000, False)
+
+
+def test_the_shipped_models_are_served_by_default_the_tiny_wan_model_first():
+    assert shipped_models()[0] == str(TINY_MODEL_DIR)
+    assert all((TINY_MODEL_DIR.parent / Path(model).name / "model_index.json").is_file() for model in shipped_models())
+    session = DemoSession()
+    assert session.models == shipped_models()
+    assert session.label(str(TINY_MODEL_DIR)) == "tiny-wan-t2v (shipped, offline)" and session.label("a/b") == "a/b"
 
 
 def test_the_picture_shows_each_class_in_its_legend_colour():
