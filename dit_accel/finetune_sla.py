@@ -12,8 +12,8 @@ projections, plus LoRA adapters (``train="lora"``, via ``peft``) or every weight
 weights when the pipeline is bf16). Checkpoints every ``save_every`` steps; ``resume=True`` continues
 from the last one (each step's samples are drawn from a generator seeded by the step, so a resumed
 run is the same as an uninterrupted one). The result folder loads with
-``dit_accel.apply(pipe, "sla", weights=out_dir, ...)`` (see :mod:`dit_accel.sla_weights`); with
-``train="all"`` the trained transformer is also saved under ``out_dir/transformer``.
+``dit_accel.apply(pipe, "sla", weights=out_dir, ...)`` (see :mod:`dit_accel.sla_weights`: with
+``train="all"`` it also swaps in the trained transformer weights, and ``remove()`` swaps them back).
 
     dit-accel finetune-sla --out out/sla -o k_high=0.05 --steps 2000 --train lora
 """
@@ -43,7 +43,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
 # Prompts in the shipped tiny model's domain; any list can be given instead.
 DEFAULT_PROMPTS = (
-    "a red circle moving right on a striped blue background",
+    "a pink circle moving left on a striped green background",
     "a yellow star moving up on a plain gray background",
     "a green square moving left on a checkered white background",
     "a blue triangle growing on a dotted orange background",
@@ -325,12 +325,12 @@ def finetune_sla(
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
                 "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
                 "pool_size": pool.latents.shape[0], "seed": seed}  # fmt: skip
-        save_sla_weights(out, named, info, training.lora)
+        save_sla_weights(out, named, info, training.lora, transformer=train == "all")
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     training.restore()
     handle.remove()
-    if train == "all" and accelerator.is_main_process:
-        transformer.save_pretrained(out / "transformer")
+    if train == "all":  # the trained weights are in the folder; the pipeline gets its own back
+        transformer.load_state_dict(teacher.state_dict())
     return FinetuneResult(out, step, losses)
 
 

@@ -6,9 +6,12 @@ Files:
   (``component`` is the transformer's name in its pipeline, e.g. ``transformer``, ``transformer_2``);
 * ``lora.safetensors`` (when LoRA adapters were trained): the adapters' weights keyed
   ``{component}.{peft key}``, and their ``LoraConfig`` fields as JSON metadata (``lora_config``);
+* ``transformer.safetensors`` (when every weight was trained): all other transformer weights, keyed
+  ``{component}.{state-dict key}``;
 * ``sla.json``: the SLA options and training settings the weights were made with.
 
-Loaded LoRA adapters are named ``dit_accel_sla`` and removed again by ``handle.remove()``.
+Loaded LoRA adapters are named ``dit_accel_sla`` and removed again by ``handle.remove()``; loaded
+transformer weights replace the model's, whose values are kept on the CPU and put back by ``remove()``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from safetensors.torch import save_file
 
 PROJECTIONS_FILE = "projections.safetensors"
 LORA_FILE = "lora.safetensors"
+TRANSFORMER_FILE = "transformer.safetensors"
 INFO_FILE = "sla.json"
 LORA_ADAPTER = "dit_accel_sla"
 # Options that change what the projections were trained to correct: a mismatch is worth a warning.
@@ -54,23 +58,28 @@ def projection_parameters(named: dict[str, torch.nn.Module]) -> dict[str, torch.
     }
 
 
-def save_sla_weights(
-    out_dir: str | Path, named: dict[str, torch.nn.Module], info: dict[str, Any], lora: dict[str, Any] | None = None
-) -> Path:
-    """Write the projections (and the ``LORA_ADAPTER`` adapters when ``lora`` holds their config fields)."""
+def _to_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: t.detach().cpu().contiguous() for key, t in tensors.items()}
+
+
+def save_sla_weights(out_dir: str | Path, named: dict[str, torch.nn.Module], info: dict[str, Any],
+                     lora: dict[str, Any] | None = None, transformer: bool = False) -> Path:  # fmt: skip
+    """Write the projections, the ``LORA_ADAPTER`` adapters when ``lora`` holds their config fields, and
+    with ``transformer`` every other transformer weight (after ``train="all"``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {key: p.detach().float().cpu().contiguous() for key, p in projection_parameters(named).items()}
-    save_file(tensors, str(out / PROJECTIONS_FILE))
+    save_file(_to_file(projection_parameters(named)), str(out / PROJECTIONS_FILE))
+    if transformer:
+        save_file(_to_file(transformer_tensors(named)), str(out / TRANSFORMER_FILE))
     if lora is not None:
         from peft import get_peft_model_state_dict
 
         adapters = {
-            f"{component}.{key}": value.detach().float().cpu().contiguous()
+            f"{component}.{key}": value
             for component, model in named.items()
             for key, value in get_peft_model_state_dict(model, adapter_name=LORA_ADAPTER).items()
         }
-        save_file(adapters, str(out / LORA_FILE), metadata={"lora_config": json.dumps(lora)})
+        save_file(_to_file(adapters), str(out / LORA_FILE), metadata={"lora_config": json.dumps(lora)})
     (out / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
     return out
 
@@ -93,34 +102,65 @@ def add_lora(model: torch.nn.Module, fields: dict[str, Any]) -> Callable[[], Non
     return remove
 
 
+def transformer_tensors(named: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Every transformer weight but the SLA projections (views into the models), by their file key."""
+    projections = projection_parameters(named)
+    return {key: t for c, model in named.items() for n, t in model.state_dict().items()
+            if (key := f"{c}.{n}") not in projections}  # fmt: skip
+
+
 def load_sla_weights(path: str | Path, named: dict[str, torch.nn.Module], config: Any) -> Callable[[], None] | None:
-    """Load a weights folder into the installed projections (and LoRA adapters); returns the adapters' removal."""
+    """Load a weights folder into the installed projections (and LoRA adapters, and trained transformer
+    weights); returns what undoes the adapters and the weights, or None."""
     folder = Path(path)
     if not (folder / PROJECTIONS_FILE).is_file():
         raise FileNotFoundError(
             f"weights: no {PROJECTIONS_FILE} in {folder} (a folder written by dit-accel finetune-sla)"
         )
     _warn_on_option_mismatch(folder, config)
-    parameters = projection_parameters(named)
-    with safe_open(str(folder / PROJECTIONS_FILE), framework="pt") as f:
-        stored = set(f.keys())
-        if missing := sorted(set(parameters) - stored):
-            raise ValueError(
-                f"weights: {folder / PROJECTIONS_FILE} has no projection for {len(missing)} layer(s), e.g. "
-                f"{missing[0]!r}: it was trained for another model"
-            )
-        with torch.no_grad():
-            for key, parameter in parameters.items():
-                value = f.get_tensor(key)
-                if value.shape != parameter.shape:
-                    raise ValueError(f"weights: {key} is {tuple(value.shape)}, the model's is {tuple(parameter.shape)}")
-                parameter.copy_(value)
-    if not (folder / LORA_FILE).is_file():
+    _copy_from_file(folder / PROJECTIONS_FILE, projection_parameters(named), "projection")
+    undo = []
+    if (folder / TRANSFORMER_FILE).is_file():
+        targets = transformer_tensors(named)
+        originals = {key: t.detach().to("cpu", copy=True) for key, t in targets.items()}
+        _copy_from_file(folder / TRANSFORMER_FILE, targets, "transformer weight")
+        undo.append(lambda: _copy_values(targets, originals))
+    if (folder / LORA_FILE).is_file():
+        undo.append(_load_lora(folder / LORA_FILE, named))
+    if not undo:
         return None
-    return _load_lora(folder / LORA_FILE, named)
+
+    def undo_all() -> None:
+        for step in reversed(undo):
+            step()
+
+    return undo_all
+
+
+def _copy_values(targets: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(values[key])
+
+
+def _copy_from_file(file: Path, targets: dict[str, torch.Tensor], what: str) -> None:
+    """Copy each target's value from ``file`` (same key), checking that it is there with the same shape."""
+    with safe_open(str(file), framework="pt") as f:
+        if missing := sorted(set(targets) - set(f.keys())):
+            raise ValueError(
+                f"weights: {file} has no {what} for {len(missing)} key(s), e.g. {missing[0]!r}: "
+                "it was trained for another model"
+            )
+        values = {key: f.get_tensor(key) for key in targets}
+    for key, value in values.items():
+        if value.shape != targets[key].shape:
+            raise ValueError(f"weights: {key} is {tuple(value.shape)} in {file}, the model's is "
+                             f"{tuple(targets[key].shape)}")  # fmt: skip
+    _copy_values(targets, values)
 
 
 def _load_lora(file: Path, named: dict[str, torch.nn.Module]) -> Callable[[], None]:
+    """Add the adapters stored in ``file`` to each transformer; returns their removal."""
     from peft import set_peft_model_state_dict
 
     removals = []

@@ -86,9 +86,9 @@ def _key_summary(
 
 
 @triton.jit
-def query_rows(QRows, i, seq_q, BLOCK_M: tl.constexpr, HAS_QROWS: tl.constexpr):
-    """Sequence rows of query block i (through ``QRows`` when given) and which of them are real."""
-    logical = i * BLOCK_M + tl.arange(0, BLOCK_M)
+def query_rows(QRows, start, seq_q, ROWS: tl.constexpr, HAS_QROWS: tl.constexpr):
+    """Sequence rows of logical query rows ``start ...`` (through ``QRows`` when given), which are real."""
+    logical = start + tl.arange(0, ROWS)
     row_ok = logical < seq_q
     if HAS_QROWS:
         rows = tl.load(QRows + logical, mask=row_ok, other=0).to(tl.int64)
@@ -111,7 +111,7 @@ def _linear_output(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    rows, row_ok = query_rows(QRows, i, seq_q, BLOCK_M, HAS_QROWS)
+    rows, row_ok = query_rows(QRows, i * BLOCK_M, seq_q, BLOCK_M, HAS_QROWS)
     phi_q = phi(load_rows(Q + b * stride_qb + h * stride_qh, rows, row_ok, stride_qs, HEAD_DIM), row_ok, FEATURE)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
     sums = Sums + (pid_bh.to(tl.int64) * num_query_blocks + i) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)

@@ -36,16 +36,20 @@ from .sla_linear import (
     summary_offsets,
 )
 
+# Query rows per step of the dq kernel: two 64-row steps per 128-row block keep its tiles in registers.
+ROWS_PER_STEP = 64
+
 
 @triton.jit
-def phi_grad(x, p, dp, FEATURE: tl.constexpr):
-    """dL/dx from dL/dφ for ``p = φ(x)`` (rows where p was zeroed give 0)."""
+def phi_grad(p, dp, FEATURE: tl.constexpr):
+    """dL/dx from dL/dφ, from ``p = φ(x)`` alone (x > 0 is p > 1 for elu + 1, p > 0 for relu), so x
+    need not stay live; rows where p was zeroed give 0."""
     if FEATURE == 0:
         dx = p * (dp - tl.sum(dp * p, 1)[:, None])
     elif FEATURE == 1:
-        dx = tl.where(x > 0.0, dp, dp * p)
+        dx = tl.where(p > 1.0, dp, dp * p)
     else:
-        dx = tl.where(x > 0.0, dp, 0.0)
+        dx = tl.where(p > 0.0, dp, 0.0)
     return dx
 
 
@@ -62,32 +66,34 @@ def _linear_output_bwd(
     stride_gb, stride_gh, stride_gs,
     stride_dqb, stride_dqh, stride_dqs,
     H, seq_q, num_query_blocks, eps,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, FEATURE: tl.constexpr, HAS_QROWS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, FEATURE: tl.constexpr,
+    HAS_QROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Grid (query blocks, B * H): dq of the block's rows and ``DSums[b, h, i] = [dH_i | dZ_i]``."""
+    """Grid (query blocks, B * H): dq of the block's rows and ``DSums[b, h, i] = [dH_i | dZ_i]``.
+
+    The block's rows are taken ``SUB_M`` at a time (fewer live row tiles next to the D x D ones)."""
     i = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    rows, row_ok = query_rows(QRows, i, seq_q, BLOCK_M, HAS_QROWS)
-    x = load_rows(Q + b * stride_qb + h * stride_qh, rows, row_ok, stride_qs, HEAD_DIM)
-    p = phi(x, row_ok, FEATURE)
-    g = load_rows(DOut + b * stride_gb + h * stride_gh, rows, row_ok, stride_gs, HEAD_DIM)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
     row = (pid_bh.to(tl.int64) * num_query_blocks + i) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
     big_h = tl.load(Sums + row + h_offsets)
     big_z = tl.load(Sums + row + z_offsets).to(tl.float32)
-    p_lo = p.to(big_h.dtype)
-    den = tl.sum(p * big_z[None, :], 1) + eps
-    o = tl.dot(p_lo, big_h, input_precision=DOT_PRECISION) / den[:, None]
-    dnum = g / den[:, None]
-    dden = -tl.sum(g * o, 1) / den
-    dnum_lo = dnum.to(big_h.dtype)
-    dp = tl.dot(dnum_lo, tl.trans(big_h), input_precision=DOT_PRECISION) + dden[:, None] * big_z[None, :]
-    store_rows(DQ + b * stride_dqb + h * stride_dqh, rows, row_ok, stride_dqs, phi_grad(x, p, dp, FEATURE), HEAD_DIM)
-    dh = tl.dot(tl.trans(p_lo), dnum_lo, input_precision=DOT_PRECISION)
-    dz = tl.sum(p * dden[:, None], 0)
+    dh = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+    dz = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for sub in tl.static_range(0, BLOCK_M, SUB_M):
+        rows, row_ok = query_rows(QRows, i * BLOCK_M + sub, seq_q, SUB_M, HAS_QROWS)
+        p = phi(load_rows(Q + b * stride_qb + h * stride_qh, rows, row_ok, stride_qs, HEAD_DIM), row_ok, FEATURE)
+        g = load_rows(DOut + b * stride_gb + h * stride_gh, rows, row_ok, stride_gs, HEAD_DIM)
+        p_lo = p.to(big_h.dtype)
+        den = tl.sum(p * big_z[None, :], 1) + eps
+        dden = -tl.sum(g * tl.dot(p_lo, big_h, input_precision=DOT_PRECISION), 1) / (den * den)
+        dnum_lo = (g / den[:, None]).to(big_h.dtype)
+        dp = tl.dot(dnum_lo, tl.trans(big_h), input_precision=DOT_PRECISION) + dden[:, None] * big_z[None, :]
+        store_rows(DQ + b * stride_dqb + h * stride_dqh, rows, row_ok, stride_dqs, phi_grad(p, dp, FEATURE), HEAD_DIM)
+        dh = tl.dot(tl.trans(p_lo), dnum_lo, dh, input_precision=DOT_PRECISION)
+        dz += tl.sum(p * dden[:, None], 0)
     tl.store(DSums + row + h_offsets, dh.to(DSums.dtype.element_ty))
     tl.store(DSums + row + z_offsets, dz.to(DSums.dtype.element_ty))
 
@@ -110,16 +116,15 @@ def _key_summary_bwd(
     rows = j * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < key_len
     rows = rows.to(tl.int64)
-    x = load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, stride_ks, HEAD_DIM)
+    p = phi(load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, stride_ks, HEAD_DIM), row_ok, FEATURE)
     v = load_rows(V + b * stride_vb + h * stride_vh, rows, row_ok, stride_vs, HEAD_DIM)
-    p = phi(x, row_ok, FEATURE)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
     row = (pid_bh.to(tl.int64) * num_key_blocks + j) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
     dh = tl.load(DSummary + row + h_offsets)
     dz = tl.load(DSummary + row + z_offsets).to(tl.float32)
     dp = tl.dot(v.to(dh.dtype), tl.trans(dh), input_precision=DOT_PRECISION) + dz[None, :]
     dv = tl.dot(p.to(dh.dtype), dh, input_precision=DOT_PRECISION)
-    store_rows(DK + b * stride_dkb + h * stride_dkh, rows, row_ok, stride_dks, phi_grad(x, p, dp, FEATURE), HEAD_DIM)
+    store_rows(DK + b * stride_dkb + h * stride_dkh, rows, row_ok, stride_dks, phi_grad(p, dp, FEATURE), HEAD_DIM)
     store_rows(DV + b * stride_dvb + h * stride_dvh, rows, row_ok, stride_dvs, dv, HEAD_DIM)
 
 
@@ -154,8 +159,8 @@ def sla_linear_backward_triton(
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         h, seq_q, nq, eps,
-        HEAD_DIM=d, BLOCK_M=block_m, FEATURE=feature, HAS_QROWS=q_rows is not None, DOT_PRECISION=precision,
-        num_warps=warps,
+        HEAD_DIM=d, BLOCK_M=block_m, SUB_M=min(block_m, ROWS_PER_STEP), FEATURE=feature,
+        HAS_QROWS=q_rows is not None, DOT_PRECISION=precision, num_warps=warps,
     )  # fmt: skip
     dsummary = torch.matmul(marginal.transpose(-1, -2).to(dsums.dtype), dsums)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)

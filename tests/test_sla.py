@@ -81,6 +81,7 @@ CASES = [
     (2, 1, 33, 61, 16, 16, 32, "relu", torch.float32, False),
     (1, 2, 41, 29, 32, 16, 16, "softmax", torch.float16, True),
     (1, 1, 19, 40, 16, 16, 16, "elu", torch.float16, False),
+    (1, 2, 150, 70, 16, 128, 16, "relu", torch.float32, True),  # the dq kernel takes 128 rows in two steps
 ]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 4e-3}
 
@@ -102,15 +103,6 @@ def test_triton_forward_and_backward_match_float64(case):
         assert g.dtype == dtype and rel(g, w) < 5 * TOLERANCE[dtype], name
         assert rel(r, w) < 1e-12, name
     assert (grads[1][:, :, key_len:] == 0).all() and (grads[2][:, :, key_len:] == 0).all()
-
-
-def test_a_wrong_gradient_formula_is_caught():
-    """The backward check can fail: a feature map whose gradient is not the forward's gives large errors."""
-    q, k, v, marginal, _, gen = problem(1, 2, 40, 40, 16, 16, 16, torch.float32, 3)
-    dout = torch.randn(q.shape, generator=gen)
-    got = sla_linear_backward_triton(dout, q, k, v, marginal, **kwargs_of(16, 16, 40, "elu", None))
-    want = autograd_grads(dout, q, k, v, marginal, **kwargs_of(16, 16, 40, "softmax", None))
-    assert rel(got[0], want[0]) > 1e-2
 
 
 def test_op_gradients_match_autograd_and_compile():

@@ -14,7 +14,7 @@ from tiny_models import tiny_wan_pipeline
 
 import dit_accel
 from dit_accel.finetune_sla import POOL_FILE, TeacherPool, _batch, finetune_sla
-from dit_accel.sla_weights import LORA_FILE, PROJECTIONS_FILE
+from dit_accel.sla_weights import LORA_FILE, PROJECTIONS_FILE, TRANSFORMER_FILE
 
 CALL = {"height": 96, "width": 128, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 5.0}
 # 144 video tokens in 16-token blocks: 9 key blocks, 2 critical, 1 negligible, 6 marginal.
@@ -92,6 +92,26 @@ def test_lora_adapters_save_load_and_leave_with_remove(tmp_path):
     projections_only.mkdir()
     shutil.copy(result.out_dir / PROJECTIONS_FILE, projections_only)
     assert (velocity(pipe, inputs, weights=projections_only) - with_lora).abs().max() > 1e-6  # the adapters count
+
+
+def test_all_weights_load_with_apply_and_the_pipeline_keeps_its_own(tmp_path):
+    pipe = tiny_wan_pipeline()
+    before = {key: value.clone() for key, value in pipe.transformer.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    embeds, negative = torch.randn(2, 1, 7, 8, generator=gen)
+    finetune_sla(pipe, tmp_path, sla_options=OPTIONS, train="all", steps=1, lr=1e-3, pool_size=1, prompt_embeds=embeds,
+                 negative_prompt_embeds=negative, call=CALL, progress=False)  # fmt: skip
+    after = pipe.transformer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert (tmp_path / TRANSFORMER_FILE).is_file()
+    inputs = training_inputs(tmp_path, 1)
+    dense = velocity(pipe, inputs, sla=False)
+    trained = velocity(pipe, inputs, weights=tmp_path)
+    projections_only = tmp_path / "projections_only"
+    projections_only.mkdir()
+    shutil.copy(tmp_path / PROJECTIONS_FILE, projections_only)
+    assert (velocity(pipe, inputs, weights=projections_only) - trained).abs().max() > 1e-6
+    assert torch.equal(velocity(pipe, inputs, sla=False), dense)  # remove() put the weights back
 
 
 def test_weights_errors_name_the_problem(tmp_path):

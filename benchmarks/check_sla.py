@@ -1,0 +1,231 @@
+"""GPU check of ``sla``: the linear branch's kernels against float64, then times against cuDNN.
+
+(a) correctness (PASS/FAIL lines): the linear branch forward (summaries, marginal sums, output) and
+backward (dq, dk, dv) Triton kernels against the float64 references, bf16 at the Wan-1.3B shape
+(1, 12, 32760, 128) with k_high 0.05 / k_low 0.1 classes from random pooled scores, and fp16 / fp32
+at an odd small shape with gathered query rows; the whole method (a random projection, text keys,
+odd sizes) against its float64 ``reference()``; forward + backward of the method under
+``torch.compile(fullgraph=True)`` against eager.
+(b) times (``dit_accel.bench.median_ms``; forward also from a CUDA graph where capture works), at the
+Wan-1.3B shape, for k_high 0.05 and 0.1 on each backend: the forward (routing and block classes,
+exact part, linear branch, projection: ``MethodRun``, tokens pretiled as in a model) against cuDNN's
+forward (target >= 14x at 0.05), its parts, ``topk`` at the same density, and forward + backward
+(gradients for q, k, v and the projection) against cuDNN's forward + backward (target >= 8x).
+(c) everything to the JSON file ``--out``. Exits non-zero on a FAIL.
+
+    python benchmarks/check_sla.py --out sla_h200.json
+    python benchmarks/check_sla.py --device cpu --out /tmp/sla_cpu.json   # reference parts, tiny shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from dit_accel.bench import SHAPES, BenchShape, MethodRun, environment, graph_ms, kernel_backends, median_ms
+from dit_accel.kernels import sla_ops
+from dit_accel.kernels.sla_linear_reference import sla_linear_backward_reference, sla_linear_reference
+from dit_accel.methods.base import Routing
+from dit_accel.methods.sla import EPS, SLAProjection, marginal_blocks
+
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+ODD = BenchShape("sla-odd", heads=3, grid=(3, 17, 21), text_len=7, head_dim=64)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def classes(batch, heads, nq, nk, block_k, k_high, k_low, device, gen) -> torch.Tensor:
+    """The marginal mask of random pooled scores (critical top k_high, negligible bottom k_low)."""
+    scores = torch.randn(batch, heads, nq, nk, generator=gen, device=device)
+    routing = Routing(q=None, k=None, v=None, q_rows=None, key_rows=None, key_len=nk * block_k, scale=1.0,
+                      block_q=0, block_k=block_k, log_counts=torch.zeros(nk, device=device),
+                      known_scores=scores)  # fmt: skip
+    return marginal_blocks(routing, routing.top_blocks(k_high), k_low)
+
+
+def check_linear_kernels(batch, heads, seq, dim, dtype, device, gathered, feature_map="softmax") -> list[dict]:
+    """Forward and backward of the linear branch (Triton through the ops) against float64."""
+    gen = torch.Generator(device=device).manual_seed(seq)
+    extra = 5 if gathered else 0
+    q, k, v = (torch.randn(batch, seq + extra, heads, dim, generator=gen, device=device).to(dtype).transpose(1, 2)
+               for _ in range(3))  # fmt: skip
+    k, v = k[:, :, :seq], v[:, :, :seq]
+    rows = torch.randperm(seq + extra, generator=gen, device=device)[:seq].to(torch.int32) if gathered else None
+    marginal = classes(batch, heads, math.ceil(seq / 128), math.ceil(seq / 64), 64, 0.05, 0.1, device, gen)
+    args = (marginal, 128, 64, seq, feature_map, EPS, rows)
+    kwargs = dict(block_m=128, block_n=64, key_len=seq, feature_map=feature_map, eps=EPS, q_rows=rows)
+    out = sla_ops.sla_linear_attention(q, k, v, *args)
+    want = sla_linear_reference(q.double(), k.double(), v.double(), marginal, **kwargs)
+    dout = torch.randn(q.shape, generator=gen, device=device).to(dtype)
+    grads = sla_ops.sla_linear_attention_backward(dout, q, k, v, *args)
+    wants = sla_linear_backward_reference(dout.double(), q.double(), k.double(), v.double(), marginal, **kwargs)
+    shape = [batch, heads, seq, dim]
+    records = [{"check": "linear.forward", "shape": shape, "dtype": str(dtype), "gathered": gathered,
+                "rel_err": rel_err(out, want)}]  # fmt: skip
+    for name, g, w in zip(("dq", "dk", "dv"), grads, wants, strict=True):
+        records.append({"check": f"linear.backward.{name}", "shape": shape, "dtype": str(dtype), "gathered": gathered,
+                        "rel_err": rel_err(g, w)})  # fmt: skip
+    return [r | {"ok": r["rel_err"] < 2 * TOLERANCE[dtype]} for r in records]
+
+
+def with_projection(run: MethodRun, gen: torch.Generator, requires_grad: bool = False) -> MethodRun:
+    """Give the standalone call a random projection (what a fine-tuned layer has)."""
+    dim = run.q.shape[-1]
+    projection = SLAProjection(dim, device=run.q.device, dtype=torch.float32)
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(dim, dim, generator=gen, device=run.q.device) / dim**0.5)
+    run.ctx.binding.module_state = projection.requires_grad_(requires_grad)
+    return run
+
+
+def check_method(dtype, device) -> dict:
+    """The whole method (odd sizes, text keys, random projection) against its float64 reference."""
+    gen = torch.Generator(device=device).manual_seed(3)
+    q, k, v = (torch.randn(1, ODD.seq_len, ODD.heads, ODD.head_dim, generator=gen, device=device, dtype=dtype)
+               for _ in range(3))  # fmt: skip
+    options = {"k_high": 0.2, "k_low": 0.2, "block_size": (64, 32)}
+    run = with_projection(MethodRun("sla", options, ODD.layout(), q, k, v, pretiled=False), gen)
+    error = rel_err(run.full(), run.method.reference(q, k, v, run.ctx))
+    return {"check": "method", "shape": ODD.name, "dtype": str(dtype), "rel_err": error,
+            "ok": error < TOLERANCE[dtype]}  # fmt: skip
+
+
+def check_compile(dtype, device) -> dict:
+    """Forward + backward of the method under ``torch.compile(fullgraph=True)`` (aot_eager: the traced graph
+    with the ops' fake implementations, then the real kernels) equals eager."""
+    shape = BenchShape("sla-compile", heads=2, grid=(3, 16, 24), head_dim=64)
+    inputs = leaves(shape, dtype, device, seed=4)
+    run = with_projection(MethodRun("sla", {"k_high": 0.2, "block_size": (64, 32)}, shape.layout(), *inputs),
+                          torch.Generator(device=device).manual_seed(4), requires_grad=True)  # fmt: skip
+    weight = run.ctx.binding.module_state.weight
+
+    def loss(q, k, v):
+        return run.method(q, k, v, run.ctx).float().square().sum()
+
+    eager = torch.autograd.grad(loss(*inputs), [*inputs, weight])
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(*inputs), [*inputs, weight])
+    error = max(rel_err(g, e) for g, e in zip(got, eager, strict=True))
+    return {"check": "compile.fwd_bwd", "shape": shape.name, "dtype": str(dtype), "rel_err": error,
+            "ok": error < TOLERANCE[dtype]}  # fmt: skip
+
+
+def timed(fn, device, graph: bool = True) -> dict:
+    """Median ms eager, and GPU time from a CUDA graph when ``graph`` and the capture works."""
+    record = {"ms_eager": median_ms(fn, device)}
+    record["ms"] = record["ms_eager"]
+    if graph:
+        try:
+            record["ms"] = graph_ms(fn, device) or record["ms_eager"]
+        except Exception as error:  # an op that cannot be captured: the eager figure stands
+            record["graph_error"] = f"{type(error).__name__}: {str(error)[:160]}"
+    return record
+
+
+def leaves(shape: BenchShape, dtype, device, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    size = (shape.batch, shape.seq_len, shape.heads, shape.head_dim)
+    return [torch.randn(size, generator=gen, device=device, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def forward_backward(fn, inputs: list[torch.Tensor], grad: torch.Tensor, extra: list[torch.Tensor]):
+    """One forward and backward of ``fn(q, k, v)`` (gradients into inputs and ``extra``)."""
+
+    def step():
+        out = fn(*inputs)
+        torch.autograd.grad(out, inputs + extra, grad)
+
+    return step
+
+
+def cudnn(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION] if q.is_cuda else [SDPBackend.MATH]):
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict, list[dict]]:
+    """cuDNN forward and forward + backward, then sla (and topk) per k_high and backend."""
+    q, k, v = leaves(shape, dtype, device)
+    grad = torch.randn(q.shape, device=device, dtype=dtype)
+    with torch.no_grad():
+        base = {"cudnn_fwd": timed(lambda: cudnn(q, k, v), device)}
+    base["cudnn_fwd_bwd"] = timed(forward_backward(cudnn, [q, k, v], grad, []), device, graph=False)
+    gen = torch.Generator(device=device).manual_seed(1)
+    records = []
+    for k_high in k_highs:
+        for backend in backends:
+            options = {"k_high": k_high, "k_low": 0.1, "backend": backend}
+            run = with_projection(MethodRun("sla", options, shape.layout(), q, k, v), gen, requires_grad=True)
+            with torch.no_grad():
+                routing, blocks = run.route_and_select()
+                out, lse = run.method.attend(routing, blocks, run.ctx)
+                parts = {
+                    "routing_and_classes": timed(lambda r=run: marginal_blocks(*r.route_and_select(), 0.1), device),
+                    "exact": timed(functools.partial(run.method.attend, routing, blocks, run.ctx), device),
+                    "linear_branch": timed(functools.partial(run.method.linear_branch, routing, blocks), device),
+                    "combine": timed(functools.partial(run.method.combine, routing, blocks, out, lse, run.ctx), device),
+                }
+                forward = timed(run.full, device)
+                topk = timed(MethodRun("topk", {"density": k_high, "backend": backend}, shape.layout(), q, k, v).full,
+                             device)  # fmt: skip
+            projection = [run.ctx.binding.module_state.weight]
+            both = timed(forward_backward(lambda a, b, c, r=run: r.method(a, b, c, r.ctx), [q, k, v], grad,
+                                          projection), device, graph=False)  # fmt: skip
+            records.append({
+                "options": options, "forward": forward, "forward_backward": both, "parts": parts, "topk_forward": topk,
+                "speedup_fwd_vs_cudnn": base["cudnn_fwd"]["ms"] / forward["ms"],
+                "speedup_fwd_bwd_vs_cudnn": base["cudnn_fwd_bwd"]["ms"] / both["ms"],
+            })  # fmt: skip
+    return base, records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--shape", default=None, help=f"one of {', '.join(SHAPES)} (default: wan-1.3b-480p on cuda)")
+    parser.add_argument("--k-high", type=float, nargs="+", default=[0.05, 0.1])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    shape = SHAPES[args.shape or ("wan-1.3b-480p" if device.type == "cuda" else "tiny-cpu")]
+    checks: list[dict] = []
+    if device.type == "cuda":
+        checks += check_linear_kernels(1, 12, 32760, 128, torch.bfloat16, device, gathered=False)
+        for dtype in (torch.float16, torch.float32):
+            checks += check_linear_kernels(2, 3, 1000, 64, dtype, device, gathered=True, feature_map="elu")
+    for dtype in (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32,):
+        checks.append(check_method(dtype, device))
+    checks.append(check_compile(torch.bfloat16 if device.type == "cuda" else torch.float32, device))
+    for record in checks:
+        print(f"{'PASS' if record['ok'] else 'FAIL'} {record['check']} {record['shape']} {record['dtype']} "
+              f"rel_err={record['rel_err']:.2e}")  # fmt: skip
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device))
+    print(f"cudnn forward {base['cudnn_fwd']['ms']:.3f} ms, forward+backward {base['cudnn_fwd_bwd']['ms']:.3f} ms")
+    for r in records:
+        parts = " ".join(f"{name} {part['ms']:.3f}" for name, part in r["parts"].items())
+        print(f"sla {r['options']}: forward {r['forward']['ms']:.3f} ms ({r['speedup_fwd_vs_cudnn']:.2f}x; topk "
+              f"{r['topk_forward']['ms']:.3f}), fwd+bwd {r['forward_backward']['ms']:.3f} ms "
+              f"({r['speedup_fwd_bwd_vs_cudnn']:.2f}x); parts: {parts}")  # fmt: skip
+    result = {"environment": environment(device), "shape": shape.name, "dtype": str(dtype), "checks": checks,
+              "baselines": base, "sla": records,
+              "targets": {"forward_at_0.05": 14.0, "forward_backward": 8.0}}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0 if all(record["ok"] for record in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
