@@ -22,7 +22,7 @@ BLOCK_CENTROIDS = 64
 MAX_BLOCK_ROWS = 64
 # Finite start of the running max: a tile whose pseudo-keys are all removed (-inf) then adds 0
 # instead of the NaN of -inf - -inf.
-_NO_MAX = -1.0e30
+_NO_MAX = tl.constexpr(-1.0e30)
 
 
 @triton.jit
