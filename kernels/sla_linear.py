@@ -48,6 +48,23 @@ def load_rows(base, rows, row_ok, stride_s, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def program_block(H, count, HEAD_DIM: tl.constexpr):
+    """This program's block n (grid axis 0) and (batch, head) (axis 1, B * H), and the offset of its
+    ``[h | z]`` row in a ``(B, H, count, D*D + D)`` tensor."""
+    n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    row = (pid_bh.to(tl.int64) * count + n) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
+    return n, (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64), row
+
+
+@triton.jit
+def key_rows(j, key_len, BLOCK_N: tl.constexpr):
+    """Rows of key block j and which of them are real keys."""
+    rows = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows.to(tl.int64), rows < key_len
+
+
+@triton.jit
 def summary_offsets(HEAD_DIM: tl.constexpr):
     """Offsets of the D x D part and of the D column sums within one ``[h | z]`` row."""
     d = tl.arange(0, HEAD_DIM)
@@ -63,13 +80,8 @@ def _key_summary(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, FEATURE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (key blocks, B * H): ``Summary[b, h, j] = [φ(K_j)ᵀ V_j | φ(K_j)ᵀ 1]``."""
-    j = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    rows = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < key_len
-    rows = rows.to(tl.int64)
+    j, b, h, row = program_block(H, num_key_blocks, HEAD_DIM)
+    rows, row_ok = key_rows(j, key_len, BLOCK_N)
     k = load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, stride_ks, HEAD_DIM)
     v = tl.load(
         V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + tl.arange(0, HEAD_DIM)[None, :],
@@ -80,9 +92,8 @@ def _key_summary(
     hj = tl.dot(tl.trans(phi_k.to(v.dtype)), v, input_precision=DOT_PRECISION)
     zj = tl.sum(phi_k, 0)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
-    out = Summary + (pid_bh.to(tl.int64) * num_key_blocks + j) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
-    tl.store(out + h_offsets, hj.to(Summary.dtype.element_ty))
-    tl.store(out + z_offsets, zj.to(Summary.dtype.element_ty))
+    tl.store(Summary + row + h_offsets, hj.to(Summary.dtype.element_ty))
+    tl.store(Summary + row + z_offsets, zj.to(Summary.dtype.element_ty))
 
 
 @triton.jit
@@ -107,16 +118,12 @@ def _linear_output(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H): ``Out[rows] = φ(Q_i) H_i / (φ(Q_i) · Z_i + eps)``."""
-    i = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    i, b, h, row = program_block(H, num_query_blocks, HEAD_DIM)
     rows, row_ok = query_rows(QRows, i * BLOCK_M, seq_q, BLOCK_M, HAS_QROWS)
     phi_q = phi(load_rows(Q + b * stride_qb + h * stride_qh, rows, row_ok, stride_qs, HEAD_DIM), row_ok, FEATURE)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
-    sums = Sums + (pid_bh.to(tl.int64) * num_query_blocks + i) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
-    big_h = tl.load(sums + h_offsets)
-    big_z = tl.load(sums + z_offsets).to(tl.float32)
+    big_h = tl.load(Sums + row + h_offsets)
+    big_z = tl.load(Sums + row + z_offsets).to(tl.float32)
     num = tl.dot(phi_q.to(big_h.dtype), big_h, input_precision=DOT_PRECISION)
     den = tl.sum(phi_q * big_z[None, :], 1) + eps
     o = num / den[:, None]

@@ -26,11 +26,13 @@ from .sla_linear import (
     FEATURE_MAPS,
     check_inputs,
     dot_precision,
+    key_rows,
     key_summary_triton,
     launch_warps,
     load_rows,
     marginal_sums,
     phi,
+    program_block,
     query_rows,
     summary_dtype,
     summary_offsets,
@@ -72,12 +74,8 @@ def _linear_output_bwd(
     """Grid (query blocks, B * H): dq of the block's rows and ``DSums[b, h, i] = [dH_i | dZ_i]``.
 
     The block's rows are taken ``SUB_M`` at a time (fewer live row tiles next to the D x D ones)."""
-    i = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    i, b, h, row = program_block(H, num_query_blocks, HEAD_DIM)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
-    row = (pid_bh.to(tl.int64) * num_query_blocks + i) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
     big_h = tl.load(Sums + row + h_offsets)
     big_z = tl.load(Sums + row + z_offsets).to(tl.float32)
     dh = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
@@ -109,17 +107,11 @@ def _key_summary_bwd(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, FEATURE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (key blocks, B * H): dk and dv of the block's rows from ``DSummary[b, h, j] = [dh_j | dz_j]``."""
-    j = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    rows = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < key_len
-    rows = rows.to(tl.int64)
+    j, b, h, row = program_block(H, num_key_blocks, HEAD_DIM)
+    rows, row_ok = key_rows(j, key_len, BLOCK_N)
     p = phi(load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, stride_ks, HEAD_DIM), row_ok, FEATURE)
     v = load_rows(V + b * stride_vb + h * stride_vh, rows, row_ok, stride_vs, HEAD_DIM)
     h_offsets, z_offsets = summary_offsets(HEAD_DIM)
-    row = (pid_bh.to(tl.int64) * num_key_blocks + j) * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
     dh = tl.load(DSummary + row + h_offsets)
     dz = tl.load(DSummary + row + z_offsets).to(tl.float32)
     dp = tl.dot(v.to(dh.dtype), tl.trans(dh), input_precision=DOT_PRECISION) + dz[None, :]
