@@ -195,14 +195,25 @@ def dense_runs(device: torch.device) -> dict[str, Callable]:
     return runs
 
 
-def method_options(method: str, densities: list[float], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One option set per density for methods that take ``density``, else the options once."""
+def method_options(method: str, densities: list[float | None], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One option set per density for methods that take ``density`` (None: the method's default), else
+    the options once."""
     from dit_accel.registry import get_method
 
     names = get_method(method).config_class.option_names()
     if "density" not in names or method == "dense":
         return [dict(options)]
-    return [options | {"density": d} for d in densities]
+    return [dict(options) if d is None else options | {"density": d} for d in densities]
+
+
+def density_argument(text: str) -> float | None:
+    """A ``--densities`` entry: a number, or ``default`` for the method's own default."""
+    if text == "default":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a density is a number or 'default', got {text!r}") from None
 
 
 def peak_memory_gb(fn: Callable[[], Any], device: torch.device) -> float | None:
@@ -350,7 +361,8 @@ def bench_kernel(
                     out = run.full()
                     record = base | env | errors | {
                         "method": method, "options": _jsonable(run_opts), "backend": run.backend(),
-                        "density": run_opts.get("density", 1.0), "token_order": "forward" if pretiled else "layer",
+                        "density": getattr(run.method.config, "density", 1.0),
+                        "token_order": "forward" if pretiled else "layer",
                         "ms": ms, "ms_graph": graph_ms(run.full, device),
                         "peak_memory_gb": peak_memory_gb(run.full, device),
                         "rel_l1_vs_dense": rel_l1(out, reference),
@@ -578,7 +590,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--recorded", default=None, help="q/k/v recorded by `dit-accel record`: also report the error vs dense on them"
     )
     kernel.add_argument("--shapes", nargs="+", default=["wan-1.3b-480p", "wan-14b-720p"], choices=sorted(SHAPES))
-    kernel.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.1, 0.05])
+    kernel.add_argument("--densities", nargs="+", type=density_argument, default=[1.0, 0.25, 0.1, 0.05],
+                        help="numbers, or 'default' for the method's own (e.g. PSA's quotas)")  # fmt: skip
     kernel.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     kernel.add_argument(
         "--per-layer-gather",

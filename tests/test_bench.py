@@ -121,3 +121,15 @@ def test_e2e_variants_name_a_mode_and_an_accelerate_method():
         check_e2e_variants(["eager:dense", "eager:record"])
     with pytest.raises(ValueError, match="unknown method"):
         check_e2e_variants(["eager:dense", "eager:nope"])
+
+
+def test_densities_take_numbers_or_the_method_default():
+    import argparse
+
+    from dit_accel.bench import density_argument, method_options
+
+    assert [density_argument(t) for t in ("0.25", "default")] == [0.25, None]
+    with pytest.raises(argparse.ArgumentTypeError, match="'default'"):
+        density_argument("half")
+    assert method_options("topk", [0.25, None], {"top_p": None}) == [{"top_p": None, "density": 0.25}, {"top_p": None}]
+    assert method_options("dense", [0.25], {}) == [{}]
