@@ -39,9 +39,12 @@ if [ "$STAGE" = kernel ]; then
     bench pisa_o1 --method pisa -o order=1 --densities 0.25 0.125 0.05
     bench pisa_o0 --method pisa -o order=0 --densities 0.125
     bench rectified --method rectified --densities 0.25 0.125 0.11
-    bench psa --method psa --densities 0.25 0.125
+    bench psa --method psa --densities 0.25 0.125 default
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
+    echo "=== flashblock e2e"
+    (cd /tmp && timeout 200 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
+        || echo "flashblock e2e FAILED"
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
 fi
 
@@ -77,7 +80,7 @@ fi
 # sweep's figures are PSNR/SSIM); flux-collect waits for it and brings the pipeline back.
 if [ "$STAGE" = flux-start ]; then
     mkdir -p /tmp/flux_out
-    OUT=/tmp/flux_out setsid nohup bash "$REPO/benchmarks/tiny_flux_train_job.sh" train 8 > /tmp/flux_job.log 2>&1 &
+    OUT=/tmp/flux_out setsid nohup bash "$REPO/benchmarks/tiny_flux_train_job.sh" train 7 > /tmp/flux_job.log 2>&1 &
     echo "tiny FLUX training started"
 fi
 if [ "$STAGE" = flux-collect ]; then
