@@ -1,0 +1,124 @@
+"""PSA's KV pyramid in one pass (Triton): per key block, K and V mean-pooled 2x, 4x and 8x.
+
+Level ``h`` (1..4) of key block ``j`` holds ``block_k / 2^(h-1)`` keys; pooled key ``g`` averages
+the tokens ``[j*block_k + g*p, j*block_k + (g+1)*p)``, ``p = 2^(h-1)``, that are real (the last
+block may be ragged: its pooled keys then average fewer tokens, or none, and attention adds
+``log(count)`` to their logits, see :mod:`.pyramid_attention`). Level 1 is K/V itself; levels 2-4
+go to one tensor ``(B, H, 7/8 * NK * block_k, D)``, level ``h`` at rows
+``level_offset(h) + j * block_k / 2^(h-1)``. One program reads one key block once and writes
+every level (each level is summed from the one below).
+
+The same pass can measure the block's key self-similarity for PSA's pooling cap: for level ``h``
+the mean cosine of the key pairs ``2^(h-1)`` apart inside the block (1.0 when the block has none).
+
+Reference: :func:`.pyramid_reference.pyramid_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .pyramid_reference import check_block, empty_pyramid, level_rows
+
+
+@triton.jit
+def _pair_sums(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sums of adjacent row pairs: ``(ROWS, D) -> (ROWS // 2, D)``."""
+    return tl.sum(tl.reshape(x, (ROWS // 2, 2, BLOCK_D)), axis=1)
+
+
+@triton.jit
+def _store_level(pk, pv, first_row, stride_s, k_sum, v_sum, start, key_len, offs_d, d_ok,
+                 ROWS: tl.constexpr, POOL: tl.constexpr):  # fmt: skip
+    """Store the means of one level: ``ROWS`` pooled keys of ``POOL`` tokens from token ``start``."""
+    g = tl.arange(0, ROWS)
+    count = tl.minimum(tl.maximum(key_len - (start + g * POOL), 0), POOL).to(tl.float32)
+    inv = 1.0 / tl.maximum(count, 1.0)
+    offsets = (first_row + g)[:, None].to(tl.int64) * stride_s + offs_d[None, :]
+    tl.store(pk + offsets, (k_sum * inv[:, None]).to(pk.dtype.element_ty), mask=d_ok[None, :])
+    tl.store(pv + offsets, (v_sum * inv[:, None]).to(pv.dtype.element_ty), mask=d_ok[None, :])
+
+
+@triton.jit
+def _pyramid_fwd(
+    K, V, PK, PV, Sim,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_pb, stride_ph, stride_ps,
+    H, key_len, total_rows, D,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, WITH_SIM: tl.constexpr,
+):  # fmt: skip
+    """Grid (key blocks, B * H)."""
+    j = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    start = j * BLOCK_K
+    offs = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    row_ok = start + offs < key_len
+    rows = (start + offs).to(tl.int64)
+    k_base = K + b * stride_kb + h * stride_kh
+    mask = row_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + offs_d[None, :], mask=mask, other=0.0)
+    v = v.to(tl.float32)
+
+    pk = PK + b * stride_pb + h * stride_ph
+    pv = PV + b * stride_pb + h * stride_ph
+    k2 = _pair_sums(k, BLOCK_K, BLOCK_D)
+    v2 = _pair_sums(v, BLOCK_K, BLOCK_D)
+    _store_level(pk, pv, j * (BLOCK_K // 2), stride_ps, k2, v2, start, key_len, offs_d, d_ok, BLOCK_K // 2, 2)
+    k4 = _pair_sums(k2, BLOCK_K // 2, BLOCK_D)
+    v4 = _pair_sums(v2, BLOCK_K // 2, BLOCK_D)
+    first4 = total_rows - total_rows // 2 + j * (BLOCK_K // 4)
+    _store_level(pk, pv, first4, stride_ps, k4, v4, start, key_len, offs_d, d_ok, BLOCK_K // 4, 4)
+    k8 = _pair_sums(k4, BLOCK_K // 4, BLOCK_D)
+    v8 = _pair_sums(v4, BLOCK_K // 4, BLOCK_D)
+    first8 = total_rows - total_rows // 4 + j * (BLOCK_K // 8)
+    _store_level(pk, pv, first8, stride_ps, k8, v8, start, key_len, offs_d, d_ok, BLOCK_K // 8, 8)
+
+    if WITH_SIM:
+        norm = tl.sqrt(tl.sum(k * k, axis=1))
+        n_real = tl.minimum(key_len - start, BLOCK_K)
+        for lvl in tl.static_range(1, 4):
+            gap = 1 << lvl
+            pair_ok = offs + gap < n_real
+            other = tl.load(
+                k_base + (rows + gap)[:, None] * stride_ks + offs_d[None, :],
+                mask=pair_ok[:, None] & d_ok[None, :], other=0.0,
+            ).to(tl.float32)  # fmt: skip
+            cos = tl.sum(k * other, axis=1) / tl.maximum(norm * tl.sqrt(tl.sum(other * other, axis=1)), 1e-12)
+            pairs = tl.sum(pair_ok.to(tl.float32), axis=0)
+            mean = tl.sum(tl.where(pair_ok, cos, 0.0), axis=0) / tl.maximum(pairs, 1.0)
+            mean = tl.where(pairs > 0, mean, 1.0)
+            tl.store(Sim + pid_bh.to(tl.int64) * (tl.num_programs(0) * 3) + j * 3 + (lvl - 1), mean)
+
+
+def pyramid_triton(
+    k: torch.Tensor, v: torch.Tensor, block_k: int, key_len: int, with_sim: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pooled_k, pooled_v, sim)``: levels 2..4 in k's dtype, and ``sim`` fp32 ``(B, H, NK, 3)``
+    (empty without ``with_sim``). k, v are ``(B, H, rows, D)`` with ``rows >= key_len``, any strides
+    with a contiguous last dimension; rows past ``key_len`` are never read."""
+    check_block(block_k)
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("k and v need a contiguous last (head) dimension")
+    b, h, _, d = k.shape
+    pk, pv, sim = empty_pyramid(k, block_k, key_len, with_sim)
+    nk = math.ceil(key_len / block_k)
+    _pyramid_fwd[(nk, b * h)](
+        k, v, pk, pv, sim if with_sim else pk,
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        pk.stride(0), pk.stride(1), pk.stride(2),
+        h, key_len, level_rows(nk, block_k), d,
+        BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
+        num_warps=4 if block_k * d <= 64 * 128 else 8,
+    )  # fmt: skip
+    return pk, pv, sim
