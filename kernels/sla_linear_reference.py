@@ -93,6 +93,19 @@ def sla_linear_reference(
     return q.new_zeros(q.shape).index_copy(2, q_rows.long(), out)
 
 
+def sla_projected_reference(
+    q: Tensor, k: Tensor, v: Tensor, marginal: Tensor, residual: Tensor, weight: Tensor, **kwargs
+) -> Tensor:
+    """SLA's output ``residual + O_l weightᵀ`` (rows outside ``q_rows``: ``residual``'s), in residual's dtype."""
+    cdt = _compute_dtype(q)
+    linear = sla_linear_reference(q, k, v, marginal, **kwargs).to(cdt)
+    out = (residual.to(cdt) + torch.nn.functional.linear(linear, weight.to(cdt))).to(residual.dtype)
+    q_rows = kwargs.get("q_rows")
+    if q_rows is None:
+        return out
+    return residual.index_copy(2, q_rows.long(), out.index_select(2, q_rows.long()))
+
+
 def feature_map_grad_reference(x: Tensor, phi: Tensor, grad_phi: Tensor, name: str) -> Tensor:
     """dL/dx from dL/dφ for ``phi = φ(x)``."""
     if name == "softmax":

@@ -2,7 +2,8 @@
 
 ``dit_accel::sla_linear_attention`` is the forward; its autograd calls the op
 ``dit_accel::sla_linear_attention_backward``, so that ``torch.compile`` traces both (each has a
-fake implementation) without graph breaks, with or without gradients.
+fake implementation) without graph breaks, with or without gradients. ``dit_accel::sla_linear_projected``
+is the forward-only fused ``O_s + Proj(O_l)`` for calls that need no gradient.
 """
 
 from __future__ import annotations
@@ -85,6 +86,38 @@ def sla_linear_attention_backward(
 @sla_linear_attention_backward.register_fake
 def _(grad_out, q, k, v, marginal, block_m, block_n, key_len, feature_map, eps, q_rows=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@torch.library.custom_op("dit_accel::sla_linear_projected", mutates_args=())
+def sla_linear_projected(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    marginal: Tensor,
+    block_m: int,
+    block_n: int,
+    key_len: int,
+    feature_map: str,
+    eps: float,
+    residual: Tensor,
+    weight: Tensor,
+    q_rows: Tensor | None = None,
+) -> Tensor:
+    """SLA's output ``residual + O_l weightᵀ`` in one pass (forward only: calls that need no gradient).
+
+    ``residual`` is shaped like q (rows outside ``q_rows`` are returned as they are); ``weight`` D x D.
+    """
+    kwargs = dict(block_m=block_m, block_n=block_n, key_len=key_len, feature_map=feature_map, eps=eps, q_rows=q_rows)
+    if _triton_serves(q):
+        return sla_linear_triton(q, k, v, marginal, residual=residual, weight=weight, **kwargs)
+    return torch.empty_like(residual).copy_(
+        reference.sla_projected_reference(q, k, v, marginal, residual, weight, **kwargs)
+    )
+
+
+@sla_linear_projected.register_fake
+def _(q, k, v, marginal, block_m, block_n, key_len, feature_map, eps, residual, weight, q_rows=None):
+    return torch.empty_like(residual)
 
 
 def _setup(ctx, inputs: tuple, output: Tensor) -> None:

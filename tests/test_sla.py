@@ -17,6 +17,7 @@ from dit_accel.kernels.sla_linear_reference import (
     feature_map_reference,
     sla_linear_backward_reference,
     sla_linear_reference,
+    sla_projected_reference,
 )
 from dit_accel.methods.sla import SLAConfig, SLAProjection, marginal_blocks
 
@@ -95,6 +96,12 @@ def test_triton_forward_and_backward_match_float64(case):
     got = sla_linear_triton(q, k, v, marginal, **kwargs)
     assert got.dtype == dtype and got.stride() == q.stride()
     assert rel(got, want) < TOLERANCE[dtype]
+    residual = torch.randn(batch, q.shape[2], heads, dim, generator=gen).to(dtype).transpose(1, 2)
+    weight = torch.randn(dim, dim, generator=gen) / dim**0.5
+    fused = sla_linear_triton(q, k, v, marginal, residual=residual, weight=weight, **kwargs)
+    want_fused = sla_projected_reference(q.double(), k.double(), v.double(), marginal, residual.double(),
+                                         weight.double(), **kwargs)  # fmt: skip
+    assert fused.dtype == dtype and rel(fused, want_fused) < TOLERANCE[dtype]
     dout = torch.randn(q.shape, generator=gen).to(dtype)
     grads = sla_linear_backward_triton(dout, q, k, v, marginal, **kwargs)
     wants = autograd_grads(dout, q, k, v, marginal, **kwargs)

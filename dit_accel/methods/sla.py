@@ -135,27 +135,38 @@ class SLAAttention(BlockSparseMethod):
     def map_legend(self) -> dict[int, str]:
         return {0: "negligible (skipped)", 1: "marginal (linear)", 2: "critical (exact)"}
 
+    def linear_args(self, routing: Routing, blocks) -> tuple:
+        """The linear-branch op's arguments before the optional ones (q, k, v, marginal mask, sizes)."""
+        cfg = self.config
+        marginal = marginal_blocks(routing, blocks, cfg.k_low)
+        return (routing.q, routing.k, routing.v, marginal, routing.block_q, routing.block_k, routing.key_len,
+                cfg.feature_map, EPS)  # fmt: skip
+
     def linear_branch(self, routing: Routing, blocks) -> Tensor:
         """``O_l`` in ``attend()``'s rows: linear attention over each query block's marginal blocks."""
         from dit_accel.kernels import sla_ops
 
-        cfg = self.config
-        return sla_ops.sla_linear_attention(
-            routing.q, routing.k, routing.v, marginal_blocks(routing, blocks, cfg.k_low), routing.block_q,
-            routing.block_k, routing.key_len, cfg.feature_map, EPS, routing.q_rows,
-        )  # fmt: skip
+        return sla_ops.sla_linear_attention(*self.linear_args(routing, blocks), routing.q_rows)
 
     @staticmethod
-    def projection_weight(ctx: AttentionContext, linear: Tensor) -> Tensor:
+    def projection_weight(ctx: AttentionContext, like: Tensor) -> Tensor:
         """The layer's ``Proj`` weight (zero where the call has none, e.g. outside a model)."""
         state = ctx.module_state
-        return state.weight if state is not None else linear.new_zeros(linear.shape[-1], linear.shape[-1])
+        return state.weight if state is not None else like.new_zeros(like.shape[-1], like.shape[-1])
 
     def combine(self, routing: Routing, blocks, out: Tensor, lse: Tensor, ctx: AttentionContext) -> Tensor:
-        """``O_s + Proj(O_l)``: the projected linear branch is added to the normalised exact output."""
-        linear = self.linear_branch(routing, blocks)
-        weight = self.projection_weight(ctx, linear)
-        return out + torch.nn.functional.linear(linear.to(weight.dtype), weight).to(out.dtype)
+        """``O_s + Proj(O_l)``: the projected linear branch is added to the normalised exact output.
+
+        Without gradients one fused pass does it; with them, the differentiable op and a linear layer.
+        """
+        from dit_accel.kernels import sla_ops
+
+        weight = self.projection_weight(ctx, routing.q)
+        inputs = (routing.q, routing.k, routing.v, weight, out)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            linear = self.linear_branch(routing, blocks)
+            return out + torch.nn.functional.linear(linear.to(weight.dtype), weight).to(out.dtype)
+        return sla_ops.sla_linear_projected(*self.linear_args(routing, blocks), out, weight, routing.q_rows)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """Float64: exact attention over the critical blocks and text keys, plus ``Proj`` of the linear branch."""
@@ -164,11 +175,9 @@ class SLAAttention(BlockSparseMethod):
             return exact
         routing = self.route(q.double(), k.double(), v.double(), ctx)
         blocks = self.select(routing, ctx)
-        linear = sla_linear_reference(
-            routing.q, routing.k, routing.v, marginal_blocks(routing, blocks, self.config.k_low),
-            block_m=routing.block_q, block_n=routing.block_k, key_len=routing.key_len,
-            feature_map=self.config.feature_map, eps=EPS, q_rows=routing.q_rows,
-        )  # fmt: skip
+        q64, k64, v64, marginal, block_m, block_n, key_len, feature_map, eps = self.linear_args(routing, blocks)
+        linear = sla_linear_reference(q64, k64, v64, marginal, block_m=block_m, block_n=block_n, key_len=key_len,
+                                      feature_map=feature_map, eps=eps, q_rows=routing.q_rows)  # fmt: skip
         projected = torch.nn.functional.linear(linear, self.projection_weight(ctx, linear).double())
         if routing.q_rows is None:
             exact[:, ctx.layout.video_slice] += projected.transpose(1, 2)
