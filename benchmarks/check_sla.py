@@ -174,7 +174,9 @@ def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict,
                     "routing_and_classes": timed(lambda r=run: marginal_blocks(*r.route_and_select(), 0.1), device),
                     "exact": timed(functools.partial(run.method.attend, routing, blocks, run.ctx), device),
                     "linear_branch": timed(functools.partial(run.method.linear_branch, routing, blocks), device),
-                    "combine": timed(functools.partial(run.method.combine, routing, blocks, out, lse, run.ctx), device),
+                    "combine_fused": timed(
+                        functools.partial(run.method.combine, routing, blocks, out, lse, run.ctx), device
+                    ),
                 }
                 forward = timed(run.full, device)
                 topk = timed(MethodRun("topk", {"density": k_high, "backend": backend}, shape.layout(), q, k, v).full,
