@@ -34,7 +34,8 @@ from .base import BlockSparseMethod, Routing
 Tensor = torch.Tensor
 
 DEFAULT_K_HIGH = 0.05
-# Added to the linear branch's denominator φ(q)·Z (0 when a query block has no marginal block).
+# Added to the linear branch's denominator φ(q)·Z, which is 0 for a query block without marginal
+# blocks (its O_l is then 0).
 EPS = 1e-6
 
 
