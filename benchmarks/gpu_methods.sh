@@ -29,11 +29,12 @@ fi
 if [ "$STAGE" = kernel ]; then
     mkdir -p /tmp/kernel
     dit_accel_cli record --out /tmp/tiny_qkv.safetensors --seed 11 --prompt "a green ring moving left on a dotted black background"
-    bench() {  # name, method, then bench options
+    bench() {  # name, method, then bench options; packs after each so a cut-off run keeps the rest
         local name=$1; shift
         echo "=== $name"
-        dit_accel_cli bench kernel --shapes wan-1.3b-480p --recorded /tmp/tiny_qkv.safetensors \
-            --out /tmp/kernel --name "$name" "$@" || echo "$name FAILED"
+        (cd /tmp && timeout 110 python3 -m dit_accel.cli bench kernel --shapes wan-1.3b-480p \
+            --recorded /tmp/tiny_qkv.safetensors --out /tmp/kernel --name "$name" "$@") || echo "$name FAILED"
+        tar -C /tmp -czf "$OUT/kernel.tgz" kernel
     }
     bench topk --method topk --densities 1.0 0.25 0.125 0.1 0.05
     bench pisa_o1 --method pisa -o order=1 --densities 0.25 0.125 0.05
@@ -43,7 +44,7 @@ if [ "$STAGE" = kernel ]; then
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
     echo "=== flashblock e2e"
-    (cd /tmp && timeout 200 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
+    (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
         || echo "flashblock e2e FAILED"
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
 fi
@@ -66,6 +67,7 @@ fi
 if [ "$STAGE" = sweep ]; then
     # Every variant without dense warm-up (dense_steps=0, dense_layers=0): equal footing at equal density.
     plain="dense_steps=0 dense_layers=0"
+    (sleep 500; tar -C /tmp -czf "$OUT/sweep.tgz" sweep) &  # whatever is done before the call's limit
     dit_accel_cli sweep --out /tmp/sweep --pairs 8 \
         --variant "topk density=0.125 $plain" --variant "topk density=0.25 $plain" \
         --variant "pisa density=0.125 order=1 $plain" --variant "pisa density=0.125 order=0 $plain" \

@@ -98,6 +98,7 @@ def sweep(
     if not variants:
         raise ValueError("give at least one variant")
     device = torch.device(pipe._execution_device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[ComparisonResult]] = {v.label: [] for v in variants}
     for index, (prompt, seed) in enumerate(prompt_seed_pairs):
         call = call_arguments(pipe, prompt, **call_options)
@@ -114,10 +115,9 @@ def sweep(
             results[variant.label].append(result)
             print(f"pair {index + 1}/{len(prompt_seed_pairs)} seed {seed}  {variant.label:40s} "
                   f"PSNR {result.psnr:6.2f} dB  SSIM {result.ssim:.4f}  {result.speedup:.2f}x", flush=True)  # fmt: skip
-    summary = summarize(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=2) + "\n")
-    (out_dir / "summary.md").write_text(summary_table(summary))
+        summary = summarize(results)  # after every pair: an interrupted sweep keeps what it measured
+        (out_dir / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=2) + "\n")
+        (out_dir / "summary.md").write_text(summary_table(summary))
     return summary
 
 
