@@ -31,6 +31,10 @@ Tensor = torch.Tensor
 TEXT_CHUNK = 64
 APPLY_ROWS = 64
 PER_BLOCK_ROWS = 16  # query blocks per program in per-block mode (the smallest tl.dot tile)
+# Launch defaults from offline sm_90a compiles (ptxas -v, D=128, 128x128 blocks): per row 64 rows x 16
+# key blocks, 8 warps, 2 stages: 228 registers, no spills, 86 KB shared memory (32 key blocks or 3 stages
+# spill, 64 key blocks exceed the shared memory); per block 16 x 32, 8 warps: 249 registers, no spills.
+# Dots on tensor cores: tf32 per row (a cost of rows x blocks x D), 3xTF32 per block (about fp32, cheap).
 
 
 @triton.jit
@@ -189,6 +193,7 @@ def rectified_merge_triton(
     critical = block_mask_from_lists(indices, counts, nk).contiguous().view(torch.int8)
     head_dim = max(16, triton.next_power_of_2(d))
     rows = rows_per_program or (64 if per_row else PER_BLOCK_ROWS)
+    num_warps = num_warps or 8
     result = torch.empty_like(out)
     has_text = extra_k is not None and extra_k.shape[2] > 0
     grid = (triton.cdiv(seq if per_row else nq, rows), b * h)
@@ -200,10 +205,10 @@ def rectified_merge_triton(
         out.stride(0), out.stride(1), out.stride(2),
         result.stride(0), result.stride(1), result.stride(2),
         h, seq, nq, nk, extra_k.shape[2] if has_text else 0, d, key_len, scale,
-        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk or (32 if per_row else 64),
+        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk or (16 if per_row else 32),
         TEXT=TEXT_CHUNK, APPLY=min(APPLY_ROWS, block_q), HEAD_DIM=head_dim, PER_ROW=per_row,
         HAS_ROWS=q_rows is not None, HAS_TEXT=has_text, HAS_VALID=has_text and extra_valid is not None,
-        PRECISION="tf32" if per_row else "ieee",
-        num_warps=num_warps or (8 if per_row and head_dim >= 128 else 4),
+        PRECISION="tf32" if per_row else "tf32x3",
+        num_warps=num_warps, num_stages=2,
     )  # fmt: skip
     return result
