@@ -166,6 +166,18 @@ def blocks_from_order(order: Tensor, count: int, block_q: int, block_k: int, key
     return BlockList(indices, counts, block_q, block_k, key_len)
 
 
+def top_mass(video: Tensor, text_lse: Tensor, order: Tensor, top_p: float, min_fraction: float) -> Tensor:
+    """bool mask of the blocks, taken by ``P̃`` in ``order``, until ``top_p`` of the mass (text included in
+    the normaliser) is held, and at least ``ceil(min_fraction * NK)`` of them."""
+    shares = torch.exp(video - torch.logaddexp(torch.logsumexp(video, dim=-1), text_lse)[..., None])
+    ranked = shares.gather(-1, order)
+    num_blocks = video.shape[-1]
+    floor = min(num_blocks, max(1, math.ceil(min_fraction * num_blocks - 1e-9)))
+    kept = ((ranked.cumsum(dim=-1) - ranked) < top_p).sum(dim=-1, keepdim=True).clamp(min=floor)
+    taken = torch.arange(num_blocks, device=video.device) < kept
+    return torch.zeros(video.shape, dtype=torch.bool, device=video.device).scatter(-1, order, taken)
+
+
 class RectifiedAttention(BlockSparseMethod):
     """IPAR-selected exact blocks; skipped blocks that pass GAPR's test rectify the output (R·O + C)."""
 
@@ -196,27 +208,20 @@ class RectifiedAttention(BlockSparseMethod):
         or exactly ``density`` of the blocks, neighbours first."""
         cfg = self.config
         q_mean, _, k_mean, _, _ = routing.stats
-        sizes = (routing.block_q, routing.block_k, routing.key_len)
         text = (routing.extra_k, routing.extra_valid) if cfg.density is None else (None, None)
         video, text_lse = pooled_logits(q_mean, k_mean, routing.key_len, routing.block_k, routing.scale, *text)
-        num_blocks = video.shape[-1]
-        order = video.argsort(dim=-1, descending=True, stable=True)
+        order = video.argsort(dim=-1, descending=True, stable=True)  # by P̃, largest first
         near = None
         if cfg.neighbours:
-            layout = ctx.layout
-            near = self._neighbours(layout.grid, layout.video_len, routing.key_len, video.device)
+            near = self._neighbours(ctx.layout.grid, ctx.layout.video_len, routing.key_len, video.device)
             near = near.expand(video.shape)
+        sizes = (routing.block_q, routing.block_k, routing.key_len)
         if cfg.density is not None:
-            if near is not None:  # neighbours first, each group by P̃ (stable sorts)
+            if near is not None:  # neighbours first, each group by P̃ (a stable sort keeps that order)
                 order = order.gather(-1, (~near.gather(-1, order)).to(torch.uint8).argsort(dim=-1, stable=True))
-            return blocks_from_order(order, keep_count(num_blocks, cfg.density, 1), *sizes)
-        shares = torch.exp(video - torch.logaddexp(torch.logsumexp(video, dim=-1), text_lse)[..., None])
-        ranked = shares.gather(-1, order)
-        floor = min(num_blocks, max(1, math.ceil((1.0 - cfg.drop_rate) * num_blocks - 1e-9)))
-        kept = ((ranked.cumsum(dim=-1) - ranked) < cfg.top_p).sum(dim=-1, keepdim=True).clamp(min=floor)
-        ranks = torch.arange(num_blocks, device=video.device)
-        mask = torch.zeros(video.shape, dtype=torch.bool, device=video.device).scatter(-1, order, ranks < kept)
-        return blocks_from_mask(mask | near if near is not None else mask, *sizes)
+            return blocks_from_order(order, keep_count(video.shape[-1], cfg.density, 1), *sizes)
+        mask = top_mass(video, text_lse, order, cfg.top_p, 1.0 - cfg.drop_rate)
+        return blocks_from_mask(mask if near is None else mask | near, *sizes)
 
     def block_map(self, routing: RectifiedRouting, blocks: BlockList, ctx: AttentionContext) -> Tensor:
         """2 exact; 1 pooled: passes GAPR (per row: for most of the block's rows), its ``P̃ v̄`` added;
