@@ -23,6 +23,9 @@ MAX_BLOCK_ROWS = 64
 # Finite start of the running max: a tile whose pseudo-keys are all removed (-inf) then adds 0
 # instead of the NaN of -inf - -inf.
 _NO_MAX = tl.constexpr(-1.0e30)
+# Globals a kernel reads must be constexpr (a plain float compiles in the interpreter only).
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(LN2)
 
 
 @triton.jit
@@ -59,14 +62,14 @@ def _centroid_attention(
         cent_ok = col_ok[:, None] & d_ok[None, :]
         kc = tl.load(KC + offsets, mask=cent_ok, other=0.0).to(q.dtype)
         vc = tl.load(VC + offsets, mask=cent_ok, other=0.0).to(q.dtype)
-        col_bias = tl.load(weight_row + cols, mask=col_ok, other=float("-inf")) * LOG2E
+        col_bias = tl.load(weight_row + cols, mask=col_ok, other=float("-inf")) * _LOG2E
         acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kc, vc, col_bias, qk_scale, False)
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + rows64[:, None] * stride_os + cols_d[None, :],
              out.to(Out.dtype.element_ty), mask=tile_ok)  # fmt: skip
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * _LN2, float("-inf"))
     tl.store(Lse + pid_bh * Sq + rows64, lse, mask=row_ok)
 
 
