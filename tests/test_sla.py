@@ -210,3 +210,15 @@ def test_projection_changes_the_output_and_untrained_sla_is_topk():
             model.blocks[0].attn1.dit_accel_state.weight.fill_(0.3)
         assert rel(run(model, inputs), topk) > 1e-3
     assert not [key for key in model.state_dict() if "dit_accel_state" in key]
+
+
+def test_block_map_shows_the_three_classes():
+    """297 video tokens in 16-token blocks: per query block 2 critical, floor(0.25 * 19) = 4 negligible, 13 marginal."""
+    model = tiny_wan()
+    with dit_accel.apply(model, "sla", k_high=0.1, k_low=0.25, block_size=16) as handle:
+        handle.capture_block_map(layer=1, step=0)
+        run(model, wan_inputs())
+        block_map = handle.block_map
+    assert block_map.legend == {0: "negligible (skipped)", 1: "marginal (linear)", 2: "critical (exact)"}
+    counts = [(block_map.codes == code).sum(-1) for code in (2, 0, 1)]
+    assert [int(c.min()) for c in counts] == [int(c.max()) for c in counts] == [2, 4, 13]
