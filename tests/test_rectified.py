@@ -184,12 +184,13 @@ def call_inputs(gen, grid=(3, 8, 8), text=0, heads=2, dim=32):
     return q, k, v, layout
 
 
-def selection(options: dict, gen: torch.Generator, text: int = 0):
+def routed_call(options: dict, gen: torch.Generator, text: int = 0):
+    """``rectified`` on a (3, 8, 8) grid in (1, 4, 4) tiles, 16-token blocks: method, q/k/v, ctx, routing, blocks."""
     method = RectifiedAttention(RectifiedConfig(block_size=16, tile=(1, 4, 4), **options))
     q, k, v, layout = call_inputs(gen, text=text)
     ctx = standalone_context(layout, method.config)
     routing = method.route(q, k, v, ctx)
-    return routing, method.select(routing, ctx)
+    return method, (q, k, v), ctx, routing, method.select(routing, ctx)
 
 
 def chosen_sets(blocks) -> list[set[int]]:
@@ -199,7 +200,7 @@ def chosen_sets(blocks) -> list[set[int]]:
 
 @pytest.mark.parametrize("density", [0.1, 0.3])
 def test_density_is_exact_and_takes_the_neighbours_first(density):
-    routing, blocks = selection({"density": density}, torch.Generator().manual_seed(11))
+    *_, routing, blocks = routed_call({"density": density}, torch.Generator().manual_seed(11))
     nk = blocks.num_key_blocks
     want = keep_count(nk, density, 1)
     assert (blocks.counts == want).all() and blocks.indices.shape[-1] == want
@@ -219,7 +220,7 @@ def test_top_p_with_floor_text_mass_and_neighbours():
     """Each row: blocks by P̃ (text keys in the normaliser) until top_p is reached, at least the floor, + neighbours."""
     gen = torch.Generator().manual_seed(12)
     options = {"top_p": 0.5, "drop_rate": 0.9}
-    routing, blocks = selection(options, gen, text=20)
+    *_, routing, blocks = routed_call(options, gen, text=20)
     q_mean = routing.stats[0].double()
     k_mean = routing.stats[2].double()
     text_k = routing.extra_k[:, :, : int(routing.extra_valid[0])].double()
@@ -265,25 +266,18 @@ def test_without_any_compensation_the_method_is_topk_at_equal_density():
 @pytest.mark.parametrize("per_row", [True, False])
 def test_method_matches_its_float64_definition_with_padded_text(per_row):
     gen = torch.Generator().manual_seed(14)
-    method = RectifiedAttention(RectifiedConfig(block_size=16, tile=(1, 4, 4), per_row=per_row, top_p=0.4))
-    q, k, v, layout = call_inputs(gen, text=24)
-    ctx = standalone_context(layout, method.config)
-    out = method(q, k, v, ctx)[:, :192]  # video rows (a standalone call has no mask for the padded text queries)
-    expected = method.reference(q, k, v, ctx)[:, :192]
+    method, qkv, ctx, routing, blocks = routed_call({"per_row": per_row, "top_p": 0.4}, gen, text=24)
+    out = method(*qkv, ctx)[:, :192]  # video rows (a standalone call has no mask for the padded text queries)
+    expected = method.reference(*qkv, ctx)[:, :192]
     assert float((out.double() - expected).abs().max() / expected.abs().max()) < 1e-5
-    routing = method.route(q, k, v, ctx)
-    exact, _ = method.attend(routing, method.select(routing, ctx), ctx)
+    exact, _ = method.attend(routing, blocks, ctx)
     assert (out.transpose(1, 2) - exact[:, :, :192]).abs().max() > 1e-2, "the output must be rectified"
 
 
 @pytest.mark.parametrize("per_row", [True, False])
 def test_block_map_names_exact_pooled_and_dropped_blocks(per_row):
     gen = torch.Generator().manual_seed(15)
-    method = RectifiedAttention(RectifiedConfig(block_size=16, tile=(1, 4, 4), per_row=per_row, density=0.25))
-    q, k, v, layout = call_inputs(gen, text=8)
-    ctx = standalone_context(layout, method.config)
-    routing = method.route(q, k, v, ctx)
-    blocks = method.select(routing, ctx)
+    method, _, ctx, routing, blocks = routed_call({"per_row": per_row, "density": 0.25}, gen, text=8)
     codes = method.block_map(routing, blocks, ctx)
     assert method.map_legend() == {0: "dropped", 1: "pooled", 2: "exact"} and codes.dtype == torch.uint8
     assert torch.equal(codes == 2, block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks))
