@@ -10,6 +10,7 @@ for folder in kernels pipelines editing; do
     if [ -d "$folder" ]; then cp -r "$folder" "/tmp/pkg/dit_accel/$folder"; fi
 done
 cp -r tools /tmp/pkg/tools  # lab code (tiny-model training): python3 -m tools.tiny_wan.train
+ln -s "$PWD/assets" /tmp/pkg/assets  # the shipped models, where dit_accel looks for them by default
 export PYTHONPATH=/tmp/pkg:/tmp/site
 export PYTHONUNBUFFERED=1
 set +e

@@ -182,7 +182,7 @@ def _alloc_descriptor_scratch(size: int, alignment: int, stream: int | None) -> 
 
 
 @functools.cache
-def _install_descriptor_allocator() -> None:
+def install_descriptor_allocator() -> None:
     """Device-built TMA descriptors need global scratch memory; Triton asks this allocator for it."""
     triton.set_allocator(_alloc_descriptor_scratch)
 
@@ -241,7 +241,7 @@ def block_sparse_attention_triton(
         k_desc = TensorDescriptor.from_tensor(k.view(-1, d), [block_n, d])
         v_desc = TensorDescriptor.from_tensor(v.view(-1, d), [block_n, d])
     elif kv_mode == 2:
-        _install_descriptor_allocator()
+        install_descriptor_allocator()
     indices, counts = indices.contiguous(), counts.contiguous()
     key_bias = key_bias.float().contiguous() if key_bias is not None else None
     dummy = counts

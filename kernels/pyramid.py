@@ -26,6 +26,15 @@ from .pyramid_reference import check_block, empty_pyramid, level_rows
 
 
 @triton.jit
+def row_mask(row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(rows, BLOCK_D)`` load mask: the rows in ``row_ok``; the head-dim test is only emitted when
+    ``BLOCK_D`` pads ``HEAD_DIM`` (a constant-true column mask keeps loads vectorised)."""
+    if HEAD_DIM == BLOCK_D:
+        return tl.broadcast_to(row_ok[:, None], (row_ok.shape[0], BLOCK_D))
+    return row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+
+
+@triton.jit
 def _pair_sums(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Sums of adjacent row pairs: ``(ROWS, D) -> (ROWS // 2, D)``."""
     return tl.sum(tl.reshape(x, (ROWS // 2, 2, BLOCK_D)), axis=1)

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_sparse_attention import install_descriptor_allocator, tma_supported
+from .pyramid import row_mask
 from .pyramid_reference import level_rows
 
 LOG2E = 1.4426950408889634
@@ -56,11 +58,13 @@ def _pyramid_attn_fwd(
     stride_ekb, stride_ekh, stride_eks,
     stride_evb, stride_evh, stride_evs,
     stride_lb, stride_lh,
-    H, Sq, key_len, k_rows, total_rows, Se, qk_scale, D,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_QROWS: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr,
+    H, Sq, key_len, k_rows, total_rows, Se, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TILE: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):  # fmt: skip
-    """Grid (query blocks, B * H)."""
+    """Grid (query blocks, B * H). With ``USE_TMA`` the tiles that lie inside one entry (levels whose
+    blocks hold at least ``TILE`` keys) are fetched by device-built TMA descriptors."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -68,14 +72,13 @@ def _pyramid_attn_fwd(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, TILE)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
     row_ok = offs_m < Sq
     if HAS_QROWS:
         rows = tl.load(QRows + offs_m, mask=row_ok, other=0).to(tl.int64)
     else:
         rows = offs_m.to(tl.int64)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    q_mask = row_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -89,7 +92,7 @@ def _pyramid_attn_fwd(
         ev_base = EV + b * stride_evb + h * stride_evh
         for start in range(0, n_extra, TILE):
             cols = (start + offs_n).to(tl.int64)
-            ok = (cols < n_extra)[:, None] & d_ok[None, :]
+            ok = row_mask(cols < n_extra, offs_d, HEAD_DIM, BLOCK_D)
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=ok, other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=ok, other=0.0)
             bias = tl.where(cols < n_extra, 0.0, float("-inf"))
@@ -101,37 +104,65 @@ def _pyramid_attn_fwd(
     v_base = V + b * stride_vb + h * stride_vh
     pk_base = PK + b * stride_pb + h * stride_ph
     pv_base = PV + b * stride_pb + h * stride_ph
+    if USE_TMA:
+        pooled = total_rows - total_rows // 8
+        k_desc = tl.make_tensor_descriptor(k_base, [k_rows, HEAD_DIM], [stride_ks, 1], [TILE, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(v_base, [k_rows, HEAD_DIM], [stride_vs, 1], [TILE, HEAD_DIM])
+        pk_desc = tl.make_tensor_descriptor(pk_base, [pooled, HEAD_DIM], [stride_ps, 1], [TILE, HEAD_DIM])
+        pv_desc = tl.make_tensor_descriptor(pv_base, [pooled, HEAD_DIM], [stride_ps, 1], [TILE, HEAD_DIM])
     first = 0
     for lvl in tl.static_range(4):
-        keys = BLOCK_K >> lvl  # keys per entry at this level
-        pool = 1 << lvl  # tokens per key
+        keys: tl.constexpr = BLOCK_K >> lvl  # keys per entry at this level
+        pool: tl.constexpr = 1 << lvl  # tokens per key
         count = tl.load(cnt_base + lvl)
-        for t in range(0, tl.cdiv(count * keys, TILE)):
-            flat = t * TILE + offs_n
-            entry = flat // keys
-            within = flat % keys
-            listed = entry < count
-            j = tl.load(idx_base + first + entry, mask=listed, other=0)
-            token = j * BLOCK_K + within * pool
-            n_tok = tl.minimum(tl.maximum(key_len - token, 0), pool)
-            live = listed & (n_tok > 0)
-            mask = live[:, None] & d_ok[None, :]
-            if lvl == 0:
-                kv = token.to(tl.int64)[:, None]
-                kt = tl.load(k_base + kv * stride_ks + offs_d[None, :], mask=mask & (kv < k_rows), other=0.0)
-                vt = tl.load(v_base + kv * stride_vs + offs_d[None, :], mask=mask & (kv < k_rows), other=0.0)
-            else:
-                prow = (total_rows - (total_rows >> (lvl - 1)) + j * keys + within).to(tl.int64)[:, None]
-                kt = tl.load(pk_base + prow * stride_ps + offs_d[None, :], mask=mask, other=0.0)
-                vt = tl.load(pv_base + prow * stride_ps + offs_d[None, :], mask=mask, other=0.0)
-            bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kt, vt, bias, qk_scale)
+        if lvl == 0:
+            kb, vb, stride_k, stride_v, level_row, limit = k_base, v_base, stride_ks, stride_vs, 0, k_rows
+        else:
+            kb, vb, stride_k, stride_v = pk_base, pv_base, stride_ps, stride_ps
+            level_row, limit = total_rows - (total_rows >> (lvl - 1)), total_rows
+        if keys >= TILE:  # each tile inside one entry: one index load, contiguous rows
+            parts: tl.constexpr = keys // TILE
+            for t in range(0, count * parts):
+                j = tl.load(idx_base + first + t // parts)
+                within = (t % parts) * TILE + offs_n
+                n_tok = tl.minimum(tl.maximum(key_len - (j * BLOCK_K + within * pool), 0), pool)
+                live = n_tok > 0
+                start = level_row + j * keys + (t % parts) * TILE
+                if USE_TMA:
+                    if lvl == 0:
+                        kt = k_desc.load([start, 0])
+                        vt = v_desc.load([start, 0])
+                    else:
+                        kt = pk_desc.load([start, 0])
+                        vt = pv_desc.load([start, 0])
+                else:
+                    kv = (start + offs_n).to(tl.int64)
+                    mask = row_mask(live & (kv < limit), offs_d, HEAD_DIM, BLOCK_D)
+                    kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
+                    vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
+                bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
+                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kt, vt, bias, qk_scale)
+        else:  # several entries share a tile: each column loads its own entry's row
+            for t in range(0, tl.cdiv(count * keys, TILE)):
+                flat = t * TILE + offs_n
+                entry = flat // keys
+                within = flat % keys
+                listed = entry < count
+                j = tl.load(idx_base + first + entry, mask=listed, other=0)
+                n_tok = tl.minimum(tl.maximum(key_len - (j * BLOCK_K + within * pool), 0), pool)
+                live = listed & (n_tok > 0)
+                kv = (level_row + j * keys + within).to(tl.int64)
+                mask = row_mask(live & (kv < limit), offs_d, HEAD_DIM, BLOCK_D)
+                kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
+                vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
+                bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
+                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kt, vt, bias, qk_scale)
         first += count
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     o_ptr = Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
-    tl.store(o_ptr, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(o_ptr, o.to(Out.dtype.element_ty), mask=q_mask)
     lse = tl.where(l_i > 0.0, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
     tl.store(Lse + b * stride_lb + h * stride_lh + rows, lse, mask=row_ok)
 
@@ -143,11 +174,21 @@ class PyramidKernelConfig:
     Attributes:
         tile: keys per tile (a power of two >= 16); any size is exact, whatever the levels' sizes.
         num_warps, num_stages: Triton launch parameters.
+        tma: fetch the tiles that lie inside one entry with TMA descriptors; None: where the GPU has
+            TMA (Hopper or newer) and the tensors allow it (head dim a power of two, 16-byte rows).
     """
 
     tile: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool | None = None
+
+
+def _tma_ready(tensors: tuple[torch.Tensor, ...], head_dim: int) -> bool:
+    """Whether TMA descriptors can address these ``(B, H, rows, D)`` tensors (16-byte aligned rows)."""
+    if not tma_supported(tensors[0]) or head_dim & (head_dim - 1) or head_dim < 16:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
 
 
 def pyramid_attention_triton(
@@ -184,6 +225,9 @@ def pyramid_attention_triton(
     indices, level_counts = indices.contiguous(), level_counts.contiguous()
     ek = extra_k if extra_k is not None else q
     ev = extra_v if extra_v is not None else q
+    use_tma = _tma_ready((k, v, pooled_k, pooled_v), d) if config.tma is None else config.tma
+    if use_tma:
+        install_descriptor_allocator()
     _pyramid_attn_fwd[(triton.cdiv(seq_q, block_q), b * h)](
         q, k, v, pooled_k, pooled_v, out, lse,
         q_rows if q_rows is not None else level_counts, indices, level_counts, ek, ev,
@@ -199,9 +243,10 @@ def pyramid_attention_triton(
         ev.stride(0), ev.stride(1), ev.stride(2),
         lse.stride(0), lse.stride(1),
         h, seq_q, key_len, k.shape[2], level_rows(nk, block_k), extra_k.shape[2] if extra_k is not None else 0,
-        scale * LOG2E, d,
-        BLOCK_M=block_q, BLOCK_K=block_k, TILE=config.tile, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        scale * LOG2E,
+        HEAD_DIM=d, BLOCK_M=block_q, BLOCK_K=block_k, TILE=config.tile, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_QROWS=q_rows is not None, HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None,
+        USE_TMA=use_tma,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse
