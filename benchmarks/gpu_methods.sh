@@ -17,8 +17,8 @@ python3 -c "import flash_attn.cute; print('FA4 importable')" || echo "FA4 not in
 
 if [ "$STAGE" = check ]; then
     mkdir -p /tmp/check
-    for script in "$REPO"/benchmarks/check_*.py; do
-        name=$(basename "$script" .py)
+    for name in ${CHECKS:-$(cd "$REPO/benchmarks" && ls check_*.py | sed 's/[.]py$//')}; do  # CHECKS: a subset
+        script=$REPO/benchmarks/$name.py
         echo "=== $name"
         (cd /tmp && timeout 240 python3 "$script" --out "/tmp/check/$name.json") || echo "$name FAILED ($?)"
     done
@@ -40,6 +40,7 @@ if [ "$STAGE" = kernel ]; then
     bench pisa_o1 --method pisa -o order=1 --densities 0.25 0.125 0.05
     bench pisa_o0 --method pisa -o order=0 --densities 0.125
     bench rectified --method rectified --densities 0.25 0.125 0.11
+    bench rectified_128x64 --method rectified -o "block_size=(128,64)" -o neighbours=False --densities 0.125
     bench psa --method psa --densities 0.25 0.125 default
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
@@ -67,27 +68,41 @@ fi
 if [ "$STAGE" = sweep ]; then
     # Every variant without dense warm-up (dense_steps=0, dense_layers=0): equal footing at equal density.
     plain="dense_steps=0 dense_layers=0"
-    (sleep 500; tar -C /tmp -czf "$OUT/sweep.tgz" sweep) &  # whatever is done before the call's limit
+    (sleep 520; tar -C /tmp -czf "$OUT/sweep.tgz" sweep) &  # whatever is done before the call's limit
     dit_accel_cli sweep --out /tmp/sweep --pairs 8 \
-        --variant "topk density=0.125 $plain" --variant "topk density=0.25 $plain" \
-        --variant "pisa density=0.125 order=1 $plain" --variant "pisa density=0.125 order=0 $plain" \
-        --variant "pisa density=0.25 order=1 $plain" --variant "pisa density=0.25 order=0 $plain" \
-        --variant "rectified density=0.125 $plain" --variant "rectified density=0.25 $plain" \
-        --variant "psa density=0.125 $plain" --variant "svg_ear density=0.125 $plain" \
-        --variant "topk density=0.05 $plain" --variant "sla k_high=0.05 $plain"
+        --variant "topk density=0.125 $plain" --variant "svg_ear density=0.125 $plain" \
+        --variant "rectified density=0.125 neighbours=False $plain" \
+        --variant "rectified density=0.125 block_size=(128,64) $plain" \
+        --variant "rectified density=0.125 block_size=(128,64) neighbours=False $plain" \
+        --variant "topk density=0.25 $plain" --variant "pisa density=0.25 order=1 $plain" \
+        --variant "rectified density=0.25 neighbours=False $plain" --variant "svg_ear density=0.25 $plain" \
+        --variant "psa density=0.25 $plain" --variant "topk density=0.05 $plain" \
+        --variant "pisa density=0.05 order=1 $plain"
     tar -C /tmp -czf "$OUT/sweep.tgz" sweep
 fi
 
-# The tiny FLUX trains in the background while the sweep runs (its timings are then not clean: the
-# sweep's figures are PSNR/SSIM); flux-collect waits for it and brings the pipeline back.
+# Background jobs (the tiny FLUX's training, sla's fine-tuning) run from private copies of the package
+# and the wheels: every later call's gpu_env.sh re-creates /tmp/pkg and /tmp/site under them.
+background() {  # name, command...: start it detached, its output in /tmp/NAME.log
+    local name=$1; shift
+    rm -rf "/tmp/${name}_pkg" "/tmp/${name}_site"
+    cp -r /tmp/pkg "/tmp/${name}_pkg" && cp -r /tmp/site "/tmp/${name}_site"
+    (cd /tmp && PYTHONPATH="/tmp/${name}_pkg:/tmp/${name}_site" setsid nohup "$@" > "/tmp/$name.log" 2>&1 < /dev/null &)
+    echo "$name started"
+}
 if [ "$STAGE" = flux-start ]; then
-    mkdir -p /tmp/flux_out
-    OUT=/tmp/flux_out setsid nohup bash "$REPO/benchmarks/tiny_flux_train_job.sh" train 7 > /tmp/flux_job.log 2>&1 &
-    echo "tiny FLUX training started"
+    background flux python3 -m tools.tiny_flux.train --out /tmp/tiny-flux --minutes "${FLUX_MINUTES:-13}" --compile
+fi
+if [ "$STAGE" = sla-start ]; then
+    background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}"
 fi
 if [ "$STAGE" = flux-collect ]; then
     while pgrep -f tiny_flux.train > /dev/null; do sleep 5; done
-    sleep 3
-    tail -5 /tmp/flux_job.log
-    cp /tmp/flux_out/* "$OUT/"
+    grep -v Warning /tmp/flux.log > "$OUT/flux_train.log"; tail -8 "$OUT/flux_train.log"
+    tar -C /tmp -cf - tiny-flux | split -b 15m - "$OUT/tiny-flux.tar.part-"
+fi
+if [ "$STAGE" = sla-collect ]; then
+    while pgrep -f finetune-sla > /dev/null || pgrep -f "sweep --out /tmp/sla_out" > /dev/null; do sleep 5; done
+    cp /tmp/sla.log "$OUT/sla_job.log"; tail -12 /tmp/sla.log
+    (cd /tmp && find sla_out -type f -size -4M -print0 | tar -czf "$OUT/sla.tgz" --null -T -)  # no weights
 fi

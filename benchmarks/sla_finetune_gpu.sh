@@ -11,17 +11,17 @@
 # topk, untrained sla and fine-tuned sla at the same density on 8 prompt/seed pairs the training never
 # saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the results folder}"
+cd /tmp  # the CLI runs outside the checkout (see gpu_env.sh), on the dit_accel that PYTHONPATH names
 MINUTES=${1:-4}
 TRAIN=${2:-all}
 LR=${3:-5e-5}
 K_HIGH=0.05
 mkdir -p "$OUT"
-python -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny" -o k_high=$K_HIGH -o k_low=0.1 --train "$TRAIN" \
+python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny" -o k_high=$K_HIGH -o k_low=0.1 --train "$TRAIN" \
     --lr "$LR" --minutes "$MINUTES" --steps 1000000 --batch-size 4 --pool-size 32 --save-every 500 \
     2>&1 | tee "$OUT/finetune.log"
-python -m dit_accel.cli sweep --out "$OUT/sweep" --pairs 8 \
+python3 -m dit_accel.cli sweep --out "$OUT/sweep" --pairs 8 \
     --variant "topk density=$K_HIGH" \
     --variant "sla k_high=$K_HIGH" \
     --variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny" \

@@ -29,11 +29,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def block_counts(length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Number of tokens in each block of a length-``length`` sequence (the last may be partial)."""
-    n = math.ceil(length / block)
-    counts = torch.full((n,), block, dtype=torch.int32, device=device)
-    if n:
-        counts[-1] = length - (n - 1) * block
-    return counts
+    starts = torch.arange(0, length, block, dtype=torch.int32, device=device)
+    return (length - starts).clamp(max=block)  # device ops only: safe inside CUDA-graph capture
 
 
 def pool_blocks_reference(x: torch.Tensor, block: int, rows: torch.Tensor | None = None) -> torch.Tensor:
