@@ -7,6 +7,7 @@
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
 set -u
 STAGE=$1
+dit_accel_cli() { (cd /tmp && python3 -m dit_accel.cli "$@"); }  # outside the checkout, as gpu_env.sh says
 REPO=$PWD
 LOG=$OUT/$STAGE.log
 mkdir -p "$OUT"
@@ -68,8 +69,8 @@ fi
 if [ "$STAGE" = sweep ]; then
     # Every variant without dense warm-up (dense_steps=0, dense_layers=0): equal footing at equal density.
     plain="dense_steps=0 dense_layers=0"
-    (sleep 520; tar -C /tmp -czf "$OUT/sweep.tgz" sweep) &  # whatever is done before the call's limit
-    dit_accel_cli sweep --out /tmp/sweep --pairs 8 \
+    SWEEP_LIMIT=${SWEEP_LIMIT:-480}  # summaries are rewritten after each pair: a cut-off sweep keeps them
+    timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep --pairs 8 \
         --variant "topk density=0.125 $plain" --variant "svg_ear density=0.125 $plain" \
         --variant "rectified density=0.125 neighbours=False $plain" \
         --variant "rectified density=0.125 block_size=(128,64) $plain" \

@@ -112,8 +112,8 @@ def _pyramid_attn_fwd(
         pv_desc = tl.make_tensor_descriptor(pv_base, [pooled, HEAD_DIM], [stride_ps, 1], [TILE, HEAD_DIM])
     first = 0
     for lvl in tl.static_range(4):
-        keys: tl.constexpr = BLOCK_K >> lvl  # keys per entry at this level
-        pool: tl.constexpr = 1 << lvl  # tokens per key
+        keys = BLOCK_K >> lvl  # keys per entry at this level (constexpr: lvl is static)
+        pool = 1 << lvl  # tokens per key
         count = tl.load(cnt_base + lvl)
         if lvl == 0:
             kb, vb, stride_k, stride_v, level_row, limit = k_base, v_base, stride_ks, stride_vs, 0, k_rows
@@ -121,7 +121,7 @@ def _pyramid_attn_fwd(
             kb, vb, stride_k, stride_v = pk_base, pv_base, stride_ps, stride_ps
             level_row, limit = total_rows - (total_rows >> (lvl - 1)), total_rows
         if keys >= TILE:  # each tile inside one entry: one index load, contiguous rows
-            parts: tl.constexpr = keys // TILE
+            parts = keys // TILE
             for t in range(0, count * parts):
                 j = tl.load(idx_base + first + t // parts)
                 within = (t % parts) * TILE + offs_n
