@@ -200,7 +200,7 @@ def chosen_sets(blocks) -> list[set[int]]:
 
 @pytest.mark.parametrize("density", [0.1, 0.3])
 def test_density_is_exact_and_takes_the_neighbours_first(density):
-    *_, routing, blocks = routed_call({"density": density}, torch.Generator().manual_seed(11))
+    *_, routing, blocks = routed_call({"density": density, "neighbours": True}, torch.Generator().manual_seed(11))
     nk = blocks.num_key_blocks
     want = keep_count(nk, density, 1)
     assert (blocks.counts == want).all() and blocks.indices.shape[-1] == want
@@ -214,6 +214,18 @@ def test_density_is_exact_and_takes_the_neighbours_first(density):
             assert chosen == set(sorted(mine, key=by_mass.index)[:want])
         else:
             assert chosen == mine | set([j for j in by_mass if j not in mine][: want - len(mine)])
+
+
+def test_equal_density_takes_the_largest_mass_without_neighbours_unless_asked():
+    """``neighbours=None``: on in top-p mode, off with ``density`` (then exactly the top blocks by P̃)."""
+    assert RectifiedConfig().with_neighbours and not RectifiedConfig(density=0.2).with_neighbours
+    assert RectifiedConfig(density=0.2, neighbours=True).with_neighbours
+    *_, routing, blocks = routed_call({"density": 0.3}, torch.Generator().manual_seed(13))
+    q_mean, _, k_mean, _, _ = routing.stats
+    logits = (q_mean @ k_mean.transpose(-1, -2) * routing.scale + routing.log_counts).flatten(0, 2)
+    want = keep_count(blocks.num_key_blocks, 0.3, 1)
+    for row, chosen in enumerate(chosen_sets(blocks)):
+        assert chosen == set(logits[row].argsort(descending=True, stable=True)[:want].tolist())
 
 
 def test_top_p_with_floor_text_mass_and_neighbours():
