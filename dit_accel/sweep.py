@@ -97,9 +97,11 @@ def sweep(
     """
     if not variants:
         raise ValueError("give at least one variant")
+    configs = {v.label: build_config(v.method, **v.options) for v in variants}  # bad options fail before any run
     device = torch.device(pipe._execution_device)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[ComparisonResult]] = {v.label: [] for v in variants}
+    failed: dict[str, str] = {}
     for index, (prompt, seed) in enumerate(prompt_seed_pairs):
         call = call_arguments(pipe, prompt, **call_options)
         warmup = warmup_runs if index == 0 else 0
@@ -107,15 +109,24 @@ def sweep(
             timed_run(pipe, call, seed, "warm-up dense", device)
         dense_run = timed_run(pipe, call, seed, "dense", device)
         for variant in variants:
-            config = build_config(variant.method, **variant.options)
-            method_run = run_with_method(pipe, config, call, seed, device, warmup)
+            if variant.label in failed:
+                continue
+            try:
+                method_run = run_with_method(pipe, configs[variant.label], call, seed, device, warmup)
+            except Exception as error:  # one broken variant must not cost the others' runs
+                if variant is variants[0]:
+                    raise  # the baseline of every paired difference
+                failed[variant.label] = f"{type(error).__name__}: {error}"
+                print(f"pair {index + 1} seed {seed}  {variant.label}: FAILED, dropped ({failed[variant.label]})")
+                continue
             result = comparison_result(pipe, call, seed, dense_run, method_run, model_name)
             pair_dir = out_dir / _slug(variant.label)
             write_outputs(result, pair_dir, "gif", media=videos)
             results[variant.label].append(result)
             print(f"pair {index + 1}/{len(prompt_seed_pairs)} seed {seed}  {variant.label:40s} "
                   f"PSNR {result.psnr:6.2f} dB  SSIM {result.ssim:.4f}  {result.speedup:.2f}x", flush=True)  # fmt: skip
-        summary = summarize(results)  # after every pair: an interrupted sweep keeps what it measured
+        summary = summarize({label: runs for label, runs in results.items() if label not in failed})
+        summary["failed"] = failed  # after every pair: an interrupted sweep keeps what it measured
         (out_dir / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=2) + "\n")
         (out_dir / "summary.md").write_text(summary_table(summary))
     return summary
@@ -170,6 +181,8 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"| {v['psnr_vs_baseline']:+.2f} | {v['ssim_mean']:.4f} | {v['speedup_mean']:.2f}x "
             f"| {v['transformer_speedup_mean']:.2f}x |"
         )
+    failed = summary.get("failed", {})
+    lines += [f"\nFailed, dropped from the sweep: `{label}`: {error}" for label, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -74,3 +74,24 @@ def test_cli_sweep_writes_the_summary(wan_pipe, tmp_path, capsys):
     assert len(list((tmp_path / "out").glob("topk*/*.gif"))) == 2
     assert "summary.md" in capsys.readouterr().out
     assert cli_main(["sweep", "--model", str(tmp_path / "model"), "--variant", "topk dens=1"]) == 2
+
+
+def test_a_variant_that_fails_is_dropped_and_the_rest_still_measured(wan_pipe, tmp_path, monkeypatch):
+    import dit_accel.sweep as sweep_module
+
+    real = sweep_module.run_with_method
+
+    def broken_pisa(pipe, config, *args, **kwargs):
+        if config.method == "pisa":
+            raise RuntimeError("kernel failed to compile")
+        return real(pipe, config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "run_with_method", broken_pisa)
+    variants = [Variant.parse(f"topk {SPARSE}"), Variant.parse(f"pisa {SPARSE}"), Variant.parse("dense")]
+    summary = sweep(wan_pipe, variants, [("a blue star growing", 1)], CALL, tmp_path)
+    assert list(summary["variants"]) == [f"topk {SPARSE}", "dense"]
+    assert summary["failed"] == {f"pisa {SPARSE}": "RuntimeError: kernel failed to compile"}
+    assert summary["variants"]["dense"]["psnr"] == [math.inf]  # measured after the failure
+    assert "Failed, dropped from the sweep: `pisa" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(RuntimeError, match="compile"):  # the baseline of the paired differences may not fail
+        sweep(wan_pipe, variants[1:], [("a blue star growing", 1)], CALL, tmp_path / "again")
