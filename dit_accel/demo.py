@@ -52,9 +52,9 @@ from dit_accel.tiny_model import TINY_MODEL_DIR
 
 NEEDS_FLUX = "the style-aligned batch needs a FLUX.1 model"
 NO_FLUX_MODEL = (
-    f"{NEEDS_FLUX}, and none was given: start the demo with "
-    "`dit-accel demo --model black-forest-labs/FLUX.1-dev` (a large download, and a GPU to run in minutes) "
-    "or `--model` a local FLUX folder; no small FLUX model that works offline ships yet"
+    f"{NEEDS_FLUX}, and this demo serves none: start it without `--model` (the shipped tiny FLUX, offline), "
+    "or add one with `--model black-forest-labs/FLUX.1-dev` (a large download, and a GPU to run in minutes) "
+    "or `--model` a local FLUX folder"
 )
 OUT_OF_MEMORY = (
     "out of GPU memory for this request (the server freed what it could and keeps serving); "
@@ -367,9 +367,10 @@ def run_style_batch(
     pipe = session.pipeline(model)
     if session.family(model) != "flux":
         raise ValueError(f"{model} is a {session.family(model)} model; {NEEDS_FLUX}")
-    size = size or pipe.default_sample_size * pipe.vae_scale_factor
+    call: dict[str, Any] = dict(generation_defaults(model))  # a shipped model's native call (tiny FLUX: CFG, 128 px)
+    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
     size_rules(pipe).check(size, size, None)
-    call: dict[str, Any] = {"height": size, "width": size}
+    call |= {"height": size, "width": size}
     if steps:
         call["num_inference_steps"] = steps
     if on_step is not None:

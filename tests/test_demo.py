@@ -25,7 +25,7 @@ from dit_accel.demo import (
     run_style_batch,
     shipped_models,
 )
-from dit_accel.tiny_model import TINY_MODEL_DIR
+from dit_accel.tiny_model import TINY_FLUX_DIR, TINY_MODEL_DIR
 from tools.tiny_wan.build import TOY, build_pipeline
 
 PROMPT = "a red circle moving right on a striped blue background"
@@ -118,9 +118,9 @@ def test_each_run_gets_a_fresh_folder_and_old_ones_are_deleted():
 
 
 def test_the_style_batch_checks_its_inputs_before_running(session):
-    with pytest.raises(ValueError, match="none was given: start the demo with"):
+    with pytest.raises(ValueError, match="this demo serves none: start it without `--model`"):
         run_style_batch(session, None, "in ink", "a cat\na dog", "dense", "", None, 0)
-    assert "no small FLUX model that works offline ships yet" in NO_FLUX_MODEL
+    assert "the shipped tiny FLUX, offline" in NO_FLUX_MODEL
     with pytest.raises(ValueError, match="give at least two subjects"):
         run_style_batch(session, "toy", "in ink", "a cat", "dense", "", None, 0)
     with pytest.raises(TypeError, match="unknown option"):
@@ -141,6 +141,7 @@ def test_the_demo_command_serves_the_tiny_model_and_the_given_ones(monkeypatch):
 
 def test_the_shipped_models_are_served_by_default_the_tiny_wan_model_first():
     assert shipped_models()[0] == str(TINY_MODEL_DIR)
+    assert DemoSession().style_models() == [str(TINY_FLUX_DIR)]  # the style tab's default: the tiny FLUX
     assert all((TINY_MODEL_DIR.parent / Path(model).name / "model_index.json").is_file() for model in shipped_models())
     session = DemoSession()
     assert session.models == shipped_models()
@@ -156,3 +157,21 @@ def test_the_picture_shows_each_class_in_its_legend_colour():
     assert np.array_equal(picture[1, 1], colours["skipped"]) and np.array_equal(picture[1 + 128, 1], colours["exact"])
     assert np.array_equal(picture[270, 10], colours["skipped"]) and np.array_equal(picture[292, 10], colours["exact"])
     assert "skipped 25%, exact 75%" in caption
+
+
+def test_the_style_batch_on_the_shipped_tiny_flux_uses_its_native_call(monkeypatch):
+    import dit_accel.demo as demo
+
+    calls = []
+    real = demo.aligned_batch
+    monkeypatch.setattr(demo, "aligned_batch", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    session = DemoSession([str(TINY_FLUX_DIR)], device="cpu", dtype="float32")
+    subjects = "a red star\na blue ring"
+    images, report = run_style_batch(session, str(TINY_FLUX_DIR), "on a striped gray background", subjects, "dense",
+                                     "", None, 0, steps=2)  # fmt: skip
+    assert [image.size for image in images] == [(128, 128)] * 2
+    native = json.loads((TINY_FLUX_DIR / "generation_defaults.json").read_text())
+    assert {k: calls[0][k] for k in ("negative_prompt", "true_cfg_scale", "max_sequence_length")} == {
+        k: native[k] for k in ("negative_prompt", "true_cfg_scale", "max_sequence_length")
+    }
+    assert calls[0]["num_inference_steps"] == 2 and "Gram distance" in report
