@@ -26,6 +26,8 @@ BUILTIN_METHODS = {
     "flashblock": "dit_accel.methods.flashblock:FlashBlockAttention",
     "record": "dit_accel.methods.record:RecordAttention",
     "aligned_gen": "dit_accel.editing.aligned_gen:AlignedGenAttention",
+    "prime_composer": "dit_accel.editing.prime_composer:PrimeComposerAttention",
+    "ir_diffusion": "dit_accel.editing.ir_diffusion:IRDiffusionAttention",
 }
 
 _METHODS: dict[str, type[AttentionMethod]] = {}
