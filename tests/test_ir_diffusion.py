@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from test_aligned_gen import GRID, PROMPTS, TEXT, generate, is_stock, op_of, pipe  # noqa: F401  (pipe: fixture)
@@ -236,3 +237,30 @@ def test_ir_batch_is_apply_plus_pipe(pipe):  # noqa: F811
     assert is_stock(pipe)
     with pytest.raises(ValueError, match="one region per reference"):
         ir_batch(pipe, PROMPTS[:1], PROMPTS[1:], [LEFT, RIGHT], [[LEFT]] * 2)
+
+
+def test_command_line_writes_the_batch(pipe, tmp_path):  # noqa: F811
+    from dit_accel.cli import main
+    from dit_accel.ir_cli import parse_region
+
+    pipe.save_pretrained(tmp_path / "model")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:16, :16] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert torch.equal(torch.as_tensor(parse_region(str(tmp_path / "mask.png"))), torch.as_tensor(mask > 0))
+    status = main(
+        [
+            *("ir-diffusion", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out")),
+            *("--references", "a cat", "--reference-regions", str(tmp_path / "mask.png")),
+            *("--targets", "a dog", "a boat", "--target-regions", "0.5,0.5,1,1", "0,0,0.5,0.5"),
+            *("--steps", "2", "--height", "32", "--width", "32", "--device", "cpu", "-o", "reposition=crop"),
+        ]
+    )
+    assert status == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ir_diffusion.png", "reference_0.png", "target_0.png", "target_1.png",
+    ]  # fmt: skip
+    assert main(["ir-diffusion", "--model", str(tmp_path / "model"), "--references", "a cat",
+                 "--reference-regions", "left", "--targets", "a dog", "--target-regions", "0,0,1,1"]) == 2  # fmt: skip
+    with pytest.raises(ValueError, match="a region is a box x0,y0,x1,y1"):
+        parse_region("0.1,0.2")
