@@ -10,7 +10,8 @@ with ``tools.tiny_flux.reader.check_image``: shares of images whose objects are 
 their shapes, sizes and relations, with nothing else there (``adherence`` = found, shape, relation
 and count; ``exact`` adds size), overall and by object count, plus each prompt's reading. The JSON
 also holds the environment and seconds per image; ``--sheet`` writes the first 16 images as a 4x4
-picture, in the order of the JSON's prompts.
+picture, in the order of the JSON's prompts. ``reader_on_renders`` scores the data generator's own
+renders of the same captions: the reader's ceiling.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from PIL import Image
 
 from dit_accel.bench import environment
 from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE
-from tools.tiny_flux.evaluate import EVAL_SEED, evaluate, evaluation_captions, generate
+from tools.tiny_flux.evaluate import EVAL_SEED, evaluate, evaluate_renders, evaluation_captions, generate
 
 
 def contact_sheet(images: np.ndarray, columns: int = 4) -> Image.Image:
@@ -67,7 +68,8 @@ def main() -> None:
     started = time.monotonic()
     result = evaluate(pipe, call, args.count, seed=args.seed, batch=args.batch)
     seconds = time.monotonic() - started
-    summary = {k: v for k, v in result.items() if k not in ("prompts", "by_objects")}
+    result["reader_on_renders"] = evaluate_renders(args.count, args.seed)  # the ceiling: the reader's own error
+    summary = {k: v for k, v in result.items() if k not in ("prompts", "by_objects", "reader_on_renders")}
     print(json.dumps(summary), "\nby objects:", json.dumps(result["by_objects"]), flush=True)
     record = {
         "model": str(args.model),

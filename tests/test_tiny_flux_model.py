@@ -20,7 +20,7 @@ from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE
 from tools.tiny_common.training import make_optimizer, save_pipeline, storage_copy
 from tools.tiny_flux.build import FULL, TOY, TinyFluxSpec, assemble_pipeline, build_pipeline
 from tools.tiny_flux.data import parse_caption, render_batch, render_image, sample_caption
-from tools.tiny_flux.evaluate import evaluate, evaluation_captions
+from tools.tiny_flux.evaluate import evaluate, evaluate_renders, evaluation_captions
 from tools.tiny_flux.train import (
     TOKENIZERS,
     Denoiser,
@@ -260,3 +260,5 @@ def test_evaluation_scores_ground_truth_as_adherent() -> None:
     assert sum(group["images"] for group in result["by_objects"].values()) == 10
     blank = evaluate(RenderingPipeline(blank=True), call, 4, batch=4)
     assert blank["found"] == 0.0 and blank["adherence"] == 0.0
+    ceiling = evaluate_renders(6, seed=3)  # the generator's own renders: the reader's ceiling
+    assert ceiling["images"] == 6 and ceiling["exact"] == 1.0

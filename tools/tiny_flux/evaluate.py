@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from .data import MAX_OBJECTS, parse_caption, sample_caption
+from .data import MAX_OBJECTS, parse_caption, render_image, sample_caption
 from .reader import check_image
 
 SCORES = ("found", "shape", "size", "relation", "count", "adherence", "exact")
@@ -84,3 +84,11 @@ def evaluate(
         "seed": seed,
         "prompts": [{"prompt": p, **c} for p, c in zip(done, checks, strict=True)],
     }
+
+
+def evaluate_renders(count: int, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """The reader's ceiling: the same scores on the data generator's own renders of the held-out captions
+    (what a perfect model would get; anything below 1.0 is the reader's error, not the model's)."""
+    prompts = evaluation_captions(count, seed)
+    images = [render_image(p, seed * 1000 + i)[0].astype(np.float32) / 255.0 for i, p in enumerate(prompts)]
+    return summarise(prompts, [check_image(p, image) for p, image in zip(prompts, images, strict=True)])
