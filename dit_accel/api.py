@@ -82,6 +82,8 @@ class AttentionHandle:
         while self._installed:
             item = self._installed.pop()
             for module, processor in item.originals:
+                # enable_parallelism() after apply() configured ours: hand its config back.
+                processor._parallel_config = module.processor._parallel_config
                 module.set_processor(processor)
             for hook in item.module_hooks:
                 hook.remove()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
+from . import context_parallel
 from .forward_info import ForwardInfo
 from .methods.base import AttentionMethod
 from .steps import StepTracker, timestep_value
@@ -44,7 +45,9 @@ class StepTrackingHook(ModelHook):
 
     @torch.compiler.disable
     def _observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        arguments = self.adapter.bind_arguments(module, args, kwargs)
+        arguments = context_parallel.unsharded_arguments(
+            module, self.adapter.bind_arguments(module, args, kwargs), HOOK_NAME
+        )
         context = self.cache_context._context
         step_index = getattr(context, "step_index", None)
         num_steps = getattr(context, "num_inference_steps", None)
@@ -53,7 +56,9 @@ class StepTrackingHook(ModelHook):
         info = self.adapter.capture(module, arguments)
         info.step_index, info.num_steps = self.tracker.step_index, self.tracker.num_steps
         info.timestep = None if timestep is None else timestep_value(timestep)
-        tile = self.method.token_tile(info) if self.adapter.can_reorder(module, arguments) else None
+        # Under context parallelism the reorder hooks would see one rank's shard: methods order per call.
+        reorder = self.adapter.can_reorder(module, arguments) and not context_parallel.is_enabled(module)
+        tile = self.method.token_tile(info) if reorder else None
         if tile is not None and info.grid is not None:
             add_token_order(info, tile)
         self.tracker.info = info

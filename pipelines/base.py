@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from dit_accel import context_parallel
 from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
@@ -27,10 +29,13 @@ class BoundProcessor:
 
     ``_attention_backend`` and ``_parallel_config`` mirror the stock processors so that
     ``model.set_attention_backend(...)`` keeps working and the dense path uses the same backend.
+    Under Diffusers' Ulysses context parallelism the op runs on the full sequence of the rank's heads
+    (:mod:`dit_accel.context_parallel`); ``context_parallel_refusal`` names families that cannot.
     """
 
     _attention_backend = None
     _parallel_config = None
+    context_parallel_refusal: ClassVar[str | None] = None
 
     def __init__(self, binding: LayerBinding) -> None:
         self.binding = binding
@@ -40,18 +45,49 @@ class BoundProcessor:
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        layout: TokenLayout,
+        spans: tuple[int, ...],
+        make_layout: Callable[[tuple[int, ...]], TokenLayout],
         attention_mask: torch.Tensor | None = None,
         rotary_emb: Any = None,
     ) -> torch.Tensor:
-        """Run the op on ``(B, S, H, D)`` q/k/v with this call's context."""
+        """Run the op on ``(B, S, H, D)`` q/k/v with this call's context.
+
+        ``spans`` are the lengths of the consecutive token spans of the call's sequence (FLUX: text,
+        image); ``make_layout`` builds the layout from the lengths of the spans the op will see (the
+        whole sequence's under context parallelism, where q/k/v hold one rank's shard).
+        """
+        op = self.binding.op
+        config = context_parallel.cp_config_of(self._parallel_config)
+        if config is None or op.runs_diffusers_parallelism():
+            return self._call_op(query, key, value, make_layout(spans), attention_mask, rotary_emb)
+        if self.context_parallel_refusal is not None:
+            raise ValueError(self.context_parallel_refusal)
+        context_parallel.check_ulysses(config, op.name)
+        if attention_mask is not None:
+            raise ValueError(f"dit-accel method {op.name!r} does not support attention masks under context parallelism")
+        exchange = context_parallel.UlyssesExchange(config, spans, query.shape[2], query.device)
+        query, key, value = (exchange.gather(x) for x in (query, key, value))
+        out = self._call_op(query, key, value, make_layout(exchange.full_spans), None, rotary_emb, parallel=False)
+        return exchange.scatter(out)
+
+    def _call_op(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        layout: TokenLayout,
+        attention_mask: torch.Tensor | None,
+        rotary_emb: Any,
+        parallel: bool = True,
+    ) -> torch.Tensor:
+        """The op's call; ``parallel=False`` once q/k/v are gathered, so ``ctx.dense`` runs locally."""
         ctx = AttentionContext(
             layout=layout,
             binding=self.binding,
             attention_mask=attention_mask,
             rotary_emb=rotary_emb,
             backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+            parallel_config=self._parallel_config if parallel else None,
         )
         return self.binding.op(query, key, value, ctx)
 

@@ -15,6 +15,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch.utils.hooks import RemovableHandle
 
+from dit_accel import context_parallel
 from dit_accel.context import LayerBinding
 from dit_accel.forward_info import ForwardInfo
 from dit_accel.layout import TokenLayout
@@ -114,10 +115,18 @@ class FluxBlockProcessor(BoundProcessor):
         info = self.binding.tracker.info
         if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
             text_len = encoder_hidden_states.shape[1]
-        else:
-            text_len = min(info.text_len, query.shape[1])
-        layout = flux_layout(query.shape[1], text_len, info)
-        hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
+        else:  # under context parallelism each rank holds its share of the text, then of the image
+            text_len = min(context_parallel.local_share(info.text_len, self._parallel_config), query.shape[1])
+        spans = (text_len, query.shape[1] - text_len)
+        hidden_states = self.attend(
+            query,
+            key,
+            value,
+            spans,
+            lambda full: flux_layout(sum(full), full[0], info),
+            attention_mask,
+            image_rotary_emb,
+        )
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
 

@@ -49,6 +49,11 @@ def hunyuan_layout(
 class HunyuanVideoBlockProcessor(BoundProcessor):
     """Replaces ``HunyuanVideoAttnProcessor2_0``; identical up to q/k/v, then calls the op."""
 
+    context_parallel_refusal = (
+        "HunyuanVideoTransformer3DModel has no context-parallel plan in Diffusers and dit-accel does not "
+        "support one: run HunyuanVideo on one GPU (or use dit-accel on Wan / FLUX with ulysses_degree)"
+    )
+
     def __call__(
         self,
         attn: torch.nn.Module,
@@ -118,8 +123,16 @@ class HunyuanVideoBlockProcessor(BoundProcessor):
             value = torch.cat([value, encoder_value], dim=1)
 
         # 5. Attention
-        layout = hunyuan_layout(video_len, text_len, self.binding.tracker.info, attention_mask)
-        hidden_states = self.attend(query, key, value, layout, attention_mask, image_rotary_emb)
+        info = self.binding.tracker.info
+        hidden_states = self.attend(
+            query,
+            key,
+            value,
+            (video_len, text_len),
+            lambda spans: hunyuan_layout(*spans, info, attention_mask),
+            attention_mask,
+            image_rotary_emb,
+        )
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
 

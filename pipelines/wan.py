@@ -57,14 +57,17 @@ class WanSelfAttnProcessor(BoundProcessor):
             query = wan_rotary(query, *rotary_emb)
             key = wan_rotary(key, *rotary_emb)
 
-        layout = self.layout(query.shape[1])
-        hidden_states = self.attend(query, key, value, layout, attention_mask, rotary_emb)
+        spans = (query.shape[1],)
+        hidden_states = self.attend(query, key, value, spans, self.video_layout, attention_mask, rotary_emb)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states
+
+    def video_layout(self, spans: tuple[int, ...]) -> TokenLayout:
+        return self.layout(spans[0])
 
     def layout(self, seq_len: int) -> TokenLayout:
         """The call's token layout: video tokens only."""

@@ -66,6 +66,11 @@ class AttentionMethod:
         """Per-layer trained or saved state (``nn.Module``), registered on the attention module."""
         return None
 
+    def runs_diffusers_parallelism(self) -> bool:
+        """True when every call is Diffusers' own attention call, which runs any context-parallel
+        configuration itself (ring included); otherwise the processor gathers the sequence (Ulysses)."""
+        return False
+
 
 @dataclass
 class Routing:

@@ -56,3 +56,6 @@ class DenseAttention(AttentionMethod):
         from dit_accel.kernels.backends import dense_attention
 
         return dense_attention(q, k, v, self.config.backend)
+
+    def runs_diffusers_parallelism(self) -> bool:
+        return self.config.backend == "stock"

@@ -317,8 +317,6 @@ class FlashBlockAttention(AttentionMethod):
 
     def _reason(self, ctx: AttentionContext) -> str | None:
         """Why this call with external keys cannot be split (it then runs dense), or None."""
-        if ctx.parallel_config is not None:
-            return "context parallelism is not supported by flashblock"
         if ctx.attention_mask is not None and not ctx.layout.causal_block:
             return "the attention mask is not a block-causal frame mask flashblock can split"
         return None

@@ -25,8 +25,6 @@ Tensor = torch.Tensor
 def dense_fallback_reason(ctx: AttentionContext, block_q: int, block_k: int) -> str | None:
     """Why this call cannot run block-sparse (it then runs dense), or None."""
     layout = ctx.layout
-    if ctx.parallel_config is not None:
-        return "context parallelism is not supported by block-sparse methods"
     if layout.video_len < max(block_q, block_k) * 2:
         return (
             f"only {layout.video_len} video tokens: too few for two {block_q}x{block_k} blocks "
