@@ -33,6 +33,7 @@ from dit_accel.demo import (
     run_comparison,
     run_style_batch,
 )
+from dit_accel.demo_attencraft import build_attencraft_tab
 from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
 from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
 from dit_accel.option_specs import OptionSpec, changed_options, options_text
@@ -298,6 +299,8 @@ def build_app(session: DemoSession) -> gr.Blocks:
             _accelerate_tab(session, stops)
         with gr.Tab("Style-aligned batch"):
             _style_tab(session, stops)
+        with gr.Tab("Concept masks"):
+            build_attencraft_tab(session, stops)
 
         def page_closed(request: gr.Request) -> None:
             stops.forget(request.session_hash)  # its job stops at the next step

@@ -1,0 +1,129 @@
+"""The demo's "Concept masks" tab: one FLUX generation and AttenCraft's masks of the concepts it names.
+
+The user writes a prompt and its concept phrases (one per line); the masks come from the attention
+maps of the generation itself (no training), which runs through any acceleration method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import PIL.Image
+
+from dit_accel.call_sizes import size_rules
+from dit_accel.compare import StepCallback, generation_defaults, step_hook
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, optional_int, parse_options
+from dit_accel.demo_jobs import StopFlags
+from dit_accel.editing.attencraft_masks import concept_masks
+from dit_accel.registry import build_config
+
+PROMPT = "a red star left of a blue ring on a striped gray background"
+CONCEPTS = "red star\nblue ring"
+
+
+def run_concept_masks(
+    session: DemoSession,
+    model: str | None,
+    prompt: str,
+    concepts_text: str,
+    method: str,
+    options_text: str,
+    seed: float,
+    steps: str | int | None = None,
+    size: str | int | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
+    """The mask overlay, the image, and a report of each concept's mask area."""
+    if not model:
+        raise ValueError(NO_FLUX_MODEL)
+    session.check(model)
+    concepts = [line.strip() for line in (concepts_text or "").splitlines() if line.strip()]
+    if not prompt.strip() or not concepts:
+        raise ValueError("give a prompt and at least one concept phrase of it, one per line")
+    options = parse_options(options_text)
+    build_config(method, **options)  # a bad option fails before the model loads
+    steps, size = optional_int("steps", steps), optional_int("size", size)
+    pipe = session.pipeline(model)
+    if session.family(model) != "flux":
+        raise ValueError(f"{model} is a {session.family(model)} model; concept masks need a FLUX.1 model")
+    call: dict[str, Any] = dict(generation_defaults(model))
+    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+    size_rules(pipe).check(size, size, None)
+    call |= {"height": size, "width": size}
+    if steps:
+        call["num_inference_steps"] = steps
+    if on_step is not None:
+        call |= step_hook(pipe, "concept masks", on_step)
+    total = call.get("num_inference_steps", 28)
+    masks = concept_masks(
+        pipe, prompt, concepts, background=None, power=2, floor=0.7, steps=(total // 2, None), seed=int(seed),
+        method=method, method_options=options, **call,
+    )  # fmt: skip
+    areas = ", ".join(f"**{c}** {float(m.float().mean()):.1%}" for c, m in zip(concepts, masks.masks, strict=True))
+    return masks.overlay(), masks.image, f"Mask areas: {areas} (attention through **{method}**)."
+
+
+def concept_masks_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, Any, str]]]:
+    """The tab's handler: clears the old result, reports steps, shows failures as text."""
+    from dit_accel.demo_app import _progress, failure_text
+
+    def job(
+        model: str | None,
+        prompt: str,
+        concepts: str,
+        method: str,
+        options: str,
+        seed: float,
+        steps: str,
+        size: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
+    ) -> Iterator[tuple[Any, Any, str]]:
+        yield None, None, "Running..."
+        try:
+            yield run_concept_masks(
+                session, model, prompt, concepts, method, options, seed, steps, size,
+                on_step=_progress(progress, stops, request, runs=1),
+            )  # fmt: skip
+        except Exception as error:
+            yield None, None, failure_text(error)
+
+    return job
+
+
+def build_attencraft_tab(session: DemoSession, stops: StopFlags) -> None:
+    """The "Concept masks" tab."""
+    from dit_accel.demo_app import _size_field, stop_job
+
+    models = [(session.label(model), model) for model in session.style_models()]
+    gr.Markdown(
+        "One generation; each concept phrase gets a mask from its attention maps, refined by the image's "
+        "self-attention (AttenCraft, no training)." + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+    )
+    with gr.Row():
+        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
+        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
+    prompt = gr.Textbox(PROMPT, label="prompt")
+    with gr.Row():
+        concepts = gr.Textbox(CONCEPTS, lines=3, label="concepts (phrases of the prompt, one per line)")
+        options = gr.Textbox("", label="the method's options, key=value (e.g. density=0.25)")
+    with gr.Row():
+        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+        steps = _size_field("steps", "the pipeline's")
+        size = _size_field("size", "the pipeline's")
+    with gr.Row():
+        make = gr.Button("Generate and find the masks", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    with gr.Row():
+        overlay = gr.Image(label="concept masks", interactive=False)
+        image = gr.Image(label="the image", interactive=False)
+    status = gr.Markdown()
+    make.click(
+        concept_masks_job(session, stops),
+        [model, prompt, concepts, method, options, seed, steps, size],
+        [overlay, image, status],
+        api_name="concept_masks",
+    )
+    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_concept_masks")
