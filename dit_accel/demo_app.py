@@ -34,6 +34,8 @@ from dit_accel.demo import (
     run_style_batch,
 )
 from dit_accel.demo_attencraft import build_attencraft_tab
+from dit_accel.demo_compose import build_compose_tab
+from dit_accel.demo_ir_diffusion import build_ir_diffusion_tab
 from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
 from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
 from dit_accel.option_specs import OptionSpec, changed_options, options_text
@@ -299,6 +301,10 @@ def build_app(session: DemoSession) -> gr.Blocks:
             _accelerate_tab(session, stops)
         with gr.Tab("Style-aligned batch"):
             _style_tab(session, stops)
+        with gr.Tab("Multi-subject"):
+            build_ir_diffusion_tab(session, stops)
+        with gr.Tab("Compose"):
+            build_compose_tab(session, stops)
         with gr.Tab("Concept masks"):
             build_attencraft_tab(session, stops)
 

@@ -21,14 +21,20 @@ from dit_accel.editing.ir_batch import ir_batch
 GRID_NAME = "ir_diffusion.png"
 
 
+def parse_box(text: str) -> tuple[float, ...] | None:
+    """``x0,y0,x1,y1`` as four floats, or None when ``text`` is not four numbers."""
+    parts = text.split(",")
+    try:
+        return tuple(float(p) for p in parts) if len(parts) == 4 else None
+    except ValueError:
+        return None
+
+
 def parse_region(text: str) -> Any:
     """A box ``x0,y0,x1,y1`` (four numbers) or a mask image path (non-zero = subject)."""
-    parts = text.split(",")
-    if len(parts) == 4:
-        try:
-            return tuple(float(p) for p in parts)
-        except ValueError:
-            pass
+    box = parse_box(text)
+    if box is not None:
+        return box
     path = Path(text).expanduser()
     if not path.is_file():
         raise ValueError(f"a region is a box x0,y0,x1,y1 (fractions of the image) or a mask image file, got {text!r}")

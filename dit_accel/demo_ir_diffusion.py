@@ -1,0 +1,158 @@
+"""The demo's "Multi-subject" tab: an IR-Diffusion FLUX batch, its attention through any method.
+
+The user writes one reference prompt per subject and the target prompts, and places each subject with
+a box ``x0,y0,x1,y1`` (fractions of the image): one box per reference, and per target one box per
+subject joined by ``;``. The batch comes back references first, then targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import PIL.Image
+import torch
+
+from dit_accel.call_sizes import size_rules
+from dit_accel.compare import StepCallback, generation_defaults, step_hook
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, optional_int, parse_options
+from dit_accel.demo_jobs import StopFlags
+from dit_accel.editing import ir_batch
+from dit_accel.ir_cli import parse_box
+from dit_accel.registry import build_config
+
+REFERENCES = "a red star on a plain gray background\na blue ring on a plain gray background"
+TARGETS = "a red star left of a blue ring on a striped black background"
+REFERENCE_BOXES = "0.3,0.3,0.7,0.7\n0.3,0.3,0.7,0.7"
+TARGET_BOXES = "0.05,0.3,0.45,0.7; 0.55,0.3,0.95,0.7"
+
+
+def _lines(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def _boxes(name: str, line: str) -> list[tuple[float, ...]]:
+    boxes = [parse_box(part.strip()) for part in line.split(";")]
+    if any(box is None for box in boxes):
+        raise ValueError(f"{name}: boxes are x0,y0,x1,y1 (fractions of the image) joined by ';', got {line!r}")
+    return boxes
+
+
+def run_multi_subject(
+    session: DemoSession,
+    model: str | None,
+    references_text: str,
+    reference_boxes_text: str,
+    targets_text: str,
+    target_boxes_text: str,
+    method: str,
+    options_text: str,
+    seed: float,
+    steps: str | int | None = None,
+    size: str | int | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[list[PIL.Image.Image], str]:
+    """The IR-Diffusion batch ``[references..., targets...]`` and a one-line report."""
+    if not model:
+        raise ValueError(NO_FLUX_MODEL)
+    session.check(model)
+    references, targets = _lines(references_text), _lines(targets_text)
+    reference_lines, target_lines = _lines(reference_boxes_text), _lines(target_boxes_text)
+    if not references or not targets:
+        raise ValueError("give at least one reference prompt and one target prompt, one per line")
+    if len(reference_lines) != len(references) or len(target_lines) != len(targets):
+        raise ValueError(
+            f"give one box line per reference ({len(references)}) and per target ({len(targets)}); got "
+            f"{len(reference_lines)} and {len(target_lines)}"
+        )
+    reference_regions = [_boxes(f"reference box line {i + 1}", line)[0] for i, line in enumerate(reference_lines)]
+    target_regions = [_boxes(f"target box line {i + 1}", line) for i, line in enumerate(target_lines)]
+    options = {"attention": method, **parse_options(options_text)}
+    regions = {"reference_regions": reference_regions, "target_regions": target_regions}
+    build_config("ir_diffusion", **regions, **options)  # a bad option or box fails before the model loads
+    steps, size = optional_int("steps", steps), optional_int("size", size)
+    pipe = session.pipeline(model)
+    if session.family(model) != "flux":
+        raise ValueError(f"{model} is a {session.family(model)} model; the multi-subject batch needs a FLUX.1 model")
+    call: dict[str, Any] = dict(generation_defaults(model))
+    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+    size_rules(pipe).check(size, size, None)
+    call |= {"height": size, "width": size}
+    if steps:
+        call["num_inference_steps"] = steps
+    if on_step is not None:
+        call |= step_hook(pipe, "multi-subject batch", on_step)
+    generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(len(references) + len(targets))]
+    images = ir_batch(
+        pipe, references, targets, reference_regions, target_regions, options=options,
+        generator=generators, output_type="pil", **call,
+    )  # fmt: skip
+    report = f"{len(references)} reference(s), then {len(targets)} target(s), attention through **{method}**."
+    return list(images), report
+
+
+def multi_subject_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, str]]]:
+    """The tab's handler: clears the old batch, reports steps, shows failures as text."""
+    from dit_accel.demo_app import _progress, failure_text
+
+    def job(
+        model: str | None,
+        references: str,
+        reference_boxes: str,
+        targets: str,
+        target_boxes: str,
+        method: str,
+        options: str,
+        seed: float,
+        steps: str,
+        size: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
+    ) -> Iterator[tuple[Any, str]]:
+        yield None, "Running..."
+        try:
+            yield run_multi_subject(
+                session, model, references, reference_boxes, targets, target_boxes, method, options, seed, steps,
+                size, on_step=_progress(progress, stops, request, runs=1),
+            )  # fmt: skip
+        except Exception as error:
+            yield None, failure_text(error)
+
+    return job
+
+
+def build_ir_diffusion_tab(session: DemoSession, stops: StopFlags) -> None:
+    """The "Multi-subject" tab."""
+    from dit_accel.demo_app import _size_field, stop_job
+
+    models = [(session.label(model), model) for model in session.style_models()]
+    gr.Markdown(
+        "Each reference shows one subject; the targets show the subjects again, kept the same (IR-Diffusion: "
+        "isolation and reposition attention). Boxes are x0,y0,x1,y1 in fractions of the image."
+        + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+    )
+    with gr.Row():
+        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
+        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
+    with gr.Row():
+        references = gr.Textbox(REFERENCES, lines=3, label="references (one subject per line)")
+        reference_boxes = gr.Textbox(REFERENCE_BOXES, lines=3, label="reference boxes (one per line)")
+    with gr.Row():
+        targets = gr.Textbox(TARGETS, lines=3, label="targets (one per line)")
+        target_boxes = gr.Textbox(TARGET_BOXES, lines=3, label="target boxes (per line: one per subject, ';')")
+    options = gr.Textbox(
+        "reposition=rope, reference_scale=2.0", label="options: ir_diffusion's and the method's, key=value"
+    )
+    with gr.Row():
+        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+        steps = _size_field("steps", "the pipeline's")
+        size = _size_field("size", "the pipeline's")
+    with gr.Row():
+        make = gr.Button("Generate the batch", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    gallery = gr.Gallery(label="the batch (references, then targets)", columns=4)
+    status = gr.Markdown()
+    inputs = [model, references, reference_boxes, targets, target_boxes, method, options, seed, steps, size]
+    make.click(multi_subject_job(session, stops), inputs, [gallery, status], api_name="multi_subject")
+    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_multi_subject")
