@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from diffusers import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig
-from tiny_models import flux_inputs, hunyuan_inputs, tiny_flux, tiny_hunyuan, tiny_wan, wan_inputs
+from tiny_models import flux_image_ids, flux_inputs, hunyuan_inputs, tiny_flux, tiny_hunyuan, tiny_wan, wan_inputs
 
 import dit_accel
 from dit_accel.api import STATE_ATTRIBUTE
@@ -80,6 +80,40 @@ def _check_family(family: str) -> dict[str, float]:
     return results
 
 
+def _kontext_steps() -> list[dict]:
+    """FLUX Kontext calls: a 16x16 target image then a fixed 4x4 context image (first id 1), the external keys."""
+    steps = []
+    context = torch.randn(1, 16, 8, generator=torch.Generator().manual_seed(7))
+    context_ids = flux_image_ids(4, 4)
+    context_ids[:, 0] = 1
+    for timestep in (1.0, 0.95, 0.9, 0.85):
+        inputs = flux_inputs(height=16, width=16, timestep=timestep)
+        inputs["hidden_states"] = torch.cat([inputs["hidden_states"] * timestep, context], dim=1)
+        inputs["img_ids"] = torch.cat([inputs["img_ids"], context_ids])
+        steps.append(inputs)
+    return steps
+
+
+def _check_flashblock_cache() -> dict[str, float]:
+    """FlashBlock's per-head calibration and cache of the external part: each rank holds its heads' share."""
+    options = {**_options("topk"), "inner": "topk", "refresh_every": 10, "calibration_steps": 1}
+    single, parallel = tiny_flux(), tiny_flux()
+    _enable(parallel)
+    outputs, stats = [], []
+    for model in (single, parallel):
+        with torch.no_grad(), dit_accel.apply(model, "flashblock", **options) as handle:
+            outputs.append([model(**inputs, return_dict=False)[0] for inputs in _kontext_steps()])
+            stats.append(handle.method.stats)
+    return {
+        "flashblock cache": _relative_error(outputs[1], outputs[0]),
+        **{
+            f"flashblock {name} {run}": float(stats[i][name])
+            for i, run in enumerate(("single", "parallel"))
+            for name in ("external_reused", "heads_recomputed")
+        },
+    }
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -90,6 +124,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results = {}
         for family in FAMILIES:
             results.update(_check_family(family))
+        results.update(_check_flashblock_cache())
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -120,6 +155,15 @@ def test_apply_before_enable_parallelism_and_remove(parallel_results, family: st
         assert results[f"{family}/sla applied first"] < 1e-5
         assert results[f"{family}/stock after remove"] < 1e-5
         assert results[f"{family}/leftover state"] == 0
+
+
+def test_flashblock_cache_is_per_rank_heads(parallel_results) -> None:
+    for results in parallel_results:
+        assert results["flashblock cache"] < 1e-5
+        assert results["flashblock external_reused parallel"] == results["flashblock external_reused single"] > 0
+    # each rank calibrates and recomputes its own heads: together, the single process's heads
+    recomputed = sum(results["flashblock heads_recomputed parallel"] for results in parallel_results)
+    assert recomputed == parallel_results[0]["flashblock heads_recomputed single"]
 
 
 def test_span_major_order_groups_each_span_across_ranks() -> None:
