@@ -264,3 +264,18 @@ def test_command_line_writes_the_batch(pipe, tmp_path):  # noqa: F811
                  "--reference-regions", "left", "--targets", "a dog", "--target-regions", "0,0,1,1"]) == 2  # fmt: skip
     with pytest.raises(ValueError, match="a region is a box x0,y0,x1,y1"):
         parse_region("0.1,0.2")
+
+
+def test_reference_region_from_attention_is_attencrafts_mask(pipe):  # noqa: F811
+    from dit_accel.editing.attencraft_masks import concept_masks
+    from dit_accel.editing.ir_batch import ATTENTION_MASK_SETTING
+
+    call = {"height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 8}
+    mask = concept_masks(pipe, PROMPTS[0], ["cat"], seed=5, **ATTENTION_MASK_SETTING, **call).masks[0]
+    assert mask.any() and not mask.all()
+    targets = [[RIGHT], [LEFT]]
+    by_phrase = ir_batch(pipe, PROMPTS[:1], PROMPTS[1:], ["cat"], targets, seed=5, output_type="pt", **call)
+    by_mask = ir_batch(pipe, PROMPTS[:1], PROMPTS[1:], [mask], targets, seed=5, output_type="pt", **call)
+    assert torch.equal(by_phrase, by_mask)
+    with pytest.raises(ValueError, match="need seed"):
+        ir_batch(pipe, PROMPTS[:1], PROMPTS[1:], ["cat"], targets, **call)
