@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from dit_accel import multi_gpu
 from dit_accel.config import MethodConfig
 from dit_accel.context import AttentionContext, LayerBinding
 from dit_accel.layout import TokenLayout
@@ -89,11 +90,22 @@ def median_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 20
         import triton.testing
 
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-    fn()
+    return median_ms_fixed(fn, device, warmup=1, reps=3)
+
+
+def median_ms_fixed(fn: Callable[[], Any], device: torch.device, warmup: int = 3, reps: int = 10) -> float:
+    """Median wall-clock milliseconds of ``reps`` calls after ``warmup``: a fixed count, so that every rank
+    of a multi-GPU run calls ``fn`` equally often and its collectives pair up."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(3):
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -418,6 +430,7 @@ def bench_e2e(
     device: torch.device,
     overrides: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    gpus: int = 1,
 ) -> list[dict[str, Any]]:
     """A full-size random-weight transformer forward: dense (cuDNN) vs methods, eager and compiled.
 
@@ -427,6 +440,8 @@ def bench_e2e(
     block compiled once, fullgraph) or ``full`` (``torch.compile`` of the whole transformer); the
     first must be ``eager:dense``, the baseline of every speedup. Methods run on every backend, with
     ``options`` (besides ``density``) and no dense warm-up (one forward is timed, not a schedule).
+    With ``gpus > 1`` (one torchrun process a GPU, :mod:`dit_accel.multi_gpu`) the transformer runs
+    under Diffusers' Ulysses context parallelism, timed over a fixed count of calls.
     """
     check_e2e_variants(variants)
     from torch.nn.attention import sdpa_kernel
@@ -442,7 +457,10 @@ def bench_e2e(
         raise ValueError(f"{model_name} takes a latent of {spec.latent_help}, got {latent}")
     env = environment(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)  # the same random weights on every rank
     model = spec.build(device, dtype, overrides or {})
+    if gpus > 1:
+        multi_gpu.parallelize(model, gpus)
     inputs = spec.make_inputs(dict(model.config), latent, device, dtype)
 
     runners = {"eager": model}
@@ -472,7 +490,11 @@ def bench_e2e(
                 start = time.perf_counter()
                 forward()  # compile / autotune / warm caches
                 first_call_s = time.perf_counter() - start
-                ms = median_ms(forward, device, warmup_ms=500, rep_ms=3000)
+                ms = (
+                    median_ms(forward, device, warmup_ms=500, rep_ms=3000)
+                    if gpus == 1
+                    else median_ms_fixed(forward, device)
+                )
                 memory = peak_memory_gb(forward, device)
                 out = forward()
                 reference = out if reference is None else reference
@@ -483,7 +505,7 @@ def bench_e2e(
                 record = env | {
                     "kind": "e2e", "model": model_name, "shape": list(latent), "method": method, "backend": backend,
                     "options": _jsonable(run_options or {}), "density": (run_options or {}).get("density", 1.0),
-                    "compiled": mode != "eager", "compile_mode": mode,
+                    "compiled": mode != "eager", "compile_mode": mode, "gpus": gpus,
                     "ms": ms, "config_overrides": overrides or {}, "first_call_s": first_call_s,
                     "peak_memory_gb": memory,
                     "rel_l1_vs_dense": rel_l1(out, reference), "speedup_vs_eager_dense": eager_dense["cudnn"] / ms,
@@ -491,11 +513,12 @@ def bench_e2e(
                 if "fa4" in eager_dense:
                     record["speedup_vs_eager_fa4_dense"] = eager_dense["fa4"] / ms
                 records.append(record)
-                print(
-                    f"e2e {mode:8s} {method:5s} [{backend}] {ms:9.2f} ms  x{record['speedup_vs_eager_dense']:.2f} "
-                    f"vs eager dense (first call {first_call_s:.1f} s, peak {memory or 0:.1f} GiB)",
-                    flush=True,
-                )
+                if multi_gpu.is_main():
+                    print(
+                        f"e2e {mode:8s} {method:5s} [{backend}] {ms:9.2f} ms  x{record['speedup_vs_eager_dense']:.2f} "
+                        f"vs eager dense (first call {first_call_s:.1f} s, peak {memory or 0:.1f} GiB, {gpus} GPUs)",
+                        flush=True,
+                    )
     return records
 
 
@@ -562,13 +585,19 @@ def _run_kernel(args: argparse.Namespace) -> int:
 def _run_e2e(args: argparse.Namespace) -> int:
     from dit_accel.compare import parse_option
 
-    device = _device(args.device)
+    status = multi_gpu.relaunch(args.gpus, args.argv)
+    if status is not None:
+        return status
+    device = multi_gpu.setup(args.gpus) if args.gpus > 1 else _device(args.device)
     overrides = dict(parse_option(text) for text in args.config)
     latent = tuple(args.latent) if args.latent else None
-    records = bench_e2e(args.model, args.density, latent, args.variants, device, overrides,
-                        dict(parse_option(text) for text in args.option))  # fmt: skip
-    paths = write_results(records, Path(args.out), args.name)
-    print("wrote", *paths)
+    try:
+        records = bench_e2e(args.model, args.density, latent, args.variants, device, overrides,
+                            dict(parse_option(text) for text in args.option), args.gpus)  # fmt: skip
+        if multi_gpu.is_main():
+            print("wrote", *write_results(records, Path(args.out), args.name))
+    finally:
+        multi_gpu.finish()
     return 0
 
 
@@ -632,6 +661,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e2e.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the methods run, repeatable (order=1)")  # fmt: skip
     e2e.add_argument("--device", default="auto")
+    e2e.add_argument("--gpus", type=int, default=1,
+                     help="GPUs of this host: > 1 relaunches through torchrun under Diffusers' Ulysses context "
+                     "parallelism (ulysses_degree=N)")  # fmt: skip
     e2e.add_argument("--out", default=str(RESULTS_DIR / "e2e"))
     e2e.add_argument("--name", default="e2e_h200")
     e2e.set_defaults(func=_run_e2e)

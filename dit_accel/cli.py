@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    args.argv = argv  # what a command relaunches under torchrun (--gpus N)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as error:

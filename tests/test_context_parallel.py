@@ -114,6 +114,19 @@ def _check_flashblock_cache() -> dict[str, float]:
     }
 
 
+def _check_bench_e2e() -> dict[str, float]:
+    """``bench e2e`` with ``gpus=2`` (what ``--gpus 2`` runs on each torchrun process): same errors as one process."""
+    from dit_accel.bench import bench_e2e
+
+    runs = [bench_e2e("wan-1.3b", 0.25, (1, 16, 5, 16, 16), ["eager:dense", "eager:topk"], torch.device("cpu"),
+                      gpus=gpus) for gpus in (1, WORLD)]  # fmt: skip
+    return {
+        "e2e topk error": abs(runs[1][1]["rel_l1_vs_dense"] - runs[0][1]["rel_l1_vs_dense"]),
+        "e2e topk error single": runs[0][1]["rel_l1_vs_dense"],
+        "e2e gpus": float(runs[1][1]["gpus"]),
+    }
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -125,6 +138,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for family in FAMILIES:
             results.update(_check_family(family))
         results.update(_check_flashblock_cache())
+        results.update(_check_bench_e2e())
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -164,6 +178,12 @@ def test_flashblock_cache_is_per_rank_heads(parallel_results) -> None:
     # each rank calibrates and recomputes its own heads: together, the single process's heads
     recomputed = sum(results["flashblock heads_recomputed parallel"] for results in parallel_results)
     assert recomputed == parallel_results[0]["flashblock heads_recomputed single"]
+
+
+def test_bench_e2e_on_two_ranks_matches_one(parallel_results) -> None:
+    for results in parallel_results:
+        assert results["e2e gpus"] == WORLD and results["e2e topk error single"] > 1e-4
+        assert results["e2e topk error"] < 1e-6
 
 
 def test_span_major_order_groups_each_span_across_ranks() -> None:
