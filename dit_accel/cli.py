@@ -23,6 +23,7 @@ from collections.abc import Sequence
 # name -> (module with a ``register(subparsers)`` function, one-line summary for ``dit-accel --help``).
 LAZY_COMMANDS = {
     "compare": ("dit_accel.compare", "dense vs a method on the same prompt and seed: PSNR, SSIM, speedup, video"),
+    "generate": ("dit_accel.generate", "one video or image with a method, on one GPU or N (--gpus N, torchrun)"),
     "sweep": ("dit_accel.sweep", "several methods vs dense over many prompt/seed pairs: mean PSNR, SSIM, speedup"),
     "bench": ("dit_accel.bench", "time attention kernels and whole transformer forwards (GPU)"),
     "record": ("dit_accel.recorder", "record q/k/v of chosen layers and steps (for bench kernel --recorded)"),

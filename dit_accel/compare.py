@@ -205,7 +205,7 @@ def call_arguments(
     }
 
 
-def _transformers(pipe: Any) -> list[torch.nn.Module]:
+def pipeline_transformers(pipe: Any) -> list[torch.nn.Module]:
     components = getattr(pipe, "components", {})
     return [m for m in components.values() if isinstance(m, torch.nn.Module) and find_adapter(m) is not None]
 
@@ -236,7 +236,7 @@ def transformer_timer(models: list[torch.nn.Module], device: torch.device) -> It
             handle.remove()
 
 
-def _frames_of(output: Any) -> np.ndarray:
+def frames_of(output: Any) -> np.ndarray:
     """``(F, H, W, 3)`` uint8 frames of the first sample of a pipeline output (an image is one frame)."""
     frames = getattr(output, "frames", None)
     frames = np.asarray(output.images if frames is None else frames)[0]
@@ -271,13 +271,13 @@ def timed_run(
     if on_step is not None:
         call = {**call, **step_hook(pipe, label, on_step)}
     generator = torch.Generator("cpu").manual_seed(seed)
-    with transformer_timer(_transformers(pipe), device) as transformer_seconds:
+    with transformer_timer(pipeline_transformers(pipe), device) as transformer_seconds:
         _sync(device)
         start = time.perf_counter()
         output = pipe(**call, generator=generator)
         _sync(device)
         seconds = time.perf_counter() - start
-    return _frames_of(output), seconds, transformer_seconds[0]
+    return frames_of(output), seconds, transformer_seconds[0]
 
 
 def compare(
@@ -383,7 +383,7 @@ def comparison_result(
         seed=seed,
         call={k: v for k, v in call.items() if k not in ("prompt", "output_type")},
         device=str(pipe._execution_device),
-        dtype=str(next(m.dtype for m in _transformers(pipe))).removeprefix("torch."),
+        dtype=str(next(m.dtype for m in pipeline_transformers(pipe))).removeprefix("torch."),
         dense_seconds=dense_s,
         method_seconds=method_run.seconds,
         dense_transformer_seconds=dense_t,
@@ -499,9 +499,8 @@ def _names_a_folder(model: str) -> bool:
     return Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1
 
 
-def _run(args: argparse.Namespace) -> int:
-    build_config(args.method, **dict(args.option))  # a bad method or option fails before the model loads
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+def call_options(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
+    """Steps, sizes and guidance: the command line's over the model's stored defaults (smaller on a CPU)."""
     on_cpu = torch.device(pipe._execution_device).type == "cpu"
     given = {name: getattr(args, name) for name in ("num_inference_steps", "height", "width", "num_frames")}
     given, note = resolve_call(
@@ -512,6 +511,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     if note:
         print(note)
+    return given
+
+
+def _run(args: argparse.Namespace) -> int:
+    build_config(args.method, **dict(args.option))  # a bad method or option fails before the model loads
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    on_cpu = torch.device(pipe._execution_device).type == "cpu"
+    given = call_options(args, pipe)
     warmup = args.warmup if args.warmup is not None else int(not on_cpu)
     result = compare(
         pipe,
@@ -546,6 +553,15 @@ def register(subparsers: Any) -> None:
         help="dense vs a method on the same prompt and seed: PSNR, SSIM, speedup, side-by-side video",
         description=__doc__.split("\n\n")[0],
     )
+    add_generation_arguments(parser)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs of each first (default: 1 on GPU)")
+    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="folder for the video and JSON")
+    parser.add_argument("--format", choices=VIDEO_FORMATS, default="gif")
+    parser.set_defaults(func=_run)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, method and pipeline-call arguments ``compare`` and ``generate`` share."""
     parser.add_argument("--model", default=str(TINY_MODEL_DIR), help="local folder or hub id (default: tiny model)")
     parser.add_argument("--method", required=True, help="method name (see 'dit-accel list')")
     parser.add_argument(
@@ -568,7 +584,3 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="G")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs of each first (default: 1 on GPU)")
-    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="folder for the video and JSON")
-    parser.add_argument("--format", choices=VIDEO_FORMATS, default="gif")
-    parser.set_defaults(func=_run)

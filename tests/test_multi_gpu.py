@@ -11,13 +11,19 @@ from dit_accel import multi_gpu
 from dit_accel.cli import main
 
 
-def test_bench_e2e_gpus_relaunches_the_same_command_under_torchrun(monkeypatch):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "e2e", "--gpus", "2", "--variants", "eager:dense", "eager:topk"],
+        ["generate", "--method", "topk", "-o", "density=0.1", "--gpus", "2", "--out", "wan.mp4"],
+    ],
+)
+def test_gpus_relaunches_the_same_command_under_torchrun(monkeypatch, argv):
     calls = []
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(multi_gpu.subprocess, "call", lambda command: calls.append(command) or 0)
-    argv = ["bench", "e2e", "--gpus", "2", "--variants", "eager:dense", "eager:topk"]
-    assert main(argv) == 0
+    monkeypatch.setattr(multi_gpu.subprocess, "call", lambda command: calls.append(command) or 3)
+    assert main(argv) == 3  # torchrun's exit status
     (command,) = calls
     assert command[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert command[5:] == ["-m", "dit_accel.cli", *argv]
