@@ -33,22 +33,14 @@ from dit_accel.layout import TokenLayout
 from dit_accel.methods.base import AttentionMethod
 from dit_accel.pipelines import find_adapter
 from dit_accel.pipelines.flux import FluxAdapter
-from dit_accel.registry import get_method, list_methods, method_for
+from dit_accel.registry import method_for
 
+from .inner_attention import InnerAttentionConfig
 from .reference import CaptureComplete, ReferenceFeatures, ReferenceStore, align_image_tokens
 from .rope import Table, shift_table
 from .style_reference import attach_style_reference
 
 LAMBDA_SCHEDULES = ("fixed", "decreasing")
-_COMMON_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
-
-
-def _acceleration_method(name: str) -> type[AttentionMethod]:
-    """The registered method AlignedGen's attention may run through (any ``accelerate`` method)."""
-    allowed = list_methods(kind="accelerate")
-    if not isinstance(name, str) or name.lower() not in allowed:
-        raise ValueError(f"attention must be one of {allowed} (or a config of one), got {name!r}")
-    return get_method(name)
 
 
 def _is_int(value: Any) -> bool:
@@ -68,7 +60,7 @@ def _check_span(name: str, value: Any, open_end: bool) -> tuple[int, int | None]
 
 
 @dataclass
-class AlignedGenConfig(MethodConfig):
+class AlignedGenConfig(InnerAttentionConfig):
     """Options of ``aligned_gen``.
 
     The common options (``dense_steps``, ``dense_layers``, ``block_size``, ``num_inference_steps``)
@@ -106,7 +98,6 @@ class AlignedGenConfig(MethodConfig):
     reference_seed: int = 0
 
     def __post_init__(self) -> None:
-        self._build_attention()
         super().__post_init__()
         if self.blocks is not None:
             self.blocks = _check_span("blocks", self.blocks, open_end=False)
@@ -123,51 +114,6 @@ class AlignedGenConfig(MethodConfig):
             raise TypeError(f"reference_image must be a PIL.Image or a torch.Tensor, got {type(self.reference_image)}")
         if not _is_int(self.reference_seed):
             raise TypeError(f"reference_seed must be an int, got {self.reference_seed!r}")
-
-    def _build_attention(self) -> None:
-        """Turn ``attention`` into the inner config and mirror its common options on this one."""
-        changed = {
-            name: getattr(self, name) for name, default in _COMMON_DEFAULTS.items() if getattr(self, name) != default
-        }
-        if isinstance(self.attention, str):
-            self.attention = _acceleration_method(self.attention).config_class(**changed)
-        elif isinstance(self.attention, MethodConfig):
-            _acceleration_method(self.attention.method)
-            clashes = sorted(name for name, value in changed.items() if getattr(self.attention, name) != value)
-            if clashes:
-                raise ValueError(
-                    f"{clashes} set on both AlignedGenConfig and its attention config; set them on the latter"
-                )
-        else:
-            raise TypeError(f"attention must be a method name or a MethodConfig, got {type(self.attention).__name__}")
-        for name in _COMMON_DEFAULTS:
-            setattr(self, name, getattr(self.attention, name))
-
-    @classmethod
-    def own_option_names(cls) -> list[str]:
-        """The options of AlignedGen itself (not of the acceleration)."""
-        common = set(_COMMON_DEFAULTS)
-        return [name for name in cls.option_names() if name not in common]
-
-    @classmethod
-    def from_options(cls, **options: Any) -> AlignedGenConfig:
-        """Split AlignedGen's options from the inner method's (validated by the inner config class)."""
-        own = {name: options.pop(name) for name in cls.own_option_names() if name in options}
-        attention = own.pop("attention", "dense")
-        if isinstance(attention, MethodConfig):
-            if options:
-                raise TypeError(
-                    f"options {sorted(options)} given together with an attention config instance; set them on it"
-                )
-            return cls(attention=attention, **own)
-        inner_cls = _acceleration_method(attention).config_class
-        unknown = sorted(set(options) - set(inner_cls.option_names()))
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {unknown} for method 'aligned_gen' with attention={attention!r}; allowed options: "
-                f"aligned_gen: {', '.join(cls.own_option_names())}; {attention}: {', '.join(inner_cls.option_names())}"
-            )
-        return cls(attention=inner_cls.from_options(**options), **own)
 
     def lambda_at(self, step: int, num_steps: int | None) -> float:
         """λ on the reference keys at ``step``; 0.0 (no sharing) outside ``steps``."""

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from dit_accel.config import MethodConfig
-
-from .aligned_gen import _acceleration_method
+from dit_accel.methods.base import AttentionMethod
+from dit_accel.registry import get_method, list_methods
 
 _COMMON_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
+
+
+def acceleration_method(name: str) -> type[AttentionMethod]:
+    """The registered method an edit method's attention may run through (any ``accelerate`` method)."""
+    allowed = list_methods(kind="accelerate")
+    if not isinstance(name, str) or name.lower() not in allowed:
+        raise ValueError(f"attention must be one of {allowed} (or a config of one), got {name!r}")
+    return get_method(name)
 
 
 @dataclass
@@ -33,9 +41,9 @@ class InnerAttentionConfig(MethodConfig):
             name: getattr(self, name) for name, default in _COMMON_DEFAULTS.items() if getattr(self, name) != default
         }
         if isinstance(self.attention, str):
-            self.attention = _acceleration_method(self.attention).config_class(**changed)
+            self.attention = acceleration_method(self.attention).config_class(**changed)
         elif isinstance(self.attention, MethodConfig):
-            _acceleration_method(self.attention.method)
+            acceleration_method(self.attention.method)
             clashes = sorted(name for name, value in changed.items() if getattr(self.attention, name) != value)
             if clashes:
                 raise ValueError(
@@ -63,7 +71,7 @@ class InnerAttentionConfig(MethodConfig):
                     f"options {sorted(options)} given together with an attention config instance; set them on it"
                 )
             return cls(attention=attention, **own)
-        inner_cls = _acceleration_method(attention).config_class
+        inner_cls = acceleration_method(attention).config_class
         unknown = sorted(set(options) - set(inner_cls.option_names()))
         if unknown:
             raise TypeError(

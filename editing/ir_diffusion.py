@@ -50,7 +50,8 @@ class IRDiffusionConfig(InnerAttentionConfig):
 
     Attributes:
         reference_regions: subject i's region in reference image i (image i of each CFG group): a box
-            ``(x0, y0, x1, y1)`` in fractions of the image or a 2-D bool mask (any resolution).
+            ``(x0, y0, x1, y1)`` in fractions of the image or a 2-D bool mask (any resolution). With
+            no regions at all (the default) there is nothing to edit and the op is its attention method.
         target_regions: for each target image (the images after the references), one region per
             subject, in the references' order: ``target_regions[t][i]``.
         isolation: Isolation Attention on (a subject's queries ignore the other subjects' keys).
@@ -74,13 +75,24 @@ class IRDiffusionConfig(InnerAttentionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.reference_regions, (str, bytes)) or not self.reference_regions:
+        if not isinstance(self.isolation, bool):
+            raise TypeError(f"isolation must be a bool, got {self.isolation!r}")
+        check_choice("reposition", self.reposition, REPOSITION_CHOICES)
+        check_range("reference_scale", self.reference_scale, 0.0, 10.0, low_open=True)
+        if self.blocks is not None:
+            self.blocks = _check_span("blocks", self.blocks, open_end=False)
+        self.steps = _check_span("steps", self.steps, open_end=True)
+        if isinstance(self.reference_regions, (str, bytes)) or isinstance(self.target_regions, (str, bytes)):
+            raise TypeError("reference_regions and target_regions must be sequences of regions, not strings")
+        if not self.reference_regions and not self.target_regions:
+            return  # no subjects: nothing to edit, the op is its attention method
+        if not self.reference_regions:
             raise ValueError("reference_regions must list one region (box or mask) per subject, got none")
         self.reference_regions = tuple(
             check_region(f"reference_regions[{i}]", region) for i, region in enumerate(self.reference_regions)
         )
         subjects = len(self.reference_regions)
-        if isinstance(self.target_regions, (str, bytes)) or not self.target_regions:
+        if not self.target_regions:
             raise ValueError("target_regions must list, for each target image, one region per subject; got none")
         checked = []
         for t, regions in enumerate(self.target_regions):
@@ -91,18 +103,11 @@ class IRDiffusionConfig(InnerAttentionConfig):
                 )
             checked.append(tuple(check_region(f"target_regions[{t}][{i}]", r) for i, r in enumerate(regions)))
         self.target_regions = tuple(checked)
-        if not isinstance(self.isolation, bool):
-            raise TypeError(f"isolation must be a bool, got {self.isolation!r}")
-        check_choice("reposition", self.reposition, REPOSITION_CHOICES)
-        check_range("reference_scale", self.reference_scale, 0.0, 10.0, low_open=True)
-        if self.blocks is not None:
-            self.blocks = _check_span("blocks", self.blocks, open_end=False)
-        self.steps = _check_span("steps", self.steps, open_end=True)
 
     @property
     def edits(self) -> bool:
-        """Whether the editor changes anything (isolation or reposition on)."""
-        return self.isolation or self.reposition != "off"
+        """Whether the editor changes anything (subjects given, isolation or reposition on)."""
+        return bool(self.reference_regions) and (self.isolation or self.reposition != "off")
 
     def in_steps(self, step: int) -> bool:
         start, end = self.steps
@@ -168,7 +173,7 @@ class IRDiffusionAttention(AttentionMethod):
             raise TypeError("ir_diffusion runs on FluxTransformer2DModel only (the call carries no FLUX position ids)")
         subjects, targets = len(self.config.reference_regions), len(self.config.target_regions)
         per_group = q.shape[0] // ctx.layout.cfg_groups
-        if per_group != subjects + targets:
+        if subjects and per_group != subjects + targets:
             raise ValueError(
                 f"ir_diffusion was set up for {subjects} reference(s) + {targets} target(s) = {subjects + targets} "
                 f"images per CFG group, got {per_group}"
