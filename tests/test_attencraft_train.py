@@ -1,0 +1,110 @@
+"""AttenCraft's LoRA training at toy size: loss terms from the masks, mask updates, adapters that load."""
+
+from __future__ import annotations
+
+import json
+
+import PIL.Image
+import pytest
+import torch
+from test_compare import tiny_flux_pipeline
+
+from dit_accel.editing.attencraft_train import (
+    AttenCraftTrainConfig,
+    _batch,
+    _train_step,
+    js_divergence,
+    token_masks,
+    train_attencraft,
+)
+from dit_accel.editing.attention_maps import capture_attention_maps
+
+PROMPT = "a red star left of a blue ring on a striped gray background"
+CONCEPTS = ["red star", "blue ring"]
+SIZE = 32
+
+
+def _pipe():
+    """The toy FluxPipeline in eval mode (its T5 has dropout), so that repeated calls agree."""
+    pipe = tiny_flux_pipeline()
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _labels() -> torch.Tensor:
+    labels = torch.full((SIZE, SIZE), -1)
+    labels[:, :12] = 0
+    labels[20:, 20:] = 1
+    return labels
+
+
+def _transformer_out(pipe) -> torch.Tensor:
+    return pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=2, max_sequence_length=16,
+                generator=torch.Generator().manual_seed(0), output_type="latent").images  # fmt: skip
+
+
+def test_js_divergence_and_token_masks():
+    p = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert js_divergence(p, p * 3).abs().item() < 1e-6
+    assert js_divergence(p, torch.tensor([[0.0, 0.0, 1.0, 1.0]])).item() == pytest.approx(torch.log(torch.tensor(2.0)))
+    masks = token_masks(_labels(), 2, (4, 4))
+    assert masks.shape == (2, 16) and masks[0].tolist()[:4] == [1.0, 0.5, 0.0, 0.0] and masks[1, -1] == 1.0
+
+
+def test_loss_terms_come_from_the_masks():
+    pipe = _pipe()
+    image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
+    batch = _batch(pipe, image, PROMPT, 16)
+    tokens = [[1, 2], [6, 7]]
+    cfg = AttenCraftTrainConfig(attention_weight=2.0)
+    left = token_masks(_labels(), 2, batch.grid)
+    moved = left.flip(-1)
+
+    def step(target):
+        with capture_attention_maps(pipe.transformer, forwards=None, affinity=False) as capture:
+            return _train_step(
+                pipe.transformer, batch, capture, tokens, target, [0], cfg, torch.Generator().manual_seed(3)
+            )
+
+    a, b = step(left), step(moved)
+    assert a["diffusion"] != b["diffusion"] and a["attention"] != b["attention"]
+    torch.testing.assert_close(a["total"], a["diffusion"] + 2.0 * a["attention"])
+    with capture_attention_maps(pipe.transformer, forwards=None, affinity=False) as capture:
+        noise = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(3))
+        batch.forward(pipe.transformer, noise, 0.5)
+        own = capture.result().token_maps(tokens[0])
+    assert js_divergence(own[None], own[None] * 2).item() < 1e-6  # a map matching its mask costs nothing
+
+
+def test_training_saves_adapters_that_change_and_reload(tmp_path):
+    pipe = _pipe()
+    image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
+    base = _transformer_out(pipe)
+    cfg = AttenCraftTrainConfig(steps=3, lr=1e-2, rank=2, mask_every=2, save_every=3, sampling="reweighted", floor=0.0)
+    result = train_attencraft(
+        pipe, image, PROMPT, CONCEPTS, tmp_path, masks=_labels(), config=cfg, max_sequence_length=16
+    )
+    assert torch.equal(_transformer_out(pipe), base)  # the pipeline is left as it was
+    assert [u["step"] for u in result.mask_updates] == [2] and 0.0 <= result.mask_updates[0]["ssim"] <= 1.0
+    assert len(result.losses) == 3 and all(entry["attention"] > 0 for entry in result.losses)
+    info = json.loads((tmp_path / "attencraft_train.json").read_text())
+    assert info["concepts"] == CONCEPTS and info["config"]["sampling"] == "reweighted"
+    outputs = []
+    for folder in (tmp_path, tmp_path / "checkpoint-3", tmp_path):
+        pipe.load_lora_weights(folder)
+        outputs.append(_transformer_out(pipe))
+        pipe.unload_lora_weights()
+    assert not torch.allclose(outputs[0], base)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    assert torch.equal(_transformer_out(pipe), base)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        AttenCraftTrainConfig(sampling="greedy")
+    with pytest.raises(ValueError, match="mask_ssim"):
+        AttenCraftTrainConfig(mask_ssim=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        AttenCraftTrainConfig(steps=0)
