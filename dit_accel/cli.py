@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "aligned-report": ("dit_accel.aligned_report", "a FLUX batch with and without AlignedGen, style metrics"),
     "ir-diffusion": ("dit_accel.ir_cli", "a FLUX batch of subject references and scenes, the subjects kept consistent"),
     "attencraft-masks": ("dit_accel.attencraft_cli", "AttenCraft's concept masks of one FLUX generation (no training)"),
+    "attencraft-train": ("dit_accel.attencraft_train_cli", "AttenCraft: LoRA adapters for the concepts of one image"),
     "compose": ("dit_accel.compose_cli", "put an object into a background image with PrimeComposer (FLUX)"),
     "demo": ("dit_accel.demo", "the web demo: dense vs any method (videos, metrics, block map), style batches"),
     "finetune-sla": ("dit_accel.finetune_sla", "fine-tune a Wan model for sla (distil its dense self)"),
