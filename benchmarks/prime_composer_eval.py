@@ -1,8 +1,13 @@
 """PrimeComposer on the shipped tiny FLUX (CPU), scored by the reader, against the paste and prompt-only baselines.
 
-Command (24 cases, two worker processes, about 30 min on a loaded 2-core CPU)::
+Command (24 cases, two worker processes, about 20 min on a loaded 2-core CPU)::
 
     PYTHONPATH=. python benchmarks/prime_composer_eval.py --cases 24 --workers 2
+
+Ablation (the attention edits off: inversion and blending only), written as ``prime_composer_edits_off.*``::
+
+    PYTHONPATH=. python benchmarks/prime_composer_eval.py --cases 8 --tag edits_off \
+        -o steer_until=0.0 -o text_constraint=False
 
 Cases are rendered with ``tools/tiny_flux/data.py`` (``render_image``; ground-truth masks), not
 generated: case i draws a background with one object (colour A) on a grey patterned ground, and a
@@ -37,12 +42,15 @@ import numpy as np
 import PIL.Image
 import torch
 
+from dit_accel.compare import parse_option
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "editors"
 SIZE = 128
 BOX = 40
 GREYS = ("white", "gray", "black")
 _PIPE: Any = None
+_OPTIONS: dict[str, Any] = {}
 
 
 def make_case(index: int) -> dict[str, Any]:
@@ -132,8 +140,9 @@ def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
     return np.asarray(pipe.image_processor.postprocess(pixels.detach(), output_type="pil")[0])
 
 
-def _init() -> None:
-    global _PIPE
+def _init(options: dict[str, Any]) -> None:
+    global _PIPE, _OPTIONS
+    _OPTIONS = options
     from diffusers import FluxPipeline
 
     from dit_accel.tiny_model import TINY_FLUX_DIR
@@ -153,7 +162,8 @@ def run_case(index: int) -> dict[str, Any]:
     defaults = json.loads((TINY_FLUX_DIR / "generation_defaults.json").read_text())
     start = time.perf_counter()
     result = compose(pipe, case["background"], case["object"], case["mask"], case["box"], case["prompt"],
-                     object_text=case["object_text"], max_sequence_length=defaults["max_sequence_length"])  # fmt: skip
+                     object_text=case["object_text"], max_sequence_length=defaults["max_sequence_length"],
+                     options=_OPTIONS)  # fmt: skip
     seconds = time.perf_counter() - start
     placed, box_mask = result.placement.object_mask, result.placement.box_mask
     prompt_only = pipe(case["prompt"], generator=torch.Generator().manual_seed(index), **defaults).images[0]
@@ -165,7 +175,7 @@ def run_case(index: int) -> dict[str, Any]:
         "masked_paste": np.asarray(result.placement.pasted),
         "prompt_only": np.asarray(prompt_only),
     }
-    name = OUT / "prime_composer_cases" / f"case_{index:02d}.png"
+    name = OUT / f"prime_composer_cases{'_' + '_'.join(_OPTIONS) if _OPTIONS else ''}" / f"case_{index:02d}.png"
     name.parent.mkdir(parents=True, exist_ok=True)
     PIL.Image.fromarray(np.concatenate([case["background"], case["object"], *images.values()], axis=1)).save(name)
     return {
@@ -190,6 +200,9 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
         "mean": mean,
         "background_seam": background_seam,
         "round_trip_psnr": float(np.mean([c["round_trip_psnr"] for c in cases])),
+        "cases_iou_at_least_0.6": int(sum(c["prime_composer"]["iou"] >= 0.6 for c in cases)),
+        "median_iou": float(np.median([c["prime_composer"]["iou"] for c in cases])),
+        "min_psnr_outside": float(min(c["prime_composer"]["psnr_outside"] for c in cases)),
         "seconds_per_composite": float(np.mean([c["seconds"] for c in cases])),
         "targets": {
             "iou >= 0.6": prime["iou"] >= 0.6,
@@ -212,23 +225,44 @@ def write_markdown(summary: dict[str, Any], path: Path, command: str) -> None:
         f"Background's own step across the box border: {summary['background_seam']:.2f} (seam column: mean |RGB "
         f"step| across the border, 0-255). Inversion round trip (composite, unguided ODE, no edits): "
         f"{summary['round_trip_psnr']:.2f} dB. {summary['seconds_per_composite']:.0f} s per composite.\n\n"
+        f"PrimeComposer per case: IoU >= 0.6 in {summary['cases_iou_at_least_0.6']} of {summary['cases']} "
+        f"(median {summary['median_iou']:.3f}); lowest PSNR outside the box {summary['min_psnr_outside']:.2f} dB. "
+        "Its seam includes the object's own edge where the stretched object touches the box border "
+        "(the masked paste's seam shows how much of that there is).\n\n"
         f"Targets (issue 23):\n{targets}\n\nPer case: `prime_composer.json`; strips (background, object, "
         "PrimeComposer, paste, masked paste, prompt-only): `prime_composer_cases/`.\n"
     )
+
+
+def rewrite(stem: str) -> None:
+    """Recompute the summary and table of a saved run from its cases (no generation)."""
+    record = json.loads((OUT / f"{stem}.json").read_text())
+    record["summary"] = summarise(record["cases"])
+    (OUT / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    command = (OUT / f"{stem}.md").read_text().split("`")[1]
+    write_markdown(record["summary"], OUT / f"{stem}.md", command)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tag", help="results as prime_composer_<tag>.json/.md (for runs with options)")
+    parser.add_argument("-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE")
     args = parser.parse_args()
-    with multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+    options = dict(args.option)
+    with multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(options,)) as pool:
         cases = sorted(pool.map(run_case, range(args.cases), chunksize=1), key=lambda c: c["index"])
     summary = summarise(cases)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "prime_composer.json").write_text(json.dumps({"summary": summary, "cases": cases}, indent=1))
-    command = f"PYTHONPATH=. python benchmarks/prime_composer_eval.py --cases {args.cases} --workers {args.workers}"
-    write_markdown(summary, OUT / "prime_composer.md", command)
+    stem = "prime_composer" + (f"_{args.tag}" if args.tag else "")
+    record = {"summary": summary, "options": {k: repr(v) for k, v in options.items()}, "cases": cases}
+    (OUT / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    extra = "".join(f" -o {k}={v}" for k, v in options.items()) + (f" --tag {args.tag}" if args.tag else "")
+    command = (
+        f"PYTHONPATH=. python benchmarks/prime_composer_eval.py --cases {args.cases} --workers {args.workers}{extra}"
+    )
+    write_markdown(summary, OUT / f"{stem}.md", command)
     print(json.dumps(summary, indent=1))
 
 
