@@ -13,6 +13,7 @@ call only; other methods refuse it with an error that names the method and sugge
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -65,8 +66,7 @@ class UlyssesExchange:
             raise ValueError(f"Ulysses needs heads divisible by ulysses_degree: {num_heads} heads, {self.world} ranks")
         self.group = config._ulysses_mesh.get_group()
         self.full_spans = tuple(length * self.world for length in spans)
-        self.order = span_major_order(spans, self.world, device)
-        self.inverse = None if self.order is None else torch.argsort(self.order)
+        self.order, self.inverse = _span_major_indices(spans, self.world, device)
 
     def gather(self, x: Tensor) -> Tensor:
         """Local sequence of every head -> full sequence of this rank's heads (span-major)."""
@@ -78,6 +78,13 @@ class UlyssesExchange:
         if self.inverse is not None:
             x = x.index_select(1, self.inverse)
         return SeqAllToAllDim.apply(self.group, x.contiguous(), 1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _span_major_indices(spans: tuple[int, ...], world: int, device: torch.device) -> tuple[Tensor | None, ...]:
+    """:func:`span_major_order` and its inverse, built once per shape (every layer of every call reuses them)."""
+    order = span_major_order(spans, world, device)
+    return order, None if order is None else torch.argsort(order)
 
 
 def span_major_order(spans: tuple[int, ...], world: int, device: torch.device) -> Tensor | None:
