@@ -4,7 +4,10 @@ Tab "Accelerate" runs one prompt and seed with dense attention and with any ``ac
 the registry, its options offered as widgets built from the method's options dataclass, and shows
 both videos playing side by side, the wall time and speedup, PSNR and SSIM per frame, and the block
 map of a chosen layer, step and head. Tab "Style-aligned batch" generates a style-aligned FLUX batch
-(AlignedGen) through any of those methods, with its style-consistency score.
+(AlignedGen) through any of those methods, with its style-consistency score; "Multi-subject"
+(IR-Diffusion), "Compose" (PrimeComposer) and "Concept masks" (AttenCraft) are the other FLUX editors'
+tabs (``demo_ir_diffusion``, ``demo_compose``, ``demo_attencraft``). The image tabs default to the
+shipped tiny FLUX.
 
 Only the models the demo was started with are offered (a list, never a typed path). Jobs run one at a
 time in a bounded queue; each step shows in the progress bar; Stop or closing the page ends a job at
@@ -39,6 +42,7 @@ from dit_accel.demo_ir_diffusion import build_ir_diffusion_tab
 from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
 from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
 from dit_accel.option_specs import OptionSpec, changed_options, options_text
+from dit_accel.tiny_model import TINY_FLUX_DIR
 
 # Errors that come from the user's input: shown as their message in place of the result.
 USER_ERRORS = (ValueError, TypeError, OSError)
@@ -46,6 +50,9 @@ USER_ERRORS = (ValueError, TypeError, OSError)
 QUEUE_SIZE = 8
 # Identical frames have an infinite PSNR; the plot shows them at this value.
 PSNR_CAP = 100.0
+# The style tab's example (style, subjects): for the shipped tiny FLUX, in its caption grammar.
+TINY_FLUX_EXAMPLE = ("on a striped gray background", "a red star\na blue ring\na green square")
+GENERIC_STYLE_EXAMPLE = ("in the style of a watercolor painting", "a cat\na lighthouse\na bicycle")
 # Option help under each widget is cut after this many characters (the full text is in the docs).
 HELP_CHARS = 160
 
@@ -265,8 +272,11 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
     with gr.Row():
         model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
         method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
-    style = gr.Textbox("in the style of a watercolor painting", label="style")
-    subjects = gr.Textbox("a cat\na lighthouse\na bicycle", lines=4, label="subjects (one per line)")
+    # The shipped tiny FLUX knows only its caption grammar: its example speaks that grammar.
+    tiny = bool(models) and models[0][1] == str(TINY_FLUX_DIR)
+    example_style, example_subjects = TINY_FLUX_EXAMPLE if tiny else GENERIC_STYLE_EXAMPLE
+    style = gr.Textbox(example_style, label="style")
+    subjects = gr.Textbox(example_subjects, lines=4, label="subjects (one per line)")
     options = gr.Textbox(
         "style_lambda=1.1", label="options: aligned_gen's and the method's, key=value (e.g. density=0.25)"
     )
@@ -293,7 +303,7 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
 
 
 def build_app(session: DemoSession) -> gr.Blocks:
-    """The two-tab page; jobs run one at a time, with a bounded queue."""
+    """The page and its tabs; jobs run one at a time, with a bounded queue."""
     stops = StopFlags()
     with gr.Blocks(title="dit-accel", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# dit-accel\nFaster and training-free editing attention for Diffusers video and image models.")

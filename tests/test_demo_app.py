@@ -253,3 +253,16 @@ def test_a_closed_page_stops_its_job_and_frees_the_queue(browser, server, client
     job = client.submit(*{**GOOD, "frames": "1"}.values(), api_name="/compare")
     dense, _, summary, *_ = job.result(timeout=120)
     assert Path(dense).is_file() and "PSNR" in summary
+
+
+def test_the_style_tab_speaks_the_tiny_flux_grammar_when_it_is_the_default_model():
+    from dit_accel.demo_app import GENERIC_STYLE_EXAMPLE, TINY_FLUX_EXAMPLE
+    from dit_accel.tiny_model import TINY_FLUX_DIR
+
+    def style_defaults(models):
+        app = demo_app.build_app(DemoSession(models, device="cpu"))
+        boxes = {block.label: block.value for block in app.blocks.values() if isinstance(block, gradio.Textbox)}
+        return boxes["style"], boxes["subjects (one per line)"]
+
+    assert style_defaults([str(TINY_FLUX_DIR)]) == TINY_FLUX_EXAMPLE
+    assert style_defaults(["no-such-org/flux-like"]) == GENERIC_STYLE_EXAMPLE
