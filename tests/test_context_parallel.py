@@ -48,6 +48,14 @@ def _enable(model: torch.nn.Module) -> None:
     model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
 
 
+@torch.no_grad()
+def _random_projections(model: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(3)
+    for module in find_adapter(model).attention_modules(model):
+        weight = getattr(module, STATE_ATTRIBUTE).weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+
+
 def _check_family(family: str) -> dict[str, float]:
     """Relative errors of the parallel run against the single-process one, per method and check."""
     make_model, make_inputs = FAMILIES[family]
@@ -64,11 +72,14 @@ def _check_family(family: str) -> dict[str, float]:
             got = _outputs(parallel, inputs)
         results[f"{family}/{method}"] = _relative_error(got, expected)
         results[f"{family}/{method} vs dense"] = _relative_error(expected, dense)
-    # dit_accel.apply() before enable_parallelism(): our step hook then sees the split inputs.
+    # dit_accel.apply() before enable_parallelism(): our step hook then sees the split inputs. SLA's
+    # per-layer projections (zero when untrained) get the same random weights in both models.
     late = make_model()
     with torch.no_grad(), dit_accel.apply(single, "sla", **_options("sla")):
+        _random_projections(single)
         expected = _outputs(single, inputs)
     handle = dit_accel.apply(late, "sla", **_options("sla"))
+    _random_projections(late)
     _enable(late)
     with torch.no_grad():
         results[f"{family}/sla applied first"] = _relative_error(_outputs(late, inputs), expected)
