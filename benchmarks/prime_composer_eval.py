@@ -51,6 +51,7 @@ BOX = 40
 GREYS = ("white", "gray", "black")
 _PIPE: Any = None
 _OPTIONS: dict[str, Any] = {}
+_STEM = "prime_composer"
 
 
 def make_case(index: int) -> dict[str, Any]:
@@ -140,9 +141,9 @@ def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
     return np.asarray(pipe.image_processor.postprocess(pixels.detach(), output_type="pil")[0])
 
 
-def _init(options: dict[str, Any]) -> None:
-    global _PIPE, _OPTIONS
-    _OPTIONS = options
+def _init(options: dict[str, Any], stem: str) -> None:
+    global _PIPE, _OPTIONS, _STEM
+    _OPTIONS, _STEM = options, stem
     from diffusers import FluxPipeline
 
     from dit_accel.tiny_model import TINY_FLUX_DIR
@@ -175,7 +176,7 @@ def run_case(index: int) -> dict[str, Any]:
         "masked_paste": np.asarray(result.placement.pasted),
         "prompt_only": np.asarray(prompt_only),
     }
-    name = OUT / f"prime_composer_cases{'_' + '_'.join(_OPTIONS) if _OPTIONS else ''}" / f"case_{index:02d}.png"
+    name = OUT / f"{_STEM}_cases" / f"case_{index:02d}.png"
     name.parent.mkdir(parents=True, exist_ok=True)
     PIL.Image.fromarray(np.concatenate([case["background"], case["object"], *images.values()], axis=1)).save(name)
     return {
@@ -214,12 +215,12 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_markdown(summary: dict[str, Any], path: Path, command: str) -> None:
+def write_markdown(summary: dict[str, Any], stem: str, command: str) -> None:
     rows = ["| method | IoU (reader vs placed mask) | in box | PSNR outside box (dB) | seam |", "|---|---|---|---|---|"]
     for method, m in summary["mean"].items():
         rows.append(f"| {method} | {m['iou']:.3f} | {m['in_box']:.3f} | {m['psnr_outside']:.2f} | {m['seam']:.2f} |")
     targets = "\n".join(f"* {name}: {'met' if ok else 'NOT met'}" for name, ok in summary["targets"].items())
-    path.write_text(
+    (OUT / f"{stem}.md").write_text(
         f"# PrimeComposer on the tiny FLUX ({summary['cases']} rendered cases, 128x128, 20 steps, CPU)\n\n"
         f"`{command}`\n\n" + "\n".join(rows) + "\n\n"
         f"Background's own step across the box border: {summary['background_seam']:.2f} (seam column: mean |RGB "
@@ -229,8 +230,27 @@ def write_markdown(summary: dict[str, Any], path: Path, command: str) -> None:
         f"(median {summary['median_iou']:.3f}); lowest PSNR outside the box {summary['min_psnr_outside']:.2f} dB. "
         "Its seam includes the object's own edge where the stretched object touches the box border "
         "(the masked paste's seam shows how much of that there is).\n\n"
-        f"Targets (issue 23):\n{targets}\n\nPer case: `prime_composer.json`; strips (background, object, "
-        "PrimeComposer, paste, masked paste, prompt-only): `prime_composer_cases/`.\n"
+        f"{ablation_line(stem)}Targets (issue 23):\n{targets}\n\nPer case: `{stem}.json`; strips (background, object, "
+        f"PrimeComposer, paste, masked paste, prompt-only): `{stem}_cases/`.\n"
+    )
+
+
+def ablation_line(stem: str) -> str:
+    """The edits-off run against this run on the same cases (if both are saved), as a sentence."""
+    off_path = OUT / "prime_composer_edits_off.json"
+    if stem != "prime_composer" or not off_path.is_file() or not (OUT / f"{stem}.json").is_file():
+        return ""
+    off = json.loads(off_path.read_text())["cases"]
+    on = [c for c in json.loads((OUT / f"{stem}.json").read_text())["cases"] if c["index"] < len(off)]
+
+    def mean(cases: list[dict[str, Any]], key: str) -> float:
+        return float(np.mean([c["prime_composer"][key] for c in cases]))
+
+    return (
+        f"Ablation, attention edits off (steering and text constraint; inversion and blending kept), same first "
+        f"{len(off)} cases: IoU {mean(off, 'iou'):.3f} vs {mean(on, 'iou'):.3f} with them, PSNR outside "
+        f"{mean(off, 'psnr_outside'):.2f} vs {mean(on, 'psnr_outside'):.2f} dB, seam {mean(off, 'seam'):.2f} vs "
+        f"{mean(on, 'seam'):.2f} (`prime_composer_edits_off.md`).\n\n"
     )
 
 
@@ -240,7 +260,7 @@ def rewrite(stem: str) -> None:
     record["summary"] = summarise(record["cases"])
     (OUT / f"{stem}.json").write_text(json.dumps(record, indent=1))
     command = (OUT / f"{stem}.md").read_text().split("`")[1]
-    write_markdown(record["summary"], OUT / f"{stem}.md", command)
+    write_markdown(record["summary"], stem, command)
 
 
 def main() -> None:
@@ -251,18 +271,18 @@ def main() -> None:
     parser.add_argument("-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE")
     args = parser.parse_args()
     options = dict(args.option)
-    with multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(options,)) as pool:
+    stem = "prime_composer" + (f"_{args.tag}" if args.tag else "")
+    with multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(options, stem)) as pool:
         cases = sorted(pool.map(run_case, range(args.cases), chunksize=1), key=lambda c: c["index"])
     summary = summarise(cases)
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = "prime_composer" + (f"_{args.tag}" if args.tag else "")
     record = {"summary": summary, "options": {k: repr(v) for k, v in options.items()}, "cases": cases}
     (OUT / f"{stem}.json").write_text(json.dumps(record, indent=1))
     extra = "".join(f" -o {k}={v}" for k, v in options.items()) + (f" --tag {args.tag}" if args.tag else "")
     command = (
         f"PYTHONPATH=. python benchmarks/prime_composer_eval.py --cases {args.cases} --workers {args.workers}{extra}"
     )
-    write_markdown(summary, OUT / f"{stem}.md", command)
+    write_markdown(summary, stem, command)
     print(json.dumps(summary, indent=1))
 
 
