@@ -158,6 +158,11 @@ def markdown(result: dict) -> str:
     lines += [
         f"| {label} | {plain[key]:.1f} | {edited[key]:.1f} | {edited[key] - plain[key]:+.1f} |" for label, key in rows
     ]
+    same = sum(b["reference_identical"] for b in result["batches"])
+    lines += [
+        "",
+        f"References identical in both runs (IR-Diffusion leaves them as they are): {same}/{len(result['batches'])}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
