@@ -1,9 +1,9 @@
 """Screenshots of the web demo's tabs for the README (``docs/images/demo-*.png``).
 
-Serves the demo on the shipped tiny Wan model on loopback, sets topk's density widget, presses
-Generate on the Accelerate tab at the CPU size (about a minute on 2 idle cores), and captures each tab
-in headless Chromium (Playwright with Debian's ``chromium``). The PNGs are reduced to 256 colours to
-stay small.
+Serves the demo on the shipped tiny models on loopback, sets topk's density widget, presses
+Generate on the Accelerate tab at the CPU size (about a minute on 2 idle cores), runs the image tabs on
+their defaults (the tiny FLUX, seconds each), and captures each tab in headless Chromium (Playwright
+with Debian's ``chromium``). The PNGs are reduced to 256 colours to stay small.
 
     python -m tools.demo_screenshots [--out docs/images] [--chromium /usr/bin/chromium]
 """
@@ -19,6 +19,15 @@ import PIL.Image
 from dit_accel.demo import DemoSession
 from dit_accel.demo_app import build_app, launch
 
+# The image tabs: (tab, the button pressed on its defaults or None to show the inputs only, file).
+IMAGE_TABS = (
+    ("Style-aligned batch", "Generate the batch", "demo-style.png"),
+    ("Concept masks", "Generate and find the masks", "demo-masks.png"),
+    ("Multi-subject", "Generate the batch", "demo-multi-subject.png"),
+    ("Compose", None, "demo-compose.png"),  # needs uploaded images
+)
+# JavaScript: how many images are on show (a tab's result adds some).
+VISIBLE_IMAGES = "[...document.querySelectorAll('img')].filter(i => i.offsetParent && i.naturalWidth > 0).length"
 # Largest screenshot kept as it is; larger ones are scaled down until they fit.
 MAX_BYTES = 300_000
 VIEWPORT = {"width": 1200, "height": 900}
@@ -59,7 +68,9 @@ def main() -> None:
             density.press("Enter")
             given = page.get_by_label("options given to the method")
             given.element_handle().wait_for_element_state("visible")
-            page.wait_for_function("el => el.value.startsWith('density=')", arg=given.element_handle())
+            page.wait_for_function(  # the page answers slowly on a busy CPU
+                "el => el.value.startsWith('density=')", arg=given.element_handle(), timeout=180_000
+            )
             page.get_by_role("button", name="Generate", exact=True).click()
             page.get_by_text("Block map of layer").wait_for(timeout=args.minutes * 60_000)
             page.wait_for_function(
@@ -67,13 +78,19 @@ def main() -> None:
             )
             page.wait_for_timeout(1500)  # the plots draw
             save_small(page, args.out / "demo-accelerate.png")
-            page.get_by_role("tab", name="Style-aligned batch").click()
-            page.wait_for_timeout(1000)
-            save_small(page, args.out / "demo-style.png")
+            for tab, button, name in IMAGE_TABS:
+                page.get_by_role("tab", name=tab).click()
+                page.wait_for_timeout(1000)
+                if button is not None:
+                    shown = page.evaluate(VISIBLE_IMAGES)
+                    page.locator(f"button:visible:text-is('{button}')").click()
+                    page.wait_for_function(f"() => ({VISIBLE_IMAGES}) > {shown}", timeout=args.minutes * 60_000)
+                    page.wait_for_timeout(1000)
+                save_small(page, args.out / name)
             browser.close()
     finally:
         app.close()
-    print(f"wrote {args.out / 'demo-accelerate.png'} and {args.out / 'demo-style.png'}")
+    print("wrote", ", ".join(str(args.out / name) for name in ["demo-accelerate.png", *(t[2] for t in IMAGE_TABS)]))
 
 
 if __name__ == "__main__":
