@@ -338,6 +338,33 @@ def _square(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return PIL.ImageOps.fit(image, (size, size), PIL.Image.Resampling.LANCZOS)
 
 
+def flux_image_call(
+    session: DemoSession,
+    model: str,
+    steps: str | int | None,
+    size: str | int | None,
+    needs: str,
+    label: str,
+    on_step: StepCallback | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The FLUX pipeline of ``model`` and the keyword arguments of a square-image call: the model's own
+    native call where it ships one (the tiny FLUX: 128 px, true CFG), ``steps`` and ``size`` where the page
+    gives them, and the progress hook; ``needs`` ends the error for a model of another family."""
+    steps, size = optional_int("steps", steps), optional_int("size", size)
+    pipe = session.pipeline(model)
+    if session.family(model) != "flux":
+        raise ValueError(f"{model} is a {session.family(model)} model; {needs}")
+    call: dict[str, Any] = dict(generation_defaults(model))
+    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+    size_rules(pipe).check(size, size, None)
+    call |= {"height": size, "width": size}
+    if steps:
+        call["num_inference_steps"] = steps
+    if on_step is not None:
+        call |= step_hook(pipe, label, on_step)
+    return pipe, call
+
+
 def run_style_batch(
     session: DemoSession,
     model: str | None,
@@ -362,19 +389,9 @@ def run_style_batch(
         raise ValueError("give at least two subjects, one per line (the first image is the style reference)")
     options = {"attention": method, **parse_options(options_text)}
     build_config("aligned_gen", **options)  # a bad option fails before the model loads
-    steps, size = optional_int("steps", steps), optional_int("size", size)
     reference = open_upload_image(style_image, "style image") if style_image else None
-    pipe = session.pipeline(model)
-    if session.family(model) != "flux":
-        raise ValueError(f"{model} is a {session.family(model)} model; {NEEDS_FLUX}")
-    call: dict[str, Any] = dict(generation_defaults(model))  # a shipped model's native call (tiny FLUX: CFG, 128 px)
-    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
-    size_rules(pipe).check(size, size, None)
-    call |= {"height": size, "width": size}
-    if steps:
-        call["num_inference_steps"] = steps
-    if on_step is not None:
-        call |= step_hook(pipe, "style batch", on_step)
+    pipe, call = flux_image_call(session, model, steps, size, NEEDS_FLUX, "style batch", on_step)
+    size = call["height"]
     generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(len(subjects))]
     images = aligned_batch(
         pipe, style, subjects, options=options, generator=generators, output_type="pil",

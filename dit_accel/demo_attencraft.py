@@ -12,9 +12,8 @@ from typing import Any
 import gradio as gr
 import PIL.Image
 
-from dit_accel.call_sizes import size_rules
-from dit_accel.compare import StepCallback, generation_defaults, step_hook
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, optional_int, parse_options
+from dit_accel.compare import StepCallback
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
 from dit_accel.editing.attencraft_masks import concept_masks
 from dit_accel.registry import build_config
@@ -44,18 +43,8 @@ def run_concept_masks(
         raise ValueError("give a prompt and at least one concept phrase of it, one per line")
     options = parse_options(options_text)
     build_config(method, **options)  # a bad option fails before the model loads
-    steps, size = optional_int("steps", steps), optional_int("size", size)
-    pipe = session.pipeline(model)
-    if session.family(model) != "flux":
-        raise ValueError(f"{model} is a {session.family(model)} model; concept masks need a FLUX.1 model")
-    call: dict[str, Any] = dict(generation_defaults(model))
-    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
-    size_rules(pipe).check(size, size, None)
-    call |= {"height": size, "width": size}
-    if steps:
-        call["num_inference_steps"] = steps
-    if on_step is not None:
-        call |= step_hook(pipe, "concept masks", on_step)
+    pipe, call = flux_image_call(session, model, steps, size, "concept masks need a FLUX.1 model", "concept masks",
+                                 on_step)  # fmt: skip
     total = call.get("num_inference_steps", 28)
     masks = concept_masks(
         pipe, prompt, concepts, background=None, power=2, floor=0.7, steps=(total // 2, None), seed=int(seed),

@@ -14,9 +14,8 @@ import gradio as gr
 import PIL.Image
 import torch
 
-from dit_accel.call_sizes import size_rules
-from dit_accel.compare import StepCallback, generation_defaults, step_hook
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, optional_int, parse_options
+from dit_accel.compare import StepCallback
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
 from dit_accel.editing import ir_batch
 from dit_accel.ir_cli import parse_box
@@ -71,18 +70,8 @@ def run_multi_subject(
     options = {"attention": method, **parse_options(options_text)}
     regions = {"reference_regions": reference_regions, "target_regions": target_regions}
     build_config("ir_diffusion", **regions, **options)  # a bad option or box fails before the model loads
-    steps, size = optional_int("steps", steps), optional_int("size", size)
-    pipe = session.pipeline(model)
-    if session.family(model) != "flux":
-        raise ValueError(f"{model} is a {session.family(model)} model; the multi-subject batch needs a FLUX.1 model")
-    call: dict[str, Any] = dict(generation_defaults(model))
-    size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
-    size_rules(pipe).check(size, size, None)
-    call |= {"height": size, "width": size}
-    if steps:
-        call["num_inference_steps"] = steps
-    if on_step is not None:
-        call |= step_hook(pipe, "multi-subject batch", on_step)
+    needs = "the multi-subject batch needs a FLUX.1 model"
+    pipe, call = flux_image_call(session, model, steps, size, needs, "multi-subject batch", on_step)
     generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(len(references) + len(targets))]
     images = ir_batch(
         pipe, references, targets, reference_regions, target_regions, options=options,
