@@ -2,6 +2,7 @@
 #   bash benchmarks/gpu_methods.sh check    each method's kernel check script (correctness + times)
 #   bash benchmarks/gpu_methods.sh kernel   bench kernel of every method at the Wan-1.3B shape, FA4 and Triton,
 #                                           with the error on q/k/v recorded from the tiny model on this GPU
+#                                           (BENCHES="topk pisa_o1 ... flashblock": a subset, by name)
 #   bash benchmarks/gpu_methods.sh e2e      bench e2e: Wan-1.3B (topk, pisa), HunyuanVideo 720p (fewer layers), FLUX 1024 px
 #   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
@@ -21,7 +22,7 @@ if [ "$STAGE" = check ]; then
     for name in ${CHECKS:-$(cd "$REPO/benchmarks" && ls check_*.py | sed 's/[.]py$//')}; do  # CHECKS: a subset
         script=$REPO/benchmarks/$name.py
         echo "=== $name"
-        (cd /tmp && timeout 240 python3 "$script" --out "/tmp/check/$name.json") || echo "$name FAILED ($?)"
+        (cd /tmp && timeout "${CHECK_LIMIT:-240}" python3 "$script" --out "/tmp/check/$name.json") || echo "$name FAILED ($?)"
     done
     (cd /tmp && python3 "$REPO/benchmarks/profile_routing.py" --out /tmp/check/routing_profile.json)
     tar -C /tmp -czf "$OUT/check.tgz" check
@@ -32,6 +33,7 @@ if [ "$STAGE" = kernel ]; then
     dit_accel_cli record --out /tmp/tiny_qkv.safetensors --seed 11 --prompt "a green ring moving left on a dotted black background"
     bench() {  # name, method, then bench options; packs after each so a cut-off run keeps the rest
         local name=$1; shift
+        case " ${BENCHES:-$name} " in *" $name "*) ;; *) return ;; esac  # BENCHES: a subset, by name
         echo "=== $name"
         (cd /tmp && timeout 110 python3 -m dit_accel.cli bench kernel --shapes wan-1.3b-480p \
             --recorded /tmp/tiny_qkv.safetensors --out /tmp/kernel --name "$name" "$@") || echo "$name FAILED"
@@ -45,9 +47,8 @@ if [ "$STAGE" = kernel ]; then
     bench psa --method psa --densities 0.25 0.125 default
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
-    echo "=== flashblock e2e"
-    (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
-        || echo "flashblock e2e FAILED"
+    case " ${BENCHES:-flashblock} " in *" flashblock "*) echo "=== flashblock e2e"; (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
+        || echo "flashblock e2e FAILED";; esac
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
 fi
 
