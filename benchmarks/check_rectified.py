@@ -170,8 +170,8 @@ def sweep(shape: dict, device: torch.device, density: float) -> list[dict]:
     out, _ = run.method.attend(routing, blocks, run.ctx)
     common = dict(block_q=routing.block_q, block_k=routing.block_k, key_len=routing.key_len, scale=routing.scale,
                   q_rows=routing.q_rows, extra_k=routing.extra_k, extra_valid=routing.extra_valid)  # fmt: skip
-    configs = [(True, r, c, w) for r in (32, 64, 128) for c in (16, 32) for w in (4, 8)]
-    configs += [(False, r, c, w) for r in (16, 32) for c in (16, 32, 64) for w in (4, 8)]
+    configs = [(True, r, c, w) for r in (64, 128) for c in (16, 32, 64) for w in (4, 8)]
+    configs += [(False, 16, c, w) for c in (32, 64) for w in (4, 8)]
     records = []
     for per_row, rows, chunk, warps in configs:
 

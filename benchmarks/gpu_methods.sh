@@ -2,7 +2,7 @@
 #   bash benchmarks/gpu_methods.sh check    each method's kernel check script (correctness + times)
 #   bash benchmarks/gpu_methods.sh kernel   bench kernel of every method at the Wan-1.3B shape, FA4 and Triton,
 #                                           with the error on q/k/v recorded from the tiny model on this GPU
-#                                           (BENCHES="topk pisa_o1 ... flashblock": a subset, by name)
+#                                           (BENCHES="topk pisa_o1 ... flashblock": a subset, by name; BENCH_LIMIT: s per bench)
 #   bash benchmarks/gpu_methods.sh e2e      bench e2e: Wan-1.3B (topk, pisa), HunyuanVideo 720p (fewer layers), FLUX 1024 px
 #   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
@@ -35,7 +35,7 @@ if [ "$STAGE" = kernel ]; then
         local name=$1; shift
         case " ${BENCHES:-$name} " in *" $name "*) ;; *) return ;; esac  # BENCHES: a subset, by name
         echo "=== $name"
-        (cd /tmp && timeout 110 python3 -m dit_accel.cli bench kernel --shapes wan-1.3b-480p \
+        (cd /tmp && timeout "${BENCH_LIMIT:-110}" python3 -m dit_accel.cli bench kernel --shapes wan-1.3b-480p \
             --recorded /tmp/tiny_qkv.safetensors --out /tmp/kernel --name "$name" "$@") || echo "$name FAILED"
         tar -C /tmp -czf "$OUT/kernel.tgz" kernel
     }

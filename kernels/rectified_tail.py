@@ -31,10 +31,11 @@ Tensor = torch.Tensor
 TEXT_CHUNK = 64
 APPLY_ROWS = 64
 PER_BLOCK_ROWS = 16  # query blocks per program in per-block mode (the smallest tl.dot tile)
-# Launch defaults from offline sm_90a compiles (ptxas -v, D=128, 128x128 blocks): per row 64 rows x 16
-# key blocks, 8 warps, 2 stages: 228 registers, no spills, 86 KB shared memory (32 key blocks or 3 stages
-# spill, 64 key blocks exceed the shared memory); per block 16 x 32, 8 warps: 249 registers, no spills.
-# Dots on tensor cores: tf32 per row (a cost of rows x blocks x D), 3xTF32 per block (about fp32, cheap).
+PER_ROW_ROWS = 128
+# Per row, the dots run in q's dtype (bf16/fp16 on the tensor cores at full rate, statistics cast once on
+# the host: every program re-reads them) with fp32 accumulation; launch default 128 rows x 32 key blocks,
+# 8 warps, the fastest of the H200 sweep (check_rectified.py). Per block (a cost of query blocks, not
+# rows) the dots stay fp32 (3xTF32, about fp32): 16 query blocks x 32 key blocks, 8 warps.
 
 
 @triton.jit
@@ -88,7 +89,7 @@ def _rectified_merge(
         qblk = rows // BLOCK_Q
         phys = _rows_of(QRows, rows, row_ok, HAS_ROWS)
         x = tl.load(Q + q_base + phys[:, None] * stride_qs + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
     else:
         qblk = pid * ROWS + lane
         row_ok = qblk < NQ
@@ -108,7 +109,7 @@ def _rectified_merge(
             cols = t0 + tl.arange(0, TEXT)
             t_ok = cols < valid
             kt = tl.load(XK + b * stride_xb + h * stride_xh + cols[:, None] * stride_xs + offs_d[None, :],
-                         mask=t_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                         mask=t_ok[:, None] & d_ok[None, :], other=0.0).to(x.dtype)  # fmt: skip
             s = tl.dot(x, tl.trans(kt), input_precision=PRECISION) * scale
             m, alpha, p = _online(m, tl.where(t_ok[None, :], s, float("-inf")))
             total = total * alpha + tl.sum(p, 1)
@@ -134,7 +135,7 @@ def _rectified_merge(
         total = total * alpha + tl.sum(p, 1)
         moved = moved * alpha + tl.sum(p_moved, 1)
         v_mean = tl.load(VMean + kv, mask=kv_ok, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p_moved, v_mean, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p_moved.to(v_mean.dtype), v_mean, input_precision=PRECISION)
 
     z = tl.where(total > 0.0, total, 1.0)
     keep = 1.0 - moved / z
@@ -192,7 +193,9 @@ def rectified_merge_triton(
     nq, nk = q_mean.shape[2], k_mean.shape[2]
     critical = block_mask_from_lists(indices, counts, nk).contiguous().view(torch.int8)
     head_dim = max(16, triton.next_power_of_2(d))
-    rows = rows_per_program or (64 if per_row else PER_BLOCK_ROWS)
+    rows = rows_per_program or (PER_ROW_ROWS if per_row else PER_BLOCK_ROWS)
+    if per_row:  # the dots in q's dtype (see the launch notes above)
+        k_mean, k_mad, v_mean = (x.to(q.dtype).contiguous() for x in (k_mean, k_mad, v_mean))
     num_warps = num_warps or 8
     result = torch.empty_like(out)
     has_text = extra_k is not None and extra_k.shape[2] > 0
@@ -205,7 +208,7 @@ def rectified_merge_triton(
         out.stride(0), out.stride(1), out.stride(2),
         result.stride(0), result.stride(1), result.stride(2),
         h, seq, nq, nk, extra_k.shape[2] if has_text else 0, d, key_len, scale,
-        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk or (16 if per_row else 32),
+        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk or 32,
         TEXT=TEXT_CHUNK, APPLY=min(APPLY_ROWS, block_q), HEAD_DIM=head_dim, PER_ROW=per_row,
         HAS_ROWS=q_rows is not None, HAS_TEXT=has_text, HAS_VALID=has_text and extra_valid is not None,
         PRECISION="tf32" if per_row else "tf32x3",
