@@ -42,6 +42,7 @@ if [ "$STAGE" = kernel ]; then
     bench topk --method topk --densities 1.0 0.25 0.125 0.1 0.05
     bench pisa_o1 --method pisa -o order=1 --densities 0.25 0.125 0.05
     bench pisa_o0 --method pisa -o order=0 --densities 0.125
+    bench pisa_128 --method pisa -o "block_size=(128,128)" --densities 0.125 0.05
     bench rectified --method rectified --densities 0.25 0.125 0.11
     bench rectified_128x64 --method rectified -o "block_size=(128,64)" -o neighbours=False --densities 0.125
     bench psa --method psa --densities 0.25 0.125 default
