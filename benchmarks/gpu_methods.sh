@@ -72,6 +72,13 @@ if [ "$STAGE" = sweep ]; then
     # Every variant without dense warm-up (dense_steps=0, dense_layers=0): equal footing at equal density.
     plain="dense_steps=0 dense_layers=0"
     SWEEP_LIMIT=${SWEEP_LIMIT:-480}  # summaries are rewritten after each pair: a cut-off sweep keeps them
+    if [ -n "${SWEEP_VARIANTS:-}" ]; then  # SWEEP_VARIANTS: "method opts; method opts; ..." replaces the list below
+        IFS=';' read -ra chosen <<< "$SWEEP_VARIANTS"
+        args=(); for variant in "${chosen[@]}"; do args+=(--variant "$variant $plain"); done
+        timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep \
+            --pairs 8 "${args[@]}"
+        tar -C /tmp -czf "$OUT/sweep.tgz" sweep; exit 0
+    fi
     timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep --pairs 8 \
         --variant "topk density=0.125 $plain" --variant "svg_ear density=0.125 $plain" \
         --variant "rectified density=0.125 neighbours=False $plain" \

@@ -1,9 +1,8 @@
 """Batched k-means step (Triton): nearest centroid per row, fused with the per-cluster sums.
 
 One program takes a tile of rows of one (batch, head), walks the centroids a tile at a time
-(``x·c − ‖c‖²/2`` on the tensor cores, running argmax), writes the labels, then walks the centroid
-tiles again and adds the tile's per-cluster sums (``onehotᵀ·x``, and of its value rows on request)
-and counts atomically into the fp32 totals, one atomic row per cluster present in the tile. One k-means iteration
+(``x·c − ‖c‖²/2`` on the tensor cores, running argmax), writes the labels and atomically adds each
+row (and, on request, its value row) into its cluster's fp32 sum and count. One k-means iteration
 is one launch plus a division, and x is read once per iteration; the values' per-cluster means
 ride on the last iteration.
 
@@ -60,26 +59,14 @@ def _kmeans_assign(
         best_idx = tl.where(better, tile_idx, best_idx)
     tl.store(Labels + pid_bh * S + rows64, best_idx, mask=row_ok)
 
-    # Per-cluster sums pre-reduced inside the tile (one-hot^T x on the tensor cores, exact: the products
-    # are x itself), so each cluster present in the tile costs one atomic row instead of one per member:
-    # neighbouring tokens share clusters, and per-row atomics on the same addresses serialise.
+    label64 = best_idx.to(tl.int64)
+    sum_offsets = pid_bh * NC * D + label64[:, None] * D + cols_d[None, :]
+    tl.atomic_add(Sums + sum_offsets, x.to(tl.float32), mask=tile_ok)
+    tl.atomic_add(Counts + pid_bh * NC + label64, tl.full([BLOCK_S], 1, dtype=tl.int32), mask=row_ok)
     if HAS_V:
         v = tl.load(V + b * stride_vb + h * stride_vh + rows64[:, None] * stride_vs + cols_d[None, :], mask=tile_ok,
                     other=0.0)  # fmt: skip
-    for start in range(0, NC, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)
-        member = (best_idx[:, None] == cols[None, :]) & row_ok[:, None]
-        members = tl.sum(member.to(tl.int32), 0)
-        if tl.sum(members, 0) > 0:
-            present = members > 0
-            sum_offsets = pid_bh * NC * D + cols[:, None].to(tl.int64) * D + cols_d[None, :]
-            sum_mask = present[:, None] & d_ok[None, :]
-            part = tl.dot(tl.trans(member.to(x.dtype)), x, input_precision=PRECISION)
-            tl.atomic_add(Sums + sum_offsets, part, mask=sum_mask)
-            tl.atomic_add(Counts + pid_bh * NC + cols, members, mask=present)
-            if HAS_V:
-                part_v = tl.dot(tl.trans(member.to(v.dtype)), v, input_precision=PRECISION)
-                tl.atomic_add(VSums + sum_offsets, part_v, mask=sum_mask)
+        tl.atomic_add(VSums + sum_offsets, v.to(tl.float32), mask=tile_ok)
 
 
 def kmeans_assign_triton(

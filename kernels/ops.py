@@ -251,12 +251,43 @@ def _attention_backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     kwargs = dict(block_m=block_m, block_n=block_n, key_len=key_len, scale=scale, key_bias=key_bias)
     kwargs["dlse"] = grad_lse if ctx.return_lse else None
     if use_triton(q) and q.dtype != torch.float64 and q.shape[-1] in (16, 32, 64, 128, 256):
-        dq, dk, dv = block_sparse_attention_backward_triton(grad_out, q, k, v, out, lse, indices, counts, **kwargs)
+        dq, dk, dv = block_sparse_attention_backward_cuda(grad_out, q, k, v, out, lse, indices, counts, **kwargs)
     else:
         dq, dk, dv = reference.block_sparse_attention_backward_reference(
             grad_out, q, k, v, out, lse, indices, counts, **kwargs
         )
     return (dq, dk, dv) + (None,) * 12
+
+
+@torch.library.custom_op("dit_accel::block_sparse_attention_backward", mutates_args=(), device_types="cuda")
+def block_sparse_attention_backward_cuda(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    indices: Tensor,
+    counts: Tensor,
+    block_m: int,
+    block_n: int,
+    key_len: int,
+    scale: float,
+    key_bias: Tensor | None = None,
+    dlse: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of :func:`block_sparse_attention` by the Triton kernel, as an op of its own: a
+    compiled backward (AOT autograd traces the formula with fake tensors) then calls the kernel instead
+    of tracing into it. Elsewhere the backward is the reference's, plain PyTorch that traces as it is."""
+    return block_sparse_attention_backward_triton(
+        grad_out, q, k, v, out, lse, indices, counts,
+        block_m=block_m, block_n=block_n, key_len=key_len, scale=scale, key_bias=key_bias, dlse=dlse,
+    )  # fmt: skip
+
+
+@block_sparse_attention_backward_cuda.register_fake
+def _(grad_out, q, k, v, out, lse, indices, counts, block_m, block_n, key_len, scale, key_bias=None, dlse=None):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 block_sparse_attention.register_autograd(_attention_backward, setup_context=_attention_setup)
