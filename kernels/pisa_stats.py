@@ -21,6 +21,9 @@ import triton.language as tl
 # Programs aimed for per launch: enough to fill an H200 (132 SMs) a few times while keeping the
 # D x D partials of H small (each program writes one).
 TARGET_PROGRAMS = 512
+# Keys per sub-tile: two fp32 128 x 128 tiles (K and V of a 128-key block) need 263 KB of shared memory,
+# over the H200's 227 KB (found by bench kernel --method pisa -o block_size=128,128 on the H200).
+MAX_SUB_K = 64
 
 
 @triton.jit
@@ -30,14 +33,15 @@ def _pisa_block_stats(
     stride_vb, stride_vh, stride_vs,
     stride_mb, stride_mh, stride_mn,
     H, key_len, num_blocks, blocks_per_program, num_programs,
-    HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, WITH_H: tl.constexpr, WITH_NORMS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, WITH_H: tl.constexpr,
+    WITH_NORMS: tl.constexpr,
 ):  # fmt: skip
     """Grid (programs per head, B * H); each program walks ``blocks_per_program`` key blocks."""
     pid_g = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    offs_t = tl.arange(0, BLOCK_K)
+    offs_t = tl.arange(0, SUB_K)
     offs_d = tl.arange(0, HEAD_DIM)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
@@ -45,24 +49,29 @@ def _pisa_block_stats(
     first = pid_g * blocks_per_program
     last = tl.minimum(first + blocks_per_program, num_blocks)
     for j in range(first, last):
-        rows = j * BLOCK_K + offs_t
-        row_ok = rows < key_len
-        rows64 = rows.to(tl.int64)
-        v = tl.load(v_base + rows64[:, None] * stride_vs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        v = v.to(tl.float32)
         n = tl.minimum(key_len - j * BLOCK_K, BLOCK_K).to(tl.float32)
-        tl.store(VMean + pid_bh.to(tl.int64) * num_blocks * HEAD_DIM + j * HEAD_DIM + offs_d, tl.sum(v, 0) / n)
-        if WITH_H or WITH_NORMS:
-            k = tl.load(k_base + rows64[:, None] * stride_ks + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            k_mean = tl.load(KMean + b * stride_mb + h * stride_mh + j * stride_mn + offs_d)
-            centred = tl.where(row_ok[:, None], k.to(tl.float32) - k_mean[None, :], 0.0)
-            if WITH_NORMS:
-                h_j = tl.dot(tl.trans(centred), v)
-                tl.store(HNorm + pid_bh.to(tl.int64) * num_blocks + j, tl.sqrt(tl.sum(tl.sum(h_j * h_j, 1), 0)))
-                if WITH_H:
-                    h_acc += h_j
-            else:  # accumulate in the dot (no separate D x D product in registers)
-                h_acc = tl.dot(tl.trans(centred), v, h_acc)
+        k_mean = tl.load(KMean + b * stride_mb + h * stride_mh + j * stride_mn + offs_d)
+        v_sum = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        h_j = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+        for t0 in tl.static_range(0, BLOCK_K, SUB_K):  # sub-tiles: a 128-key fp32 tile pair exceeds shared memory
+            rows = j * BLOCK_K + t0 + offs_t
+            row_ok = (rows < key_len) & (t0 + offs_t < BLOCK_K)
+            rows64 = rows.to(tl.int64)
+            v = tl.load(v_base + rows64[:, None] * stride_vs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            v = v.to(tl.float32)
+            v_sum += tl.sum(v, 0)
+            if WITH_H or WITH_NORMS:
+                k = tl.load(k_base + rows64[:, None] * stride_ks + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+                centred = tl.where(row_ok[:, None], k.to(tl.float32) - k_mean[None, :], 0.0)
+                if WITH_NORMS:
+                    h_j = tl.dot(tl.trans(centred), v, h_j)
+                else:  # accumulate in the dot (no separate D x D product in registers)
+                    h_acc = tl.dot(tl.trans(centred), v, h_acc)
+        tl.store(VMean + pid_bh.to(tl.int64) * num_blocks * HEAD_DIM + j * HEAD_DIM + offs_d, v_sum / n)
+        if WITH_NORMS:
+            tl.store(HNorm + pid_bh.to(tl.int64) * num_blocks + j, tl.sqrt(tl.sum(tl.sum(h_j * h_j, 1), 0)))
+            if WITH_H:
+                h_acc += h_j
     if WITH_H:
         part = HPart + (pid_bh.to(tl.int64) * num_programs + pid_g) * HEAD_DIM * HEAD_DIM
         tl.store(part + offs_d[:, None] * HEAD_DIM + offs_d[None, :], h_acc)
@@ -99,7 +108,7 @@ def pisa_block_stats_triton(
         v.stride(0), v.stride(1), v.stride(2),
         k_mean.stride(0), k_mean.stride(1), k_mean.stride(2),
         h, key_len, num_blocks, per_program, programs,
-        HEAD_DIM=d, BLOCK_K=block_k, WITH_H=with_h, WITH_NORMS=with_norms,
+        HEAD_DIM=d, BLOCK_K=block_k, SUB_K=min(block_k, MAX_SUB_K), WITH_H=with_h, WITH_NORMS=with_norms,
         num_warps=8 if d >= 128 else 4,
     )  # fmt: skip
     h_bar = partials.sum(dim=2) / num_blocks if with_h else v_mean.new_empty(0)

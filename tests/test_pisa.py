@@ -51,7 +51,10 @@ def random_lists(gen: torch.Generator, batch: int, heads: int, nq: int, nk: int)
     return indices, counts
 
 
-@pytest.mark.parametrize(("key_len", "block_k", "dtype"), [(150, 16, torch.float32), (77, 32, torch.float16)])
+@pytest.mark.parametrize(
+    ("key_len", "block_k", "dtype"),
+    [(150, 16, torch.float32), (77, 32, torch.float16), (301, 128, torch.float32)],  # 128: two sub-tiles per block
+)
 def test_block_stats_triton_matches_float64_and_the_explicit_per_block_sum(key_len, block_k, dtype):
     gen = torch.Generator().manual_seed(key_len)
     batch, heads, dim = 2, 3, 32
