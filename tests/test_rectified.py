@@ -302,7 +302,7 @@ def test_block_map_names_exact_pooled_and_dropped_blocks(per_row):
 
 
 def test_options_and_family_defaults():
-    assert RectifiedConfig().block_size == (128, 128) and RectifiedConfig().per_row is True
+    assert RectifiedConfig().block_size == (128, 128) and RectifiedConfig().per_row is False
     defaults = {f: RectifiedConfig().for_family(f) for f in ("wan", "hunyuan_video", "flux", None)}
     assert [c.drop_rate for c in defaults.values()] == [0.75, 0.8, 0.9, 0.75]
     assert (defaults["wan"].dense_layers, defaults["wan"].dense_steps) == (2, 0.1)
