@@ -142,6 +142,29 @@ def _score_select(
     tl.store(Counts + out_rows, k_eff, mask=row_ok)
 
 
+def pool_qk_triton(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 query- and key-block means ``(B, H, N, D)`` of block-ordered q, k in one launch (one read of each).
+
+    q, k ``(B, H, S, D)`` with a contiguous last dimension (any other strides).
+    """
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("q and k need a contiguous last (head) dimension")
+    b, h, seq_q, d = q.shape
+    seq_k = k.shape[2]
+    nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
+    q_mean = torch.empty(b, h, nq, d, device=q.device, dtype=torch.float32)
+    k_mean = torch.empty(b, h, nk, d, device=q.device, dtype=torch.float32)
+    _pool_qk[(nq + nk, b * h)](
+        q, k, q_mean, k_mean,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        h, seq_q, seq_k, nq, nk, d,
+        BLOCK_Q=block_q, BLOCK_K=block_k, HEAD_DIM=max(16, triton.next_power_of_2(d)),
+        CHUNK=min(POOL_CHUNK, block_q, block_k), num_warps=4,
+    )  # fmt: skip
+    return q_mean, k_mean
+
+
 def route_blocks_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -168,16 +191,7 @@ def route_blocks_triton(
     if nk > MAX_ROUTED_KEY_BLOCKS:
         raise ValueError(f"at most {MAX_ROUTED_KEY_BLOCKS} key blocks are supported, got {nk}")
     head_dim = max(16, triton.next_power_of_2(d))
-    q_mean = torch.empty(b, h, nq, d, device=q.device, dtype=torch.float32)
-    k_mean = torch.empty(b, h, nk, d, device=q.device, dtype=torch.float32)
-    _pool_qk[(nq + nk, b * h)](
-        q, k, q_mean, k_mean,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        h, seq_q, seq_k, nq, nk, d,
-        BLOCK_Q=block_q, BLOCK_K=block_k, HEAD_DIM=head_dim, CHUNK=min(POOL_CHUNK, block_q, block_k),
-        num_warps=4,
-    )  # fmt: skip
+    q_mean, k_mean = pool_qk_triton(q, k, block_q, block_k)
     width = keep_count(nk, density, min_blocks) if density is not None else nk
     indices = torch.full((b, h, nq, width), -1, device=q.device, dtype=torch.int32)
     counts = torch.empty(b, h, nq, device=q.device, dtype=torch.int32)

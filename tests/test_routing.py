@@ -82,3 +82,42 @@ def test_op_and_reference_on_cpu_and_the_fake_shapes():
             for g, w in zip(got, want, strict=True):
                 assert torch.equal(g, w)
         torch.library.opcheck(route_blocks, (q, k, 16, 8, 0.25), select)
+
+
+def test_both_block_means_in_one_launch_match_pooling_each():
+    """The fused pooling (interpreter), its op on CPU and the op's fake agree with pooling Q and K apart,
+    on Diffusers-strided queries and a key slice (what routing passes)."""
+    from dit_accel.kernels import pool_blocks, pool_blocks_qk
+    from dit_accel.kernels.routing import pool_qk_triton
+
+    gen = torch.Generator().manual_seed(3)
+    q, k = random_qk(2, 3, 77, 90, 24, gen)
+    keys = k[:, :, :83]
+    want = (reference.pool_blocks_reference(q.double(), 16), reference.pool_blocks_reference(keys.double(), 8))
+    for got in (pool_qk_triton(q, keys, 16, 8), pool_blocks_qk(q, keys, 16, 8)):
+        for mean, ref in zip(got, want, strict=True):
+            assert mean.dtype == torch.float32
+            torch.testing.assert_close(mean.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(pool_blocks_qk(q, keys, 16, 8)[1], pool_blocks(keys, 8))
+    torch.library.opcheck(pool_blocks_qk, (q, keys.contiguous(), 16, 8))
+
+
+def test_routing_pools_queries_and_keys_together_unless_queries_are_gathered(monkeypatch):
+    from dit_accel import kernels
+    from dit_accel.methods.base import Routing
+
+    gen = torch.Generator().manual_seed(4)
+    q, k = random_qk(1, 2, 64, 70, 16, gen)
+    calls = []
+    fused = kernels.pool_blocks_qk
+    monkeypatch.setattr(kernels, "pool_blocks_qk", lambda *args: calls.append(args) or fused(*args))
+    common = dict(k=k, v=k, key_rows=torch.arange(64), key_len=64, scale=0.25, block_q=16, block_k=16,
+                  log_counts=torch.zeros(4))  # fmt: skip
+    routing = Routing(q=q, q_rows=None, **common)
+    k_mean, q_mean = routing.k_mean, routing.q_mean
+    assert len(calls) == 1
+    torch.testing.assert_close(q_mean, kernels.pool_blocks(q, 16))
+    torch.testing.assert_close(k_mean, kernels.pool_blocks(k[:, :, :64], 16))
+    gathered = Routing(q=q, q_rows=torch.arange(64).flip(0), **common)
+    torch.testing.assert_close(gathered.q_mean, kernels.pool_blocks(q, 16, torch.arange(64).flip(0)))
+    assert len(calls) == 1, "gathered queries pool through their rows, apart from the keys"
