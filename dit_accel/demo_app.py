@@ -22,30 +22,32 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-import torch
 
 from dit_accel.call_sizes import resolve_call
 from dit_accel.compare import DEFAULT_PROMPT, ComparisonResult, generation_defaults
 from dit_accel.demo import (
-    NO_FLUX_MODEL,
-    OUT_OF_MEMORY,
     DemoSession,
     acceleration_methods,
     block_map_view,
-    free_gpu_memory,
     run_comparison,
     run_style_batch,
 )
 from dit_accel.demo_attencraft import build_attencraft_tab
 from dit_accel.demo_compose import build_compose_tab
 from dit_accel.demo_ir_diffusion import build_ir_diffusion_tab
-from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
+from dit_accel.demo_jobs import StopFlags
+from dit_accel.demo_widgets import (
+    failure_text,
+    flux_model_row,
+    size_field,
+    step_progress,
+    stop_job,
+    streamed_job,
+)
 from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
 from dit_accel.option_specs import OptionSpec, changed_options, options_text
 from dit_accel.tiny_model import TINY_FLUX_DIR
 
-# Errors that come from the user's input: shown as their message in place of the result.
-USER_ERRORS = (ValueError, TypeError, OSError)
 # Jobs waiting in the queue beyond the running one; more are refused with a message.
 QUEUE_SIZE = 8
 # Identical frames have an infinite PSNR; the plot shows them at this value.
@@ -55,19 +57,6 @@ TINY_FLUX_EXAMPLE = ("on a striped gray background", "a red star\na blue ring\na
 GENERIC_STYLE_EXAMPLE = ("in the style of a watercolor painting", "a cat\na lighthouse\na bicycle")
 # Option help under each widget is cut after this many characters (the full text is in the docs).
 HELP_CHARS = 160
-
-
-def failure_text(error: Exception) -> str:
-    """What a job shows in place of its result when it fails: a stop, a GPU out-of-memory (after freeing
-    the memory), or an input mistake; any other error is raised again (a bug: Gradio reports it)."""
-    if isinstance(error, Stopped):
-        return f"**Stopped** {error}."
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        free_gpu_memory()
-        return f"**Error:** {OUT_OF_MEMORY}"
-    if isinstance(error, USER_ERRORS):
-        return f"**Error:** {error}"
-    raise error
 
 
 def short_help(text: str) -> str:
@@ -111,16 +100,6 @@ def map_view(kept: tuple[Any, Any] | None, head: float | None) -> tuple[Any, str
         return None, f"**Error:** {error}"
 
 
-def _size_field(label: str, default: Any) -> gr.Textbox:
-    """A size or step field: empty means the default, which the placeholder shows."""
-    return gr.Textbox("", label=label, placeholder=f"empty: {default}", min_width=100)
-
-
-def _progress(progress: gr.Progress, stops: StopFlags, request: gr.Request, runs: int) -> StepProgress:
-    """The step callback of one job: the page's progress bar, stopped by the session's Stop button."""
-    return StepProgress(lambda fraction, text: progress(fraction, desc=text), stops.start(request.session_hash), runs)
-
-
 def accelerate_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, ...]]]:
     """The Generate button's handler: clears the old result, reports steps, shows failures as text."""
 
@@ -144,7 +123,7 @@ def accelerate_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iter
         try:
             run = run_comparison(
                 session, model, method, options, prompt, seed, steps, frames, height, width, map_layer, map_step,
-                on_step=_progress(progress, stops, request, runs=2),
+                on_step=step_progress(progress, stops, request, runs=2),
             )  # fmt: skip
         except Exception as error:
             yield None, None, failure_text(error), None, None, None, "", None
@@ -154,43 +133,6 @@ def accelerate_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iter
         yield run.dense_video, run.method_video, run.summary, psnr, ssim, *map_view(kept, map_head), kept
 
     return job
-
-
-def style_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, str]]]:
-    """The style tab's handler: clears the old batch, reports steps, shows failures as text."""
-
-    def job(
-        model: str | None,
-        style: str,
-        subjects: str,
-        method: str,
-        options: str,
-        style_image: str | None,
-        seed: float,
-        steps: str,
-        size: str,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
-    ) -> Iterator[tuple[Any, str]]:
-        yield None, "Running..."
-        try:
-            yield run_style_batch(
-                session, model, style, subjects, method, options, style_image, seed, steps, size,
-                on_step=_progress(progress, stops, request, runs=1),
-            )  # fmt: skip
-        except Exception as error:
-            yield None, failure_text(error)
-
-    return job
-
-
-def stop_job(stops: StopFlags) -> Callable[[gr.Request], None]:
-    """A Stop button's handler: the session's running job stops at its next step."""
-
-    def stop(request: gr.Request) -> None:
-        stops.stop(request.session_hash)
-
-    return stop
 
 
 def check_style_image(path: str | None) -> tuple[Any, str]:
@@ -229,15 +171,15 @@ def _accelerate_tab(session: DemoSession, stops: StopFlags) -> None:
     prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt")
     with gr.Row():
         seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = _size_field("steps", defaults.get("num_inference_steps"))
-        frames = _size_field("frames", defaults.get("num_frames"))
-        height = _size_field("height", defaults.get("height"))
-        width = _size_field("width", defaults.get("width"))
+        steps = size_field("steps", defaults.get("num_inference_steps"))
+        frames = size_field("frames", defaults.get("num_frames"))
+        height = size_field("height", defaults.get("height"))
+        width = size_field("width", defaults.get("width"))
     if size_note:
         gr.Markdown(size_note)
     with gr.Row():
-        map_layer = _size_field("block map: layer", "the middle one")
-        map_step = _size_field("block map: step", "the last one")
+        map_layer = size_field("block map: layer", "the middle one")
+        map_step = size_field("block map: step", "the last one")
         map_head = gr.Number(0, label="block map: head", precision=0, minimum=0, min_width=100)
     with gr.Row():
         run = gr.Button("Generate", variant="primary")
@@ -264,16 +206,11 @@ def _accelerate_tab(session: DemoSession, stops: StopFlags) -> None:
 
 
 def _style_tab(session: DemoSession, stops: StopFlags) -> None:
-    models = [(session.label(model), model) for model in session.style_models()]
-    gr.Markdown(
-        "Image 0 is the style reference (or the style image, when given); every image shares its style. "
-        + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+    model, method = flux_model_row(
+        session, "Image 0 is the style reference (or the style image, when given); every image shares its style. "
     )
-    with gr.Row():
-        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
-        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
     # The shipped tiny FLUX knows only its caption grammar: its example speaks that grammar.
-    tiny = bool(models) and models[0][1] == str(TINY_FLUX_DIR)
+    tiny = model.value == str(TINY_FLUX_DIR)
     example_style, example_subjects = TINY_FLUX_EXAMPLE if tiny else GENERIC_STYLE_EXAMPLE
     style = gr.Textbox(example_style, label="style")
     subjects = gr.Textbox(example_subjects, lines=4, label="subjects (one per line)")
@@ -285,8 +222,8 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
         preview = gr.Image(label="style image as used", interactive=False, height=160)
     with gr.Row():
         seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = _size_field("steps", "the pipeline's")
-        size = _size_field("size", "the pipeline's")
+        steps = size_field("steps", "the pipeline's")
+        size = size_field("size", "the pipeline's")
     with gr.Row():
         make = gr.Button("Generate the batch", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -294,7 +231,7 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
     status = gr.Markdown()
     style_image.upload(check_style_image, style_image, [preview, status], api_name="check_style_image")
     make.click(
-        style_job(session, stops),
+        streamed_job(run_style_batch, session, stops, outputs=2),
         [model, style, subjects, method, options, style_image, seed, steps, size],
         [gallery, status],
         api_name="style",

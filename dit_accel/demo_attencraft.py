@@ -6,15 +6,13 @@ maps of the generation itself (no training), which runs through any acceleration
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import gradio as gr
 import PIL.Image
 
 from dit_accel.compare import StepCallback
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, flux_image_call, parse_options
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
+from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
 from dit_accel.editing.attencraft_masks import concept_masks
 from dit_accel.registry import build_config
 
@@ -54,54 +52,21 @@ def run_concept_masks(
     return masks.overlay(), masks.image, f"Mask areas: {areas} (attention through **{method}**)."
 
 
-def concept_masks_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, Any, str]]]:
-    """The tab's handler: clears the old result, reports steps, shows failures as text."""
-    from dit_accel.demo_app import _progress, failure_text
-
-    def job(
-        model: str | None,
-        prompt: str,
-        concepts: str,
-        method: str,
-        options: str,
-        seed: float,
-        steps: str,
-        size: str,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
-    ) -> Iterator[tuple[Any, Any, str]]:
-        yield None, None, "Running..."
-        try:
-            yield run_concept_masks(
-                session, model, prompt, concepts, method, options, seed, steps, size,
-                on_step=_progress(progress, stops, request, runs=1),
-            )  # fmt: skip
-        except Exception as error:
-            yield None, None, failure_text(error)
-
-    return job
-
-
 def build_attencraft_tab(session: DemoSession, stops: StopFlags) -> None:
     """The "Concept masks" tab."""
-    from dit_accel.demo_app import _size_field, stop_job
-
-    models = [(session.label(model), model) for model in session.style_models()]
-    gr.Markdown(
+    model, method = flux_model_row(
+        session,
         "One generation; each concept phrase gets a mask from its attention maps, refined by the image's "
-        "self-attention (AttenCraft, no training)." + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+        "self-attention (AttenCraft, no training).",
     )
-    with gr.Row():
-        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
-        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
     prompt = gr.Textbox(PROMPT, label="prompt")
     with gr.Row():
         concepts = gr.Textbox(CONCEPTS, lines=3, label="concepts (phrases of the prompt, one per line)")
         options = gr.Textbox("", label="the method's options, key=value (e.g. density=0.25)")
     with gr.Row():
         seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = _size_field("steps", "the pipeline's")
-        size = _size_field("size", "the pipeline's")
+        steps = size_field("steps", "the pipeline's")
+        size = size_field("size", "the pipeline's")
     with gr.Row():
         make = gr.Button("Generate and find the masks", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -110,7 +75,7 @@ def build_attencraft_tab(session: DemoSession, stops: StopFlags) -> None:
         image = gr.Image(label="the image", interactive=False)
     status = gr.Markdown()
     make.click(
-        concept_masks_job(session, stops),
+        streamed_job(run_concept_masks, session, stops, outputs=3),
         [model, prompt, concepts, method, options, seed, steps, size],
         [overlay, image, status],
         api_name="concept_masks",

@@ -8,16 +8,14 @@ baseline beside the composite.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import gradio as gr
 import PIL.Image
 
 from dit_accel.compare import StepCallback, generation_defaults, step_hook
 from dit_accel.compose_cli import inversion_call, parse_pixel_box
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, optional_int, parse_options
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, optional_int, parse_options
 from dit_accel.demo_jobs import StopFlags
+from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
 from dit_accel.editing import compose
 from dit_accel.editing.prime_inputs import as_mask
 from dit_accel.image_upload import open_upload_image
@@ -71,49 +69,13 @@ def run_compose(
     return [(result.placement.pasted, "paste baseline"), (result.image, "PrimeComposer")], report
 
 
-def compose_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, str]]]:
-    """The tab's handler: clears the old result, reports steps, shows failures as text."""
-    from dit_accel.demo_app import _progress, failure_text
-
-    def job(
-        model: str | None,
-        background: str | None,
-        object_image: str | None,
-        object_mask: str | None,
-        box: str,
-        prompt: str,
-        object_text: str,
-        method: str,
-        options: str,
-        steps: str,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
-    ) -> Iterator[tuple[Any, str]]:
-        yield None, "Running..."
-        try:
-            yield run_compose(
-                session, model, background, object_image, object_mask, box, prompt, object_text, method, options,
-                steps, on_step=_progress(progress, stops, request, runs=1),
-            )  # fmt: skip
-        except Exception as error:
-            yield None, failure_text(error)
-
-    return job
-
-
 def build_compose_tab(session: DemoSession, stops: StopFlags) -> None:
     """The "Compose" tab."""
-    from dit_accel.demo_app import _size_field, stop_job
-
-    models = [(session.label(model), model) for model in session.style_models()]
-    gr.Markdown(
+    model, method = flux_model_row(
+        session,
         "Puts the object (its mask: non-zero pixels) into the box x0,y0,x1,y1 (background pixels) of the "
-        "background, with PrimeComposer (attention steering, region-constrained text, background blending)."
-        + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+        "background, with PrimeComposer (attention steering, region-constrained text, background blending).",
     )
-    with gr.Row():
-        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
-        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
     with gr.Row():
         background = gr.File(label="background", file_types=["image"], type="filepath")
         object_image = gr.File(label="object image", file_types=["image"], type="filepath")
@@ -123,12 +85,12 @@ def build_compose_tab(session: DemoSession, stops: StopFlags) -> None:
         object_text = gr.Textbox("red star", label="the prompt's words for the object")
     prompt = gr.Textbox(PROMPT, label="prompt (the scene with the object)")
     options = gr.Textbox("steer_until=1.0", label="options: prime_composer's and the method's, key=value")
-    steps = _size_field("steps", "the pipeline's")
+    steps = size_field("steps", "the pipeline's")
     with gr.Row():
         make = gr.Button("Compose", variant="primary")
         stop = gr.Button("Stop", variant="stop")
     gallery = gr.Gallery(label="paste baseline and composite", columns=2)
     status = gr.Markdown()
     inputs = [model, background, object_image, object_mask, box, prompt, object_text, method, options, steps]
-    make.click(compose_job(session, stops), inputs, [gallery, status], api_name="compose")
+    make.click(streamed_job(run_compose, session, stops, outputs=2), inputs, [gallery, status], api_name="compose")
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_compose")

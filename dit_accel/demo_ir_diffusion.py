@@ -7,16 +7,14 @@ subject joined by ``;``. The batch comes back references first, then targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import gradio as gr
 import PIL.Image
 import torch
 
 from dit_accel.compare import StepCallback
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, acceleration_methods, flux_image_call, parse_options
+from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
+from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
 from dit_accel.editing import ir_batch
 from dit_accel.ir_cli import parse_box
 from dit_accel.registry import build_config
@@ -81,49 +79,13 @@ def run_multi_subject(
     return list(images), report
 
 
-def multi_subject_job(session: DemoSession, stops: StopFlags) -> Callable[..., Iterator[tuple[Any, str]]]:
-    """The tab's handler: clears the old batch, reports steps, shows failures as text."""
-    from dit_accel.demo_app import _progress, failure_text
-
-    def job(
-        model: str | None,
-        references: str,
-        reference_boxes: str,
-        targets: str,
-        target_boxes: str,
-        method: str,
-        options: str,
-        seed: float,
-        steps: str,
-        size: str,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress bar)
-    ) -> Iterator[tuple[Any, str]]:
-        yield None, "Running..."
-        try:
-            yield run_multi_subject(
-                session, model, references, reference_boxes, targets, target_boxes, method, options, seed, steps,
-                size, on_step=_progress(progress, stops, request, runs=1),
-            )  # fmt: skip
-        except Exception as error:
-            yield None, failure_text(error)
-
-    return job
-
-
 def build_ir_diffusion_tab(session: DemoSession, stops: StopFlags) -> None:
     """The "Multi-subject" tab."""
-    from dit_accel.demo_app import _size_field, stop_job
-
-    models = [(session.label(model), model) for model in session.style_models()]
-    gr.Markdown(
+    model, method = flux_model_row(
+        session,
         "Each reference shows one subject; the targets show the subjects again, kept the same (IR-Diffusion: "
-        "isolation and reposition attention). Boxes are x0,y0,x1,y1 in fractions of the image."
-        + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}.")
+        "isolation and reposition attention). Boxes are x0,y0,x1,y1 in fractions of the image.",
     )
-    with gr.Row():
-        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
-        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
     with gr.Row():
         references = gr.Textbox(REFERENCES, lines=3, label="references (one subject per line)")
         reference_boxes = gr.Textbox(REFERENCE_BOXES, lines=3, label="reference boxes (one per line)")
@@ -135,13 +97,15 @@ def build_ir_diffusion_tab(session: DemoSession, stops: StopFlags) -> None:
     )
     with gr.Row():
         seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = _size_field("steps", "the pipeline's")
-        size = _size_field("size", "the pipeline's")
+        steps = size_field("steps", "the pipeline's")
+        size = size_field("size", "the pipeline's")
     with gr.Row():
         make = gr.Button("Generate the batch", variant="primary")
         stop = gr.Button("Stop", variant="stop")
     gallery = gr.Gallery(label="the batch (references, then targets)", columns=4)
     status = gr.Markdown()
     inputs = [model, references, reference_boxes, targets, target_boxes, method, options, seed, steps, size]
-    make.click(multi_subject_job(session, stops), inputs, [gallery, status], api_name="multi_subject")
+    make.click(
+        streamed_job(run_multi_subject, session, stops, outputs=2), inputs, [gallery, status], api_name="multi_subject"
+    )
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_multi_subject")

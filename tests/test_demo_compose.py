@@ -8,14 +8,13 @@ import pytest
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 from dit_accel import cli
-from dit_accel.demo import DemoSession
 from tools.tiny_flux.build import TOY, build_pipeline
 from tools.tiny_flux.data import render_image
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from dit_accel import demo_app  # noqa: E402
+from flux_demo_server import flux_demo_client  # noqa: E402
 
 PROMPT = "a red star left of a green circle on a striped gray background"
 
@@ -36,13 +35,8 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    pipe = build_pipeline(TOY)
-    session = DemoSession(["tiny-flux"], device="cpu", dtype="float32")
-    session.add("tiny-flux", pipe)
-    app = demo_app.build_app(session)
-    demo_app.launch(app, prevent_thread_lock=True, quiet=True)
-    yield gradio_client.Client(app.local_url, verbose=False)
-    app.close()
+    with flux_demo_client(build_pipeline(TOY)) as client:
+        yield client
 
 
 def compose(client, files, **changes):

@@ -8,10 +8,8 @@ import pytest
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from flux_demo_server import flux_demo_client  # noqa: E402
 from test_compare import tiny_flux_pipeline  # noqa: E402
-
-from dit_accel import demo_app  # noqa: E402
-from dit_accel.demo import DemoSession  # noqa: E402
 
 # The tab's inputs, in order.
 GOOD = {"model": "tiny-flux", "references": "a cat\na dog", "reference_boxes": "0,0,0.5,0.5\n0.5,0.5,1,1",
@@ -21,12 +19,8 @@ GOOD = {"model": "tiny-flux", "references": "a cat\na dog", "reference_boxes": "
 
 @pytest.fixture(scope="module")
 def client():
-    session = DemoSession(["tiny-flux"], device="cpu", dtype="float32")
-    session.add("tiny-flux", tiny_flux_pipeline())
-    app = demo_app.build_app(session)
-    demo_app.launch(app, prevent_thread_lock=True, quiet=True)
-    yield gradio_client.Client(app.local_url, verbose=False)
-    app.close()
+    with flux_demo_client(tiny_flux_pipeline()) as client:
+        yield client
 
 
 def multi_subject(client, **changes):

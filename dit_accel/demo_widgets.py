@@ -1,0 +1,91 @@
+"""Gradio pieces every tab of the demo shares: job handlers, the FLUX model row, step fields, Stop.
+
+A job handler streams two updates: the cleared outputs with "Running...", then the run's result (or,
+when it fails, the cleared outputs with the failure's text in the status). Gradio injects the page's
+request and progress bar by the handler's signature, so :func:`streamed_job` gives each handler an
+explicit one: the run's input names, then ``request`` and ``progress``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import torch
+
+from dit_accel.demo import NO_FLUX_MODEL, OUT_OF_MEMORY, DemoSession, acceleration_methods, free_gpu_memory
+from dit_accel.demo_jobs import StepProgress, StopFlags, Stopped
+
+# Errors that come from the user's input: shown as their message in place of the result.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def failure_text(error: Exception) -> str:
+    """What a job shows in place of its result when it fails: a stop, a GPU out-of-memory (after freeing
+    the memory), or an input mistake; any other error is raised again (a bug: Gradio reports it)."""
+    if isinstance(error, Stopped):
+        return f"**Stopped** {error}."
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        free_gpu_memory()
+        return f"**Error:** {OUT_OF_MEMORY}"
+    if isinstance(error, USER_ERRORS):
+        return f"**Error:** {error}"
+    raise error
+
+
+def step_progress(progress: gr.Progress, stops: StopFlags, request: gr.Request, runs: int) -> StepProgress:
+    """The step callback of one job: the page's progress bar, stopped by the session's Stop button."""
+    return StepProgress(lambda fraction, text: progress(fraction, desc=text), stops.start(request.session_hash), runs)
+
+
+def streamed_job(
+    run: Callable[..., tuple[Any, ...]], session: DemoSession, stops: StopFlags, outputs: int
+) -> Callable[..., Iterator[tuple[Any, ...]]]:
+    """The handler of a one-run tab: ``run(session, *inputs, on_step=...)`` returns the ``outputs``
+    values, the status text last; the handler clears them first and shows failures in the status. The
+    inputs are run's parameters between ``session`` and ``on_step``, in order (the tab's input list)."""
+
+    def job(*args: Any) -> Iterator[tuple[Any, ...]]:
+        *values, request, progress = args
+        cleared = (None,) * (outputs - 1)
+        yield (*cleared, "Running...")
+        try:
+            yield run(session, *values, on_step=step_progress(progress, stops, request, runs=1))
+        except Exception as error:
+            yield (*cleared, failure_text(error))
+
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    inputs = [name for name in inspect.signature(run).parameters if name not in ("session", "on_step")]
+    parameters = [inspect.Parameter(name, keyword) for name in inputs]
+    parameters.append(inspect.Parameter("request", keyword, annotation=gr.Request))
+    parameters.append(inspect.Parameter("progress", keyword, default=gr.Progress()))
+    job.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    job.__annotations__ = {"request": gr.Request}  # Gradio reads the request's type hint from here
+    return job
+
+
+def stop_job(stops: StopFlags) -> Callable[[gr.Request], None]:
+    """A Stop button's handler: the session's running job stops at its next step."""
+
+    def stop(request: gr.Request) -> None:
+        stops.stop(request.session_hash)
+
+    return stop
+
+
+def size_field(label: str, default: Any) -> gr.Textbox:
+    """A size or step field: empty means the default, which the placeholder shows."""
+    return gr.Textbox("", label=label, placeholder=f"empty: {default}", min_width=100)
+
+
+def flux_model_row(session: DemoSession, description: str) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """An image tab's head: its description (with a note when no FLUX model was loaded), then the FLUX
+    model and acceleration method menus."""
+    models = [(session.label(model), model) for model in session.style_models()]
+    gr.Markdown(description + ("" if models else f"\n\n**Note:** {NO_FLUX_MODEL}."))
+    with gr.Row():
+        model = gr.Dropdown(models, value=models[0][1] if models else None, label="FLUX model")
+        method = gr.Dropdown(acceleration_methods(), value="dense", label="accelerate with")
+    return model, method
