@@ -49,7 +49,10 @@ if [ "$STAGE" = kernel ]; then
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
     case " ${BENCHES:-flashblock} " in *" flashblock "*) echo "=== flashblock e2e"; (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
-        || echo "flashblock e2e FAILED";; esac
+        || echo "flashblock e2e FAILED"
+        echo "=== flashblock e2e, reuse-heavy (4 clean blocks, refresh every 8 steps)"
+        (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --clean-blocks 4 --refresh-every 8 \
+            --out /tmp/kernel/flashblock_e2e_reuse_heavy.json) || echo "flashblock e2e reuse-heavy FAILED";; esac
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
 fi
 
