@@ -30,8 +30,16 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
+def dot_precision(x: torch.Tensor) -> str:
+    """fp32 inputs are multiplied in IEEE fp32 (Triton's default would be TF32), so they match the fp32
+    reference; 16-bit inputs are unaffected."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE: tl.constexpr):
+def _online_softmax_step(
+    acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
     """One key tile: update the running max, normaliser and accumulator (log2 domain).
 
     ``col_bias`` (BLOCK_N,) carries both the per-block logit bias and the -inf of masked columns,
@@ -40,7 +48,7 @@ def _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCAL
     the stale max keeps every p below 256, exact after the final division, and most tiles skip
     the BLOCK_M x HEAD_DIM multiply.
     """
-    qk = tl.dot(q, tl.trans(k)) * qk_scale + col_bias[None, :]
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale + col_bias[None, :]
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     if LAZY_RESCALE:
         if tl.max(m_new - m_i, 0) > 8.0:
@@ -56,7 +64,7 @@ def _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCAL
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         m_i = m_new
-    acc = tl.dot(p.to(v.dtype), v, acc)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -77,7 +85,7 @@ def _block_sparse_attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_MODE: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr, WRITE_LSE: tl.constexpr,
-    LAZY_RESCALE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H). ``KV_MODE``: 0 pointer loads, 1 host TMA descriptors over
     contiguous ``(B*H*k_rows, D)`` K/V, 2 TMA descriptors built on the device per (batch, head)
@@ -115,7 +123,9 @@ def _block_sparse_attn_fwd(
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=col_ok[:, None], other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=col_ok[:, None], other=0.0)
             col_bias = tl.where(col_ok, 0.0, float("-inf"))
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, col_bias, qk_scale, LAZY_RESCALE)
+            acc, m_i, l_i = _online_softmax_step(
+                acc, m_i, l_i, q, ek, ev, col_bias, qk_scale, LAZY_RESCALE, DOT_PRECISION
+            )
 
     count = tl.load(BlockCnt + b * stride_cb + h * stride_ch + pid_m)
     idx_base = BlockIdx + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + pid_m * stride_iq
@@ -142,7 +152,7 @@ def _block_sparse_attn_fwd(
         if HAS_BIAS:
             bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + j) * 1.4426950408889634
         col_bias = tl.where(start_n + offs_n < Sk, bias_log2, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, col_bias, qk_scale, LAZY_RESCALE, DOT_PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -268,7 +278,7 @@ def block_sparse_attention_triton(
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
         KV_MODE=kv_mode, HAS_QROWS=q_rows is not None, HAS_BIAS=key_bias is not None,
         HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None, WRITE_LSE=return_lse,
-        LAZY_RESCALE=config.lazy_rescale, WARP_SPECIALIZE=config.warp_specialize,
+        LAZY_RESCALE=config.lazy_rescale, WARP_SPECIALIZE=config.warp_specialize, DOT_PRECISION=dot_precision(q),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

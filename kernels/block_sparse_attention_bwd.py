@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_sparse_attention import dot_precision
 from .reference import transpose_block_lists
 
 LOG2E = 1.4426950408889634
@@ -82,6 +83,7 @@ def _block_sparse_attn_bwd_dq(
     stride_bb, stride_bh,
     H, Sq, Sk, k_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H): dq of one query block over its listed key blocks."""
     pid_m = tl.program_id(0)
@@ -115,10 +117,11 @@ def _block_sparse_attn_bwd_dq(
         if HAS_BIAS:
             bias_log2 = tl.load(KeyBias + b * stride_bb + h * stride_bh + j) * 1.4426950408889634
         col_bias = tl.where(cols < Sk, bias_log2, float("-inf"))
-        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale + col_bias[None, :] - lse[:, None])
-        dp = tl.dot(do, tl.trans(v))
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.math.exp2(qk * qk_scale + col_bias[None, :] - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     dq *= scale
     tl.store(
         _tile(DQ + b * stride_dqb + h * stride_dqh, rows, stride_dqs, offs_d),
@@ -142,6 +145,7 @@ def _block_sparse_attn_bwd_dkdv(
     stride_bb, stride_bh,
     H, Sq, Sk, k_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     SUB_M: tl.constexpr,
 ):  # fmt: skip
     """Grid (key blocks, B * H): dk, dv of one key block over the query blocks that listed it."""
@@ -174,11 +178,12 @@ def _block_sparse_attn_bwd_dkdv(
             q = tl.load(_tile(q_base, rows, stride_qs, offs_d), mask=row_ok[:, None], other=0.0)
             do = tl.load(_tile(g_base, rows, stride_gs, offs_d), mask=row_ok[:, None], other=0.0)
             lse, delta = _row_stats(Lse, Delta, stride_lb, stride_lh, b, h, pid_bh, rows, row_ok, Sq)
-            p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale + col_bias[:, None] - lse[None, :])
-            dv = tl.dot(p_t.to(do.dtype), do, dv)
-            dp_t = tl.dot(v, tl.trans(do))
+            kq = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+            p_t = tl.math.exp2(kq * qk_scale + col_bias[:, None] - lse[None, :])
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
-            dk = tl.dot(ds_t.to(q.dtype), q, dk)
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     dk *= scale
     tl.store(
         _tile(DK + b * stride_dkb + h * stride_dkh, cols, stride_dks, offs_d),
@@ -255,7 +260,8 @@ def block_sparse_attention_backward_triton(
         dout.stride(0), dout.stride(1), dout.stride(2),
     )  # fmt: skip
     sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
-    meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None}
+    meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None,
+            "DOT_PRECISION": dot_precision(q)}  # fmt: skip
     # Without spills on sm_90 (ptxas -v): 8 warps once the block's fp32 accumulators exceed 64 x 128.
     dq_warps = num_warps or (8 if block_m * d > 64 * 128 else 4)
     dkdv_warps = num_warps or (8 if block_n * d > 64 * 128 else 4)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_sparse_attention import LN2, LOG2E, _online_softmax_step
+from .block_sparse_attention import LN2, LOG2E, _online_softmax_step, dot_precision
 
 BLOCK_CENTROIDS = 64
 MAX_BLOCK_ROWS = 64
@@ -34,7 +34,7 @@ def _centroid_attention(
     stride_qb, stride_qh, stride_qs,
     stride_ob, stride_oh, stride_os,
     H, Sq, NQ, NC, D, block_q, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (row tiles, B * H); ``BLOCK_M`` divides ``block_q``. KC, VC, LogW contiguous per (b, h)."""
     pid_m = tl.program_id(0)
@@ -63,7 +63,7 @@ def _centroid_attention(
         kc = tl.load(KC + offsets, mask=cent_ok, other=0.0).to(q.dtype)
         vc = tl.load(VC + offsets, mask=cent_ok, other=0.0).to(q.dtype)
         col_bias = tl.load(weight_row + cols, mask=col_ok, other=float("-inf")) * _LOG2E
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kc, vc, col_bias, qk_scale, False)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kc, vc, col_bias, qk_scale, False, DOT_PRECISION)
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -105,6 +105,6 @@ def centroid_attention_triton(
         out.stride(0), out.stride(1), out.stride(2),
         h, sq, nq, nc, d, block_q, scale * LOG2E,
         BLOCK_M=block_m, BLOCK_C=block_centroids, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        num_warps=num_warps,
+        DOT_PRECISION=dot_precision(q), num_warps=num_warps,
     )  # fmt: skip
     return out, lse

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_sparse_attention import dot_precision
 from .sla_linear_reference import FEATURE_MAPS
 
 # Head dims the kernels take: one D x D tile per program must fit in registers / shared memory.
@@ -144,11 +145,6 @@ def summary_dtype(x: torch.Tensor) -> torch.dtype:
     """Storage of the summaries and their sums: bf16 for bf16 inputs, else fp32 (fp16 would overflow:
     a sum over thousands of keys of φ(k) v exceeds 65504 for elu/relu features)."""
     return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
-
-
-def dot_precision(x: torch.Tensor) -> str:
-    """fp32 inputs are multiplied in IEEE fp32 (not TF32), so they match the fp32 reference."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def launch_warps(head_dim: int) -> int:
