@@ -100,9 +100,13 @@ def test_both_block_means_in_one_launch_match_pooling_each():
             torch.testing.assert_close(mean.double(), ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(pool_blocks_qk(q, keys, 16, 8)[1], pool_blocks(keys, 8))
     torch.library.opcheck(pool_blocks_qk, (q, keys.contiguous(), 16, 8))
+    for wrong in (keys[:, :2], keys[..., :16]):  # fewer heads, another head dim
+        for pool in (pool_qk_triton, pool_blocks_qk):
+            with pytest.raises(ValueError, match="same batch, heads and head dim"):
+                pool(q, wrong, 16, 8)
 
 
-def test_routing_pools_queries_and_keys_together_unless_queries_are_gathered(monkeypatch):
+def test_scores_pool_queries_and_keys_together_unless_queries_are_gathered(monkeypatch):
     from dit_accel import kernels
     from dit_accel.methods.base import Routing
 
@@ -114,10 +118,15 @@ def test_routing_pools_queries_and_keys_together_unless_queries_are_gathered(mon
     common = dict(k=k, v=k, key_rows=torch.arange(64), key_len=64, scale=0.25, block_q=16, block_k=16,
                   log_counts=torch.zeros(4))  # fmt: skip
     routing = Routing(q=q, q_rows=None, **common)
-    k_mean, q_mean = routing.k_mean, routing.q_mean
+    scores = routing.scores
     assert len(calls) == 1
-    torch.testing.assert_close(q_mean, kernels.pool_blocks(q, 16))
-    torch.testing.assert_close(k_mean, kernels.pool_blocks(k[:, :, :64], 16))
+    torch.testing.assert_close(routing.q_mean, kernels.pool_blocks(q, 16))
+    torch.testing.assert_close(routing.k_mean, kernels.pool_blocks(k[:, :, :64], 16))
+    torch.testing.assert_close(scores, reference.routing_scores(routing.q_mean, routing.k_mean, 0.25))
+    alone = Routing(q=q, q_rows=None, **common)
+    torch.testing.assert_close(alone.q_mean, kernels.pool_blocks(q, 16))
+    assert alone.known_k_mean is None and len(calls) == 1, "one mean asked for alone pools only that one"
     gathered = Routing(q=q, q_rows=torch.arange(64).flip(0), **common)
-    torch.testing.assert_close(gathered.q_mean, kernels.pool_blocks(q, 16, torch.arange(64).flip(0)))
+    torch.testing.assert_close(gathered.scores, reference.routing_scores(
+        kernels.pool_blocks(q, 16, torch.arange(64).flip(0)), kernels.pool_blocks(k[:, :, :64], 16), 0.25))  # fmt: skip
     assert len(calls) == 1, "gathered queries pool through their rows, apart from the keys"
