@@ -31,9 +31,9 @@ LN2 = 0.6931471805599453
 
 
 def dot_precision(x: torch.Tensor) -> str:
-    """fp32 inputs are multiplied in IEEE fp32 (Triton's default would be TF32), so they match the fp32
-    reference; 16-bit inputs are unaffected."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+    """fp32 inputs are multiplied as 3xTF32 (about fp32, on the tensor cores; Triton's default, one TF32
+    pass, errs ~1e-3), so they match the fp32 reference; 16-bit inputs are unaffected."""
+    return "tf32x3" if x.dtype == torch.float32 else "tf32"
 
 
 @triton.jit

@@ -31,11 +31,13 @@ Tensor = torch.Tensor
 TEXT_CHUNK = 64
 APPLY_ROWS = 64
 PER_BLOCK_ROWS = 16  # query blocks per program in per-block mode (the smallest tl.dot tile)
-PER_ROW_ROWS = 128
 # Per row, the dots run in q's dtype (bf16/fp16 on the tensor cores at full rate, statistics cast once on
 # the host: every program re-reads them) with fp32 accumulation; launch default 128 rows x 32 key blocks,
-# 8 warps, the fastest of the H200 sweep (check_rectified.py). Per block (a cost of query blocks, not
-# rows) the dots stay fp32 (3xTF32, about fp32): 16 query blocks x 32 key blocks, 8 warps.
+# 8 warps, the fastest of the H200 sweep (check_rectified.py). fp32 rows keep the launch that compiled
+# without spills in fp32 (ptxas -v, sm_90a, D=128): 64 rows x 16 key blocks. Per block (a cost of query
+# blocks, not rows) the dots stay fp32 (3xTF32, about fp32): 16 query blocks x 32 key blocks, 8 warps.
+PER_ROW_LAUNCH = {torch.float32: (64, 16)}  # (rows, key blocks) per program by q's dtype; else:
+PER_ROW_HALF_LAUNCH = (128, 32)
 
 
 @triton.jit
@@ -193,7 +195,8 @@ def rectified_merge_triton(
     nq, nk = q_mean.shape[2], k_mean.shape[2]
     critical = block_mask_from_lists(indices, counts, nk).contiguous().view(torch.int8)
     head_dim = max(16, triton.next_power_of_2(d))
-    rows = rows_per_program or (PER_ROW_ROWS if per_row else PER_BLOCK_ROWS)
+    row_launch = PER_ROW_LAUNCH.get(q.dtype, PER_ROW_HALF_LAUNCH) if per_row else (PER_BLOCK_ROWS, 32)
+    rows, key_chunk = rows_per_program or row_launch[0], key_chunk or row_launch[1]
     if per_row:  # the dots in q's dtype (see the launch notes above)
         k_mean, k_mad, v_mean = (x.to(q.dtype).contiguous() for x in (k_mean, k_mad, v_mean))
     num_warps = num_warps or 8
@@ -208,7 +211,7 @@ def rectified_merge_triton(
         out.stride(0), out.stride(1), out.stride(2),
         result.stride(0), result.stride(1), result.stride(2),
         h, seq, nq, nk, extra_k.shape[2] if has_text else 0, d, key_len, scale,
-        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk or 32,
+        BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, KEY_CHUNK=key_chunk,
         TEXT=TEXT_CHUNK, APPLY=min(APPLY_ROWS, block_q), HEAD_DIM=head_dim, PER_ROW=per_row,
         HAS_ROWS=q_rows is not None, HAS_TEXT=has_text, HAS_VALID=has_text and extra_valid is not None,
         PRECISION="tf32" if per_row else "tf32x3",

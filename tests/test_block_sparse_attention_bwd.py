@@ -139,3 +139,21 @@ def test_compiled_graph_with_forward_only_features_builds_and_refuses_only_a_rea
     torch.testing.assert_close(out, attention(x))
     with pytest.raises(NotImplementedError, match="q_rows"):
         out.sum().backward()
+
+
+def test_the_cuda_backward_op_has_a_fake_that_a_compiled_backward_traces():
+    """The Triton backward sits behind a CUDA op so that AOT autograd traces it with fake tensors instead
+    of launching the kernel on them; its fake must give the gradients' shapes, strides and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dit_accel.kernels.ops import block_sparse_attention_backward_cuda
+
+    with FakeTensorMode():
+        q = torch.empty(1, 37, 2, 16, dtype=torch.bfloat16).transpose(1, 2)  # Diffusers' strides
+        k = v = torch.empty(1, 2, 45, 16, dtype=torch.bfloat16)
+        out, grad = torch.empty_like(q), torch.empty_like(q)
+        lse = torch.empty(1, 2, 37)
+        indices, counts = torch.zeros(1, 2, 3, 2, dtype=torch.int32), torch.ones(1, 2, 3, dtype=torch.int32)
+        grads = block_sparse_attention_backward_cuda(grad, q, k, v, out, lse, indices, counts, 16, 16, 45, 0.25)
+    for got, want in zip(grads, (q, k, v), strict=True):
+        assert got.shape == want.shape and got.stride() == want.stride() and got.dtype == want.dtype
