@@ -37,12 +37,12 @@ from dit_accel.demo_compose import build_compose_tab
 from dit_accel.demo_ir_diffusion import build_ir_diffusion_tab
 from dit_accel.demo_jobs import StopFlags
 from dit_accel.demo_widgets import (
+    click_job,
     failure_text,
     flux_model_row,
     size_field,
     step_progress,
     stop_job,
-    streamed_job,
 )
 from dit_accel.image_upload import MAX_UPLOAD_MB, open_upload_image
 from dit_accel.option_specs import OptionSpec, changed_options, options_text
@@ -230,12 +230,9 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
     gallery = gr.Gallery(label="the batch", columns=4)
     status = gr.Markdown()
     style_image.upload(check_style_image, style_image, [preview, status], api_name="check_style_image")
-    make.click(
-        streamed_job(run_style_batch, session, stops, outputs=2),
-        [model, style, subjects, method, options, style_image, seed, steps, size],
-        [gallery, status],
-        api_name="style",
-    )
+    inputs = {"model": model, "style": style, "subjects": subjects, "method": method, "options": options,
+              "style_image": style_image, "seed": seed, "steps": steps, "size": size}  # fmt: skip
+    click_job(make, run_style_batch, session, stops, inputs, [gallery, status], api_name="style")
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_style")
 
 

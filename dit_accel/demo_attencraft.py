@@ -12,7 +12,7 @@ import PIL.Image
 from dit_accel.compare import StepCallback
 from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
+from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
 from dit_accel.editing.attencraft_masks import concept_masks
 from dit_accel.registry import build_config
 
@@ -74,10 +74,7 @@ def build_attencraft_tab(session: DemoSession, stops: StopFlags) -> None:
         overlay = gr.Image(label="concept masks", interactive=False)
         image = gr.Image(label="the image", interactive=False)
     status = gr.Markdown()
-    make.click(
-        streamed_job(run_concept_masks, session, stops, outputs=3),
-        [model, prompt, concepts, method, options, seed, steps, size],
-        [overlay, image, status],
-        api_name="concept_masks",
-    )
+    inputs = {"model": model, "prompt": prompt, "concepts": concepts, "method": method, "options": options,
+              "seed": seed, "steps": steps, "size": size}  # fmt: skip
+    click_job(make, run_concept_masks, session, stops, inputs, [overlay, image, status], api_name="concept_masks")
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_concept_masks")

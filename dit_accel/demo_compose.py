@@ -15,7 +15,7 @@ from dit_accel.compare import StepCallback, generation_defaults, step_hook
 from dit_accel.compose_cli import inversion_call, parse_pixel_box
 from dit_accel.demo import NO_FLUX_MODEL, DemoSession, optional_int, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
+from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
 from dit_accel.editing import compose
 from dit_accel.editing.prime_inputs import as_mask
 from dit_accel.image_upload import open_upload_image
@@ -91,6 +91,8 @@ def build_compose_tab(session: DemoSession, stops: StopFlags) -> None:
         stop = gr.Button("Stop", variant="stop")
     gallery = gr.Gallery(label="paste baseline and composite", columns=2)
     status = gr.Markdown()
-    inputs = [model, background, object_image, object_mask, box, prompt, object_text, method, options, steps]
-    make.click(streamed_job(run_compose, session, stops, outputs=2), inputs, [gallery, status], api_name="compose")
+    inputs = {"model": model, "background": background, "object_image": object_image, "object_mask": object_mask,
+              "box": box, "prompt": prompt, "object_text": object_text, "method": method, "options": options,
+              "steps": steps}  # fmt: skip
+    click_job(make, run_compose, session, stops, inputs, [gallery, status], api_name="compose")
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_compose")

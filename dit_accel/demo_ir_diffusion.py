@@ -14,7 +14,7 @@ import torch
 from dit_accel.compare import StepCallback
 from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import flux_model_row, size_field, stop_job, streamed_job
+from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
 from dit_accel.editing import ir_batch
 from dit_accel.ir_cli import parse_box
 from dit_accel.registry import build_config
@@ -104,8 +104,8 @@ def build_ir_diffusion_tab(session: DemoSession, stops: StopFlags) -> None:
         stop = gr.Button("Stop", variant="stop")
     gallery = gr.Gallery(label="the batch (references, then targets)", columns=4)
     status = gr.Markdown()
-    inputs = [model, references, reference_boxes, targets, target_boxes, method, options, seed, steps, size]
-    make.click(
-        streamed_job(run_multi_subject, session, stops, outputs=2), inputs, [gallery, status], api_name="multi_subject"
-    )
+    inputs = {"model": model, "references": references, "reference_boxes": reference_boxes, "targets": targets,
+              "target_boxes": target_boxes, "method": method, "options": options, "seed": seed, "steps": steps,
+              "size": size}  # fmt: skip
+    click_job(make, run_multi_subject, session, stops, inputs, [gallery, status], api_name="multi_subject")
     stop.click(stop_job(stops), None, None, queue=False, api_name="stop_multi_subject")

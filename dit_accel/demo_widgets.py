@@ -3,13 +3,13 @@
 A job handler streams two updates: the cleared outputs with "Running...", then the run's result (or,
 when it fails, the cleared outputs with the failure's text in the status). Gradio injects the page's
 request and progress bar by the handler's signature, so :func:`streamed_job` gives each handler an
-explicit one: the run's input names, then ``request`` and ``progress``.
+explicit one: the API names of the run's inputs, then ``request`` and ``progress``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gradio as gr
@@ -41,29 +41,52 @@ def step_progress(progress: gr.Progress, stops: StopFlags, request: gr.Request, 
 
 
 def streamed_job(
-    run: Callable[..., tuple[Any, ...]], session: DemoSession, stops: StopFlags, outputs: int
+    run: Callable[..., tuple[Any, ...]], session: DemoSession, stops: StopFlags, inputs: Sequence[str], outputs: int
 ) -> Callable[..., Iterator[tuple[Any, ...]]]:
     """The handler of a one-run tab: ``run(session, *inputs, on_step=...)`` returns the ``outputs``
-    values, the status text last; the handler clears them first and shows failures in the status. The
-    inputs are run's parameters between ``session`` and ``on_step``, in order (the tab's input list)."""
+    values, the status text last; the handler clears them first and shows failures in the status.
 
-    def job(*args: Any) -> Iterator[tuple[Any, ...]]:
-        *values, request, progress = args
-        cleared = (None,) * (outputs - 1)
-        yield (*cleared, "Running...")
-        try:
-            yield run(session, *values, on_step=step_progress(progress, stops, request, runs=1))
-        except Exception as error:
-            yield (*cleared, failure_text(error))
-
+    ``inputs`` are the names the page's API shows (``gradio_client``'s keywords), one per parameter of
+    ``run`` between ``session`` and ``on_step``, in that order.
+    """
+    wanted = [name for name in inspect.signature(run).parameters if name not in ("session", "on_step")]
+    if len(inputs) != len(wanted):
+        raise ValueError(f"{run.__name__} takes {len(wanted)} inputs ({', '.join(wanted)}), got {len(inputs)}")
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    inputs = [name for name in inspect.signature(run).parameters if name not in ("session", "on_step")]
     parameters = [inspect.Parameter(name, keyword) for name in inputs]
     parameters.append(inspect.Parameter("request", keyword, annotation=gr.Request))
     parameters.append(inspect.Parameter("progress", keyword, default=gr.Progress()))
-    job.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    signature = inspect.Signature(parameters)
+
+    def job(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, ...]]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = [bound.arguments[name] for name in inputs]
+        on_step = step_progress(bound.arguments["progress"], stops, bound.arguments["request"], runs=1)
+        cleared = (None,) * (outputs - 1)
+        yield (*cleared, "Running...")
+        try:
+            yield run(session, *values, on_step=on_step)
+        except Exception as error:
+            yield (*cleared, failure_text(error))
+
+    job.__signature__ = signature  # type: ignore[attr-defined]
     job.__annotations__ = {"request": gr.Request}  # Gradio reads the request's type hint from here
     return job
+
+
+def click_job(
+    button: gr.Button,
+    run: Callable[..., tuple[Any, ...]],
+    session: DemoSession,
+    stops: StopFlags,
+    inputs: dict[str, gr.components.Component],
+    outputs: list[gr.components.Component],
+    api_name: str,
+) -> None:
+    """``button`` runs :func:`streamed_job` of ``run`` on ``inputs`` (API name: component) into ``outputs``."""
+    job = streamed_job(run, session, stops, list(inputs), len(outputs))
+    button.click(job, list(inputs.values()), outputs, api_name=api_name)
 
 
 def stop_job(stops: StopFlags) -> Callable[[gr.Request], None]:
