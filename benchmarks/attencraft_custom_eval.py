@@ -110,7 +110,7 @@ def main() -> None:
         "training_seed": seed,
         "concepts": CONCEPTS,
         "placeholders": "existing colour-shape words (the tiny tokenizer is a closed word list)",
-        "mask_areas": [float((result.labels == i).float().mean()) for i in range(len(CONCEPTS))],
+        "final_mask_areas": [float((result.labels == i).float().mean()) for i in range(len(CONCEPTS))],
         "config": dataclasses.asdict(config),
         "eval_prompts": prompts,
         "seeds": list(range(100, 100 + SEEDS)),
