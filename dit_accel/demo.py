@@ -128,6 +128,19 @@ class DemoSession:
             raise ValueError(f"model {model!r} is not one this demo serves; choose one of {', '.join(self.models)}")
         return model
 
+    def check_chosen(self, model: str | None) -> str:
+        """:meth:`check` for an image tab's menu, whose empty choice means no FLUX model was loaded."""
+        if not model:
+            raise ValueError(NO_FLUX_MODEL)
+        return self.check(model)
+
+    def flux_pipeline(self, model: str, needs: str) -> Any:
+        """:meth:`pipeline` of a FLUX model; ``needs`` ends the error for a model of another family."""
+        pipe = self.pipeline(model)
+        if self.family(model) != "flux":
+            raise ValueError(f"{model} is a {self.family(model)} model; {needs}")
+        return pipe
+
     def pipeline(self, model: str) -> Any:
         """The pipeline of ``model``, loaded once; the previously loaded one is dropped only once this one
         has loaded, so a broken model leaves the working one in place."""
@@ -351,9 +364,7 @@ def flux_image_call(
     native call where it ships one (the tiny FLUX: 128 px, true CFG), ``steps`` and ``size`` where the page
     gives them, and the progress hook; ``needs`` ends the error for a model of another family."""
     steps, size = optional_int("steps", steps), optional_int("size", size)
-    pipe = session.pipeline(model)
-    if session.family(model) != "flux":
-        raise ValueError(f"{model} is a {session.family(model)} model; {needs}")
+    pipe = session.flux_pipeline(model, needs)
     call: dict[str, Any] = dict(generation_defaults(model))
     size = size or call.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
     size_rules(pipe).check(size, size, None)
@@ -381,9 +392,7 @@ def run_style_batch(
     """A style-aligned FLUX batch, one image per subject line in ``style`` (image 0 the reference, or
     the uploaded ``style_image``), its attention through ``method``; the images and a markdown report
     of their style consistency."""
-    if not model:
-        raise ValueError(NO_FLUX_MODEL)
-    session.check(model)
+    session.check_chosen(model)
     subjects = [line.strip() for line in (subjects_text or "").splitlines() if line.strip()]
     if len(subjects) < (1 if style_image else 2):
         raise ValueError("give at least two subjects, one per line (the first image is the style reference)")

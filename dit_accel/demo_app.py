@@ -40,6 +40,8 @@ from dit_accel.demo_widgets import (
     click_job,
     failure_text,
     flux_model_row,
+    job_buttons,
+    seed_steps_size_row,
     size_field,
     step_progress,
     stop_job,
@@ -181,9 +183,7 @@ def _accelerate_tab(session: DemoSession, stops: StopFlags) -> None:
         map_layer = size_field("block map: layer", "the middle one")
         map_step = size_field("block map: step", "the last one")
         map_head = gr.Number(0, label="block map: head", precision=0, minimum=0, min_width=100)
-    with gr.Row():
-        run = gr.Button("Generate", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+    run, stop = job_buttons("Generate")
     with gr.Row():
         dense_video = gr.Video(label="dense", autoplay=True, loop=True, interactive=False)
         method_video = gr.Video(label="method", autoplay=True, loop=True, interactive=False)
@@ -220,20 +220,14 @@ def _style_tab(session: DemoSession, stops: StopFlags) -> None:
     with gr.Row():
         style_image = gr.File(label="style image (optional)", file_types=["image"], type="filepath")
         preview = gr.Image(label="style image as used", interactive=False, height=160)
-    with gr.Row():
-        seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = size_field("steps", "the pipeline's")
-        size = size_field("size", "the pipeline's")
-    with gr.Row():
-        make = gr.Button("Generate the batch", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+    seed, steps, size = seed_steps_size_row()
+    buttons = job_buttons("Generate the batch")
     gallery = gr.Gallery(label="the batch", columns=4)
     status = gr.Markdown()
     style_image.upload(check_style_image, style_image, [preview, status], api_name="check_style_image")
     inputs = {"model": model, "style": style, "subjects": subjects, "method": method, "options": options,
               "style_image": style_image, "seed": seed, "steps": steps, "size": size}  # fmt: skip
-    click_job(make, run_style_batch, session, stops, inputs, [gallery, status], api_name="style")
-    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_style")
+    click_job(buttons, run_style_batch, session, stops, inputs, [gallery, status], api_name="style")
 
 
 def build_app(session: DemoSession) -> gr.Blocks:

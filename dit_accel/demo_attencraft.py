@@ -10,9 +10,9 @@ import gradio as gr
 import PIL.Image
 
 from dit_accel.compare import StepCallback
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
+from dit_accel.demo import DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
+from dit_accel.demo_widgets import click_job, flux_model_row, job_buttons, seed_steps_size_row
 from dit_accel.editing.attencraft_masks import concept_masks
 from dit_accel.registry import build_config
 
@@ -33,9 +33,7 @@ def run_concept_masks(
     on_step: StepCallback | None = None,
 ) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
     """The mask overlay, the image, and a report of each concept's mask area."""
-    if not model:
-        raise ValueError(NO_FLUX_MODEL)
-    session.check(model)
+    session.check_chosen(model)
     concepts = [line.strip() for line in (concepts_text or "").splitlines() if line.strip()]
     if not prompt.strip() or not concepts:
         raise ValueError("give a prompt and at least one concept phrase of it, one per line")
@@ -63,18 +61,12 @@ def build_attencraft_tab(session: DemoSession, stops: StopFlags) -> None:
     with gr.Row():
         concepts = gr.Textbox(CONCEPTS, lines=3, label="concepts (phrases of the prompt, one per line)")
         options = gr.Textbox("", label="the method's options, key=value (e.g. density=0.25)")
-    with gr.Row():
-        seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = size_field("steps", "the pipeline's")
-        size = size_field("size", "the pipeline's")
-    with gr.Row():
-        make = gr.Button("Generate and find the masks", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+    seed, steps, size = seed_steps_size_row()
+    buttons = job_buttons("Generate and find the masks")
     with gr.Row():
         overlay = gr.Image(label="concept masks", interactive=False)
         image = gr.Image(label="the image", interactive=False)
     status = gr.Markdown()
     inputs = {"model": model, "prompt": prompt, "concepts": concepts, "method": method, "options": options,
               "seed": seed, "steps": steps, "size": size}  # fmt: skip
-    click_job(make, run_concept_masks, session, stops, inputs, [overlay, image, status], api_name="concept_masks")
-    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_concept_masks")
+    click_job(buttons, run_concept_masks, session, stops, inputs, [overlay, image, status], api_name="concept_masks")

@@ -13,9 +13,9 @@ import PIL.Image
 
 from dit_accel.compare import StepCallback, generation_defaults, step_hook
 from dit_accel.compose_cli import inversion_call, parse_pixel_box
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, optional_int, parse_options
+from dit_accel.demo import DemoSession, optional_int, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
+from dit_accel.demo_widgets import click_job, flux_model_row, job_buttons, size_field
 from dit_accel.editing import compose
 from dit_accel.editing.prime_inputs import as_mask
 from dit_accel.image_upload import open_upload_image
@@ -39,9 +39,7 @@ def run_compose(
     on_step: StepCallback | None = None,
 ) -> tuple[list[tuple[PIL.Image.Image, str]], str]:
     """``[(paste baseline, caption), (composite, caption)]`` and a one-line report."""
-    if not model:
-        raise ValueError(NO_FLUX_MODEL)
-    session.check(model)
+    session.check_chosen(model)
     if not (background and object_image and object_mask):
         raise ValueError("upload a background, an object image and the object's mask")
     uploads = [
@@ -56,9 +54,7 @@ def run_compose(
     options = {"attention": method, **parse_options(options_text)}
     build_config("prime_composer", **options)  # a bad option fails before the model loads
     steps = optional_int("steps", steps)
-    pipe = session.pipeline(model)
-    if session.family(model) != "flux":
-        raise ValueError(f"{model} is a {session.family(model)} model; composition needs a FLUX.1 model")
+    pipe = session.flux_pipeline(model, "composition needs a FLUX.1 model")
     call = inversion_call(generation_defaults(model))
     if steps:
         call["num_inference_steps"] = steps
@@ -86,13 +82,10 @@ def build_compose_tab(session: DemoSession, stops: StopFlags) -> None:
     prompt = gr.Textbox(PROMPT, label="prompt (the scene with the object)")
     options = gr.Textbox("steer_until=1.0", label="options: prime_composer's and the method's, key=value")
     steps = size_field("steps", "the pipeline's")
-    with gr.Row():
-        make = gr.Button("Compose", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+    buttons = job_buttons("Compose")
     gallery = gr.Gallery(label="paste baseline and composite", columns=2)
     status = gr.Markdown()
     inputs = {"model": model, "background": background, "object_image": object_image, "object_mask": object_mask,
               "box": box, "prompt": prompt, "object_text": object_text, "method": method, "options": options,
               "steps": steps}  # fmt: skip
-    click_job(make, run_compose, session, stops, inputs, [gallery, status], api_name="compose")
-    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_compose")
+    click_job(buttons, run_compose, session, stops, inputs, [gallery, status], api_name="compose")

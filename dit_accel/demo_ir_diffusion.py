@@ -12,9 +12,9 @@ import PIL.Image
 import torch
 
 from dit_accel.compare import StepCallback
-from dit_accel.demo import NO_FLUX_MODEL, DemoSession, flux_image_call, parse_options
+from dit_accel.demo import DemoSession, flux_image_call, parse_options
 from dit_accel.demo_jobs import StopFlags
-from dit_accel.demo_widgets import click_job, flux_model_row, size_field, stop_job
+from dit_accel.demo_widgets import click_job, flux_model_row, job_buttons, seed_steps_size_row
 from dit_accel.editing import ir_batch
 from dit_accel.ir_cli import parse_box
 from dit_accel.registry import build_config
@@ -51,9 +51,7 @@ def run_multi_subject(
     on_step: StepCallback | None = None,
 ) -> tuple[list[PIL.Image.Image], str]:
     """The IR-Diffusion batch ``[references..., targets...]`` and a one-line report."""
-    if not model:
-        raise ValueError(NO_FLUX_MODEL)
-    session.check(model)
+    session.check_chosen(model)
     references, targets = _lines(references_text), _lines(targets_text)
     reference_lines, target_lines = _lines(reference_boxes_text), _lines(target_boxes_text)
     if not references or not targets:
@@ -95,17 +93,11 @@ def build_ir_diffusion_tab(session: DemoSession, stops: StopFlags) -> None:
     options = gr.Textbox(
         "reposition=rope, reference_scale=2.0", label="options: ir_diffusion's and the method's, key=value"
     )
-    with gr.Row():
-        seed = gr.Number(0, label="seed", precision=0, min_width=100)
-        steps = size_field("steps", "the pipeline's")
-        size = size_field("size", "the pipeline's")
-    with gr.Row():
-        make = gr.Button("Generate the batch", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+    seed, steps, size = seed_steps_size_row()
+    buttons = job_buttons("Generate the batch")
     gallery = gr.Gallery(label="the batch (references, then targets)", columns=4)
     status = gr.Markdown()
     inputs = {"model": model, "references": references, "reference_boxes": reference_boxes, "targets": targets,
               "target_boxes": target_boxes, "method": method, "options": options, "seed": seed, "steps": steps,
               "size": size}  # fmt: skip
-    click_job(make, run_multi_subject, session, stops, inputs, [gallery, status], api_name="multi_subject")
-    stop.click(stop_job(stops), None, None, queue=False, api_name="stop_multi_subject")
+    click_job(buttons, run_multi_subject, session, stops, inputs, [gallery, status], api_name="multi_subject")

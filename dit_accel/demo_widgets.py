@@ -75,8 +75,25 @@ def streamed_job(
     return job
 
 
+def job_buttons(label: str) -> tuple[gr.Button, gr.Button]:
+    """A tab's row of its run button (``label``) and its Stop button."""
+    with gr.Row():
+        make = gr.Button(label, variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    return make, stop
+
+
+def seed_steps_size_row() -> tuple[gr.Number, gr.Textbox, gr.Textbox]:
+    """An image tab's seed, step count and size (empty: the pipeline's)."""
+    with gr.Row():
+        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+        steps = size_field("steps", "the pipeline's")
+        size = size_field("size", "the pipeline's")
+    return seed, steps, size
+
+
 def click_job(
-    button: gr.Button,
+    buttons: tuple[gr.Button, gr.Button],
     run: Callable[..., tuple[Any, ...]],
     session: DemoSession,
     stops: StopFlags,
@@ -84,9 +101,13 @@ def click_job(
     outputs: list[gr.components.Component],
     api_name: str,
 ) -> None:
-    """``button`` runs :func:`streamed_job` of ``run`` on ``inputs`` (API name: component) into ``outputs``."""
+    """The run button of ``buttons`` (from :func:`job_buttons`) runs :func:`streamed_job` of ``run`` on
+    ``inputs`` (API name: component) into ``outputs`` as ``api_name``; its Stop button stops the session's
+    job, as ``stop_<api_name>``."""
+    make, stop = buttons
     job = streamed_job(run, session, stops, list(inputs), len(outputs))
-    button.click(job, list(inputs.values()), outputs, api_name=api_name)
+    make.click(job, list(inputs.values()), outputs, api_name=api_name)
+    stop.click(stop_job(stops), None, None, queue=False, api_name=f"stop_{api_name}")
 
 
 def stop_job(stops: StopFlags) -> Callable[[gr.Request], None]:
