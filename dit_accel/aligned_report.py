@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from dit_accel.compare import DTYPES, load_pipeline, parse_option
+from dit_accel.compare import add_device_arguments, load_pipeline, parse_option
 from dit_accel.editing.aligned_batch import PROMPT_TEMPLATE, aligned_batch
 from dit_accel.style_metrics import ClipScorer, offline_style_metrics, to_rgb_uint8
 
@@ -138,8 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance-scale", type=float, default=3.5)
     parser.add_argument("--height", type=int, help="image height; default: the pipeline's")
     parser.add_argument("--width", type=int, help="image width; default: the pipeline's")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)
     parser.add_argument("--reference-image", help="external style image (generated size) instead of image 0")
     parser.add_argument("--clip-model", help="local CLIP model directory for the CLIP metrics (nothing is downloaded)")
     parser.add_argument(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from dit_accel.compare import DTYPES, generation_defaults, load_pipeline, parse_option
+from dit_accel.compare import add_device_arguments, generation_defaults, load_pipeline, parse_option
 from dit_accel.editing.attencraft_masks import concept_masks
 
 
@@ -87,6 +87,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--height", type=int, help="image height; default: the model's or the pipeline's")
     parser.add_argument("--width", type=int, help="image width; default: the model's or the pipeline's")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)
     parser.set_defaults(func=_command)

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from dit_accel.compare import DTYPES, generation_defaults, load_pipeline, parse_option
+from dit_accel.compare import add_device_arguments, generation_defaults, load_pipeline, parse_option
 from dit_accel.editing.attencraft_masks import concept_masks
 from dit_accel.editing.attencraft_train import AttenCraftTrainConfig, train_attencraft
 
@@ -58,6 +58,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training option, repeatable: -o lr=1e-4 -o rank=8 -o sampling=reweighted -o attention_weight=0.1",
     )  # fmt: skip
     parser.add_argument("--num-inference-steps", type=int, default=20, help="steps of the training image")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)
     parser.set_defaults(func=_command)

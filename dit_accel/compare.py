@@ -560,6 +560,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, as :func:`load_pipeline` takes them (every model-loading command)."""
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, method and pipeline-call arguments ``compare`` and ``generate`` share."""
     parser.add_argument("--model", default=str(TINY_MODEL_DIR), help="local folder or hub id (default: tiny model)")
@@ -582,5 +588,4 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--frames", dest="num_frames", type=int, default=None, metavar="N", help="video pipelines only")
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="G")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dit_accel.compare import DTYPES, generation_defaults, load_pipeline, parse_option
+from dit_accel.compare import add_device_arguments, generation_defaults, load_pipeline, parse_option
 from dit_accel.editing.compose import compose
 from dit_accel.editing.prime_inputs import as_mask
 from dit_accel.image_upload import open_upload_image
@@ -66,8 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="compose", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise inversion")
     parser.add_argument("--steps", dest="num_inference_steps", type=int, default=20)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)
     parser.add_argument(
         "-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
         help="prime_composer option, repeatable: -o steer_until=0.5 -o attention=topk -o density=0.3",

@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 from dit_accel.aligned_report import image_grid
-from dit_accel.compare import DTYPES, generation_defaults, load_pipeline, parse_option
+from dit_accel.compare import add_device_arguments, generation_defaults, load_pipeline, parse_option
 from dit_accel.editing.ir_batch import ir_batch
 
 GRID_NAME = "ir_diffusion.png"
@@ -81,8 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", dest="num_inference_steps", type=int, default=20)
     parser.add_argument("--height", type=int, help="image height; default: the model's or the pipeline's")
     parser.add_argument("--width", type=int, help="image width; default: the model's or the pipeline's")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    add_device_arguments(parser)
     parser.add_argument(
         "-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
         help="ir_diffusion option, repeatable: -o reposition=crop -o reference_scale=2 -o attention=topk",
