@@ -207,11 +207,16 @@ TEXT = 5
 
 def op_call(pipe, batch: int, groups: int = 1, seed: int = 0, **options):
     """An attached aligned_gen op, random RoPE'd q/k/v of a [5 text, 8x8 image] call and its context."""
-    op = AlignedGenAttention(AlignedGenConfig(blocks=(0, 3), **options))
+    return attached_call(AlignedGenAttention(AlignedGenConfig(blocks=(0, 3), **options)), pipe, batch, groups, seed)
+
+
+def attached_call(op, pipe, batch: int, groups: int, seed: int, img_ids: torch.Tensor | None = None):
+    """``op`` attached to ``pipe``'s transformer, random RoPE'd q/k/v of ``batch`` [5 text, 8x8 image]
+    sequences (``groups`` CFG groups) and the context of the call; ``img_ids`` go to the forward's info."""
     op.attach(pipe, [pipe.transformer])
     pos_embed = pipe.transformer.pos_embed
     tracker = StepTracker(op.config)
-    tracker.info = ForwardInfo(pos_embed=pos_embed, grid=GRID)
+    tracker.info = ForwardInfo(pos_embed=pos_embed, grid=GRID, img_ids=img_ids)
     binding = LayerBinding(op=op, tracker=tracker, layer_index=1, num_layers=3, dense_layer=False)
     seq = TEXT + 64
     layout = TokenLayout(seq_len=seq, video_start=TEXT, video_len=64, grid=GRID, text_len=TEXT, cfg_groups=groups)

@@ -6,21 +6,18 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from test_aligned_gen import GRID, PROMPTS, TEXT, generate, is_stock, op_of, pipe  # noqa: F401  (pipe: fixture)
+from test_aligned_gen import GRID, PROMPTS, TEXT, attached_call, generate, is_stock, op_of, pipe  # noqa: F401  (pipe: fixture)
 from tiny_models import flux_image_ids
 
 import dit_accel
 from dit_accel import TopKConfig
-from dit_accel.context import AttentionContext, LayerBinding
+from dit_accel.context import AttentionContext
 from dit_accel.editing import IRDiffusionAttention, IRDiffusionConfig, ir_batch
 from dit_accel.editing.regions import token_mask
 from dit_accel.editing.reposition import place
 from dit_accel.editing.rope import rotate
-from dit_accel.forward_info import ForwardInfo
-from dit_accel.layout import TokenLayout
 from dit_accel.methods.topk import TopKAttention
 from dit_accel.registry import build_config
-from dit_accel.steps import StepTracker
 
 LEFT, RIGHT = (0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0)  # top-left and bottom-right quarters
 REGIONS = {"reference_regions": [LEFT, RIGHT], "target_regions": [[RIGHT, LEFT]]}  # subjects swap places
@@ -99,18 +96,7 @@ def test_crop_placement_resizes_the_box_and_keeps_masked_tokens_only():
 def op_call(pipe, seed: int = 0, groups: int = 1, **options):  # noqa: F811
     """An attached op, random RoPE'd q/k/v of a [5 text, 8x8 image] call of [ref 0, ref 1, target] per group."""
     op = IRDiffusionAttention(IRDiffusionConfig(**{**REGIONS, **options}))
-    op.attach(pipe, [pipe.transformer])
-    pos_embed = pipe.transformer.pos_embed
-    tracker = StepTracker(op.config)
-    tracker.info = ForwardInfo(pos_embed=pos_embed, grid=GRID, img_ids=flux_image_ids(8, 8))
-    binding = LayerBinding(op=op, tracker=tracker, layer_index=1, num_layers=3, dense_layer=False)
-    seq = TEXT + 64
-    layout = TokenLayout(seq_len=seq, video_start=TEXT, video_len=64, grid=GRID, text_len=TEXT, cfg_groups=groups)
-    table = pos_embed(torch.cat([torch.zeros(TEXT, 3), flux_image_ids(8, 8)]))
-    ctx = AttentionContext(layout=layout, binding=binding, rotary_emb=table)
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(3 * groups, seq, 2, 16, generator=g) for _ in range(3))
-    return op, rotate(q, table), rotate(k, table), v, ctx
+    return attached_call(op, pipe, 3 * groups, groups, seed, img_ids=flux_image_ids(8, 8))
 
 
 def image_rows(box) -> torch.Tensor:
