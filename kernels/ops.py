@@ -57,8 +57,7 @@ def _(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
 def pool_blocks_qk(q: Tensor, k: Tensor, block_q: int, block_k: int) -> tuple[Tensor, Tensor]:
     """Query- and key-block means of block-ordered q, k: :func:`pool_blocks` of each, in one launch on CUDA
     (one pass reads both; the composed path costs two launches and more than twice the time)."""
-    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need the same batch, heads and head dim")
+    reference.check_query_key_pair(q, k)
     if use_triton(q) and q.dtype != torch.float64 and q.stride(-1) == 1 and k.stride(-1) == 1:
         return pool_qk_triton(q, k, block_q, block_k)
     means = (reference.pool_blocks_reference(x, block) for x, block in ((q, block_q), (k, block_k)))

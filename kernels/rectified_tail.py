@@ -36,8 +36,9 @@ PER_BLOCK_ROWS = 16  # query blocks per program in per-block mode (the smallest 
 # 8 warps, the fastest of the H200 sweep (check_rectified.py). fp32 rows keep the launch that compiled
 # without spills in fp32 (ptxas -v, sm_90a, D=128): 64 rows x 16 key blocks. Per block (a cost of query
 # blocks, not rows) the dots stay fp32 (3xTF32, about fp32): 16 query blocks x 32 key blocks, 8 warps.
-PER_ROW_LAUNCH = {torch.float32: (64, 16)}  # (rows, key blocks) per program by q's dtype; else:
-PER_ROW_HALF_LAUNCH = (128, 32)
+PER_ROW_LAUNCH = (128, 32)  # (rows, key blocks) per program for 16-bit rows
+PER_ROW_FP32_LAUNCH = (64, 16)
+PER_BLOCK_LAUNCH = (PER_BLOCK_ROWS, 32)
 
 
 @triton.jit
@@ -195,7 +196,7 @@ def rectified_merge_triton(
     nq, nk = q_mean.shape[2], k_mean.shape[2]
     critical = block_mask_from_lists(indices, counts, nk).contiguous().view(torch.int8)
     head_dim = max(16, triton.next_power_of_2(d))
-    row_launch = PER_ROW_LAUNCH.get(q.dtype, PER_ROW_HALF_LAUNCH) if per_row else (PER_BLOCK_ROWS, 32)
+    row_launch = (PER_ROW_FP32_LAUNCH if q.dtype == torch.float32 else PER_ROW_LAUNCH) if per_row else PER_BLOCK_LAUNCH
     rows, key_chunk = rows_per_program or row_launch[0], key_chunk or row_launch[1]
     if per_row:  # the dots in q's dtype (see the launch notes above)
         k_mean, k_mad, v_mean = (x.to(q.dtype).contiguous() for x in (k_mean, k_mad, v_mean))

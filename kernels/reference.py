@@ -69,6 +69,12 @@ def routing_scores(q_mean: torch.Tensor, k_mean: torch.Tensor, scale: float) -> 
     return torch.matmul(q_mean.to(dtype), k_mean.to(dtype).transpose(-1, -2)) * scale
 
 
+def check_query_key_pair(q: torch.Tensor, k: torch.Tensor) -> None:
+    """q and k ``(B, H, S, D)`` must share batch, heads and head dim (``ValueError`` otherwise)."""
+    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need the same batch, heads and head dim")
+
+
 def keep_count(num_blocks: int, density: float, min_blocks: int) -> int:
     """Blocks kept per query block for a fixed ``density``, never fewer than ``min_blocks``."""
     wanted = max(1, math.ceil(density * num_blocks - 1e-9), min_blocks)

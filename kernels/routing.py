@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import keep_count
+from .reference import check_query_key_pair, keep_count
 
 POOL_CHUNK = 32
 SCORE_ROWS = 16
@@ -149,8 +149,7 @@ def pool_qk_triton(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int)
     """
     if q.stride(-1) != 1 or k.stride(-1) != 1:
         raise ValueError("q and k need a contiguous last (head) dimension")
-    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need the same batch, heads and head dim")
+    check_query_key_pair(q, k)
     b, h, seq_q, d = q.shape
     seq_k = k.shape[2]
     nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
