@@ -48,11 +48,15 @@ if [ "$STAGE" = kernel ]; then
     bench psa --method psa --densities 0.25 0.125 default
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
-    case " ${BENCHES:-flashblock} " in *" flashblock "*) echo "=== flashblock e2e"; (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out /tmp/kernel/flashblock_e2e.json) \
-        || echo "flashblock e2e FAILED"
-        echo "=== flashblock e2e, reuse-heavy (4 clean blocks, refresh every 8 steps)"
-        (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --clean-blocks 4 --refresh-every 8 \
-            --out /tmp/kernel/flashblock_e2e_reuse_heavy.json) || echo "flashblock e2e reuse-heavy FAILED";; esac
+    flashblock() {  # record name, then flashblock_e2e.py options
+        local name=$1; shift
+        echo "=== $name $*"
+        (cd /tmp && timeout 130 python3 "$REPO/benchmarks/flashblock_e2e.py" --out "/tmp/kernel/$name.json" "$@") \
+            || echo "$name FAILED"
+    }
+    case " ${BENCHES:-flashblock} " in *" flashblock "*)
+        flashblock flashblock_e2e
+        flashblock flashblock_e2e_reuse_heavy --clean-blocks 4 --refresh-every 8;; esac  # reuse-heavy schedule
     tar -C /tmp -czf "$OUT/kernel.tgz" kernel
 fi
 
@@ -75,22 +79,15 @@ if [ "$STAGE" = sweep ]; then
     # Every variant without dense warm-up (dense_steps=0, dense_layers=0): equal footing at equal density.
     plain="dense_steps=0 dense_layers=0"
     SWEEP_LIMIT=${SWEEP_LIMIT:-480}  # summaries are rewritten after each pair: a cut-off sweep keeps them
-    if [ -n "${SWEEP_VARIANTS:-}" ]; then  # SWEEP_VARIANTS: "method opts; method opts; ..." replaces the list below
-        IFS=';' read -ra chosen <<< "$SWEEP_VARIANTS"
-        args=(); for variant in "${chosen[@]}"; do args+=(--variant "$variant $plain"); done
-        timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep \
-            --pairs 8 "${args[@]}"
-        tar -C /tmp -czf "$OUT/sweep.tgz" sweep; exit 0
-    fi
-    timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep --pairs 8 \
-        --variant "topk density=0.125 $plain" --variant "svg_ear density=0.125 $plain" \
-        --variant "rectified density=0.125 neighbours=False $plain" \
-        --variant "rectified density=0.125 block_size=(128,64) $plain" \
-        --variant "rectified density=0.125 block_size=(128,64) neighbours=False $plain" \
-        --variant "topk density=0.25 $plain" --variant "pisa density=0.25 order=1 $plain" \
-        --variant "rectified density=0.25 neighbours=False $plain" --variant "svg_ear density=0.25 $plain" \
-        --variant "psa density=0.25 $plain" --variant "topk density=0.05 $plain" \
-        --variant "pisa density=0.05 order=1 $plain"
+    # SWEEP_VARIANTS: "method opts; method opts; ..." replaces the default list (the open questions of stop 15)
+    default="topk density=0.125; svg_ear density=0.125; rectified density=0.125 neighbours=False;
+        rectified density=0.125 block_size=(128,64); rectified density=0.125 block_size=(128,64) neighbours=False;
+        topk density=0.25; pisa density=0.25 order=1; rectified density=0.25 neighbours=False;
+        svg_ear density=0.25; psa density=0.25; topk density=0.05; pisa density=0.05 order=1"
+    IFS=';' read -ra chosen <<< "$(printf %s "${SWEEP_VARIANTS:-$default}" | tr -s '\n ' ' ')"  # one line
+    args=(); for variant in "${chosen[@]}"; do args+=(--variant "${variant# } $plain"); done
+    timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep \
+        --pairs 8 "${args[@]}"
     tar -C /tmp -czf "$OUT/sweep.tgz" sweep
 fi
 
