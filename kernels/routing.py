@@ -184,15 +184,13 @@ def route_blocks_triton(
     """
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")
-    if q.stride(-1) != 1 or k.stride(-1) != 1:
-        raise ValueError("q and k need a contiguous last (head) dimension")
     b, h, seq_q, d = q.shape
     seq_k = k.shape[2]
     nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
     if nk > MAX_ROUTED_KEY_BLOCKS:
         raise ValueError(f"at most {MAX_ROUTED_KEY_BLOCKS} key blocks are supported, got {nk}")
+    q_mean, k_mean = pool_qk_triton(q, k, block_q, block_k)  # checks the layouts and shapes of q and k
     head_dim = max(16, triton.next_power_of_2(d))
-    q_mean, k_mean = pool_qk_triton(q, k, block_q, block_k)
     width = keep_count(nk, density, min_blocks) if density is not None else nk
     indices = torch.full((b, h, nq, width), -1, device=q.device, dtype=torch.int32)
     counts = torch.empty(b, h, nq, device=q.device, dtype=torch.int32)
