@@ -34,8 +34,14 @@ from dit_accel.bench import BenchShape, MethodRun, environment, graph_ms, median
 from dit_accel.kernels.backends import ExtraKeys, dense_attention, sparse_attention
 from dit_accel.kernels.block_list import BlockList
 from dit_accel.kernels.pyramid_attention import PyramidKernelConfig, pyramid_attention_triton
-from dit_accel.kernels.pyramid_levels import PyramidBlocks, lists_from_level_map, quota_counts, quota_levels
-from dit_accel.kernels.pyramid_ops import kv_pyramid, pyramid_attention, pyramid_importance
+from dit_accel.kernels.pyramid_levels import (
+    PyramidBlocks,
+    level_lists_reference,
+    lists_from_level_map,
+    quota_counts,
+    quota_levels,
+)
+from dit_accel.kernels.pyramid_ops import kv_pyramid, pyramid_attention, pyramid_importance, pyramid_level_lists
 from dit_accel.kernels.pyramid_reference import (
     LEVELS,
     importance_reference,
@@ -137,6 +143,13 @@ def check_kernels(shape, dtype, device, gen, text: int = 0) -> list[dict]:
     importance = pyramid_importance(q, k, block_q, block_k, s, scale, 8, rows)
     want = importance_reference(q.float(), k.float(), block_q, block_k, s, scale, 8, rows)
     record(results, "importance", max_err(importance, want), 2e-2, shape=list(shape))
+    rules = {"quotas": {"counts": list(quota_counts(importance.shape[-1], DEFAULT_QUOTAS, 0.06))},
+             "thresholds": {"thresholds": [0.4, 0.5, 0.6, 0.8], "full_ranks": 3}}  # fmt: skip
+    for name, rule in rules.items():
+        got = pyramid_level_lists(importance, **rule)
+        want_lists = level_lists_reference(importance, **rule)
+        mismatches = sum(int((a != b).sum()) for a, b in zip(got, want_lists, strict=True))
+        record(results, f"level lists ({name})", float(mismatches), 0.0, shape=list(shape))
     blocks = quota_blocks(q, k, v, block_q, block_k)
     extra = None
     if text:
@@ -180,25 +193,28 @@ def kernel_timings(device, dtype, gen, shape) -> dict[str, float]:
         "pyramid": median_ms(lambda: kv_pyramid(k, v, 64, s), device),
         "pyramid_with_similarity": median_ms(lambda: kv_pyramid(k, v, 64, s, True), device),
         "importance": median_ms(lambda: pyramid_importance(q, k, 128, 64, s, scale, 8), device),
-        "levels_and_lists": median_ms(
+        "levels_and_lists_torch": median_ms(
             lambda: lists_from_level_map(quota_levels(importance, counts), 128, 64, s), device
         ),
+        "levels_and_lists": median_ms(lambda: pyramid_level_lists(importance, list(counts)), device),
         "per_level_lse_merge": median_ms(lambda: per_level_attention(q, k, v, blocks, scale), device),
         "compute_fraction": blocks.density(),
     }
     if device.type == "cuda":
-        for tile in (32, 64, 128):
-            for warps in (4, 8):
-                for stages in (2, 3):
-                    config = PyramidKernelConfig(tile=tile, num_warps=warps, num_stages=stages)
+        settings = {f"tile{t}_w{w}_s{n}": {"tile": t, "num_warps": w, "num_stages": n}
+                    for t in (32, 64, 128) for w in (4, 8) for n in (2, 3)}  # fmt: skip
+        settings |= {"tile64_w4_s2_index_loads": {"register_lists": False},
+                     "tile64_w4_s2_lazy": {"lazy_rescale": True}, "tile64_w4_s2_no_tma": {"tma": False}}  # fmt: skip
+        for name, options in settings.items():
+            config = PyramidKernelConfig(**options)
 
-                    def fused(config=config):
-                        return pyramid_attention_triton(
-                            q, k, v, blocks.pooled_k, blocks.pooled_v, blocks.indices, blocks.level_counts,
-                            block_q=128, block_k=64, key_len=s, scale=scale, config=config,
-                        )  # fmt: skip
+            def fused(config=config):
+                return pyramid_attention_triton(
+                    q, k, v, blocks.pooled_k, blocks.pooled_v, blocks.indices, blocks.level_counts,
+                    block_q=128, block_k=64, key_len=s, scale=scale, config=config,
+                )  # fmt: skip
 
-                    times[f"fused_tile{tile}_w{warps}_s{stages}"] = median_ms(fused, device)
+            times[f"fused_{name}"] = median_ms(fused, device)
     else:
         args = (q, k, v, blocks.pooled_k, blocks.pooled_v, blocks.indices, blocks.level_counts, 128, 64, s, scale)
         times["fused_reference"] = median_ms(lambda: pyramid_attention(*args), device)

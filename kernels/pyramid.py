@@ -6,7 +6,7 @@ block may be ragged: its pooled keys then average fewer tokens, or none, and att
 ``log(count)`` to their logits, see :mod:`.pyramid_attention`). Level 1 is K/V itself; levels 2-4
 go to one tensor ``(B, H, 7/8 * NK * block_k, D)``, level ``h`` at rows
 ``level_offset(h) + j * block_k / 2^(h-1)``. One program reads one key block once and writes
-every level (each level is summed from the one below).
+every level, each as one product with a 0/1 pooling matrix.
 
 The same pass can measure the block's key self-similarity for PSA's pooling cap: for level ``h``
 the mean cosine of the key pairs ``2^(h-1)`` apart inside the block (1.0 when the block has none).
@@ -35,21 +35,29 @@ def row_mask(row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _pair_sums(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Sums of adjacent row pairs: ``(ROWS, D) -> (ROWS // 2, D)``."""
-    return tl.sum(tl.reshape(x, (ROWS // 2, 2, BLOCK_D)), axis=1)
+def _pool_level(x, BK_P: tl.constexpr, POOL: tl.constexpr, ROWS_P: tl.constexpr, PRECISION: tl.constexpr):
+    """Sums of ``POOL`` consecutive rows of ``x`` ``(BK_P, D)`` as one tensor-core product with a 0/1
+    pooling matrix: ``(ROWS_P, D)`` fp32, rows past ``BK_P // POOL`` zero. The products by 1.0 are
+    exact and accumulate in fp32, and no register reshuffle is needed (a reshape-and-sum per level
+    cost about 4x the memory time)."""
+    g = tl.arange(0, ROWS_P)
+    t = tl.arange(0, BK_P)
+    pool = (t[None, :] // POOL == g[:, None]).to(x.dtype)
+    return tl.dot(pool, x, input_precision=PRECISION)
 
 
 @triton.jit
 def _store_level(pk, pv, first_row, stride_s, k_sum, v_sum, start, key_len, offs_d, d_ok,
-                 ROWS: tl.constexpr, POOL: tl.constexpr):  # fmt: skip
-    """Store the means of one level: ``ROWS`` pooled keys of ``POOL`` tokens from token ``start``."""
-    g = tl.arange(0, ROWS)
+                 ROWS: tl.constexpr, ROWS_P: tl.constexpr, POOL: tl.constexpr):  # fmt: skip
+    """Store the means of one level: ``ROWS`` pooled keys of ``POOL`` tokens from token ``start``
+    (the sums hold ``ROWS_P >= ROWS`` rows, the padding never stored)."""
+    g = tl.arange(0, ROWS_P)
     count = tl.minimum(tl.maximum(key_len - (start + g * POOL), 0), POOL).to(tl.float32)
     inv = 1.0 / tl.maximum(count, 1.0)
     offsets = (first_row + g)[:, None].to(tl.int64) * stride_s + offs_d[None, :]
-    tl.store(pk + offsets, (k_sum * inv[:, None]).to(pk.dtype.element_ty), mask=d_ok[None, :])
-    tl.store(pv + offsets, (v_sum * inv[:, None]).to(pv.dtype.element_ty), mask=d_ok[None, :])
+    mask = (g < ROWS)[:, None] & d_ok[None, :]
+    tl.store(pk + offsets, (k_sum * inv[:, None]).to(pk.dtype.element_ty), mask=mask)
+    tl.store(pv + offsets, (v_sum * inv[:, None]).to(pv.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -59,40 +67,38 @@ def _pyramid_fwd(
     stride_vb, stride_vh, stride_vs,
     stride_pb, stride_ph, stride_ps,
     H, key_len, total_rows, D,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, WITH_SIM: tl.constexpr,
+    BLOCK_K: tl.constexpr, BK_P: tl.constexpr, BLOCK_D: tl.constexpr, WITH_SIM: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Grid (key blocks, B * H)."""
+    """Grid (key blocks, B * H); ``BK_P = max(16, BLOCK_K)`` rows loaded (the tensor cores' minimum)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     start = j * BLOCK_K
-    offs = tl.arange(0, BLOCK_K)
+    offs = tl.arange(0, BK_P)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    row_ok = start + offs < key_len
+    row_ok = (offs < BLOCK_K) & (start + offs < key_len)
     rows = (start + offs).to(tl.int64)
     k_base = K + b * stride_kb + h * stride_kh
     mask = row_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=mask, other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + offs_d[None, :], mask=mask, other=0.0)
-    v = v.to(tl.float32)
 
     pk = PK + b * stride_pb + h * stride_ph
     pv = PV + b * stride_pb + h * stride_ph
-    k2 = _pair_sums(k, BLOCK_K, BLOCK_D)
-    v2 = _pair_sums(v, BLOCK_K, BLOCK_D)
-    _store_level(pk, pv, j * (BLOCK_K // 2), stride_ps, k2, v2, start, key_len, offs_d, d_ok, BLOCK_K // 2, 2)
-    k4 = _pair_sums(k2, BLOCK_K // 2, BLOCK_D)
-    v4 = _pair_sums(v2, BLOCK_K // 2, BLOCK_D)
-    first4 = total_rows - total_rows // 2 + j * (BLOCK_K // 4)
-    _store_level(pk, pv, first4, stride_ps, k4, v4, start, key_len, offs_d, d_ok, BLOCK_K // 4, 4)
-    k8 = _pair_sums(k4, BLOCK_K // 4, BLOCK_D)
-    v8 = _pair_sums(v4, BLOCK_K // 4, BLOCK_D)
-    first8 = total_rows - total_rows // 4 + j * (BLOCK_K // 8)
-    _store_level(pk, pv, first8, stride_ps, k8, v8, start, key_len, offs_d, d_ok, BLOCK_K // 8, 8)
+    for lvl in tl.static_range(1, 4):
+        pool: tl.constexpr = 2 << (lvl - 1)
+        rows_out: tl.constexpr = BLOCK_K // pool
+        rows_p: tl.constexpr = 16 if rows_out < 16 else rows_out
+        first = total_rows - (total_rows >> (lvl - 1)) + j * rows_out
+        k_sum = _pool_level(k, BK_P, pool, rows_p, PRECISION)
+        v_sum = _pool_level(v, BK_P, pool, rows_p, PRECISION)
+        _store_level(pk, pv, first, stride_ps, k_sum, v_sum, start, key_len, offs_d, d_ok, rows_out, rows_p, pool)
 
     if WITH_SIM:
+        k = k.to(tl.float32)
         norm = tl.sqrt(tl.sum(k * k, axis=1))
         n_real = tl.minimum(key_len - start, BLOCK_K)
         for lvl in tl.static_range(1, 4):
@@ -127,7 +133,7 @@ def pyramid_triton(
         v.stride(0), v.stride(1), v.stride(2),
         pk.stride(0), pk.stride(1), pk.stride(2),
         h, key_len, level_rows(nk, block_k), d,
-        BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
-        num_warps=4 if block_k * d <= 64 * 128 else 8,
+        BLOCK_K=block_k, BK_P=max(16, block_k), BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
+        PRECISION="ieee" if k.dtype == torch.float32 else "tf32", num_warps=4,
     )  # fmt: skip
     return pk, pv, sim

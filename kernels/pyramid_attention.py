@@ -24,25 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_sparse_attention import install_descriptor_allocator, tma_supported
+from .block_sparse_attention import _online_softmax_step, install_descriptor_allocator, tma_supported
 from .pyramid import row_mask
 from .pyramid_reference import level_rows
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _attend_tile(acc, m_i, l_i, q, k, v, col_bias, qk_scale):
-    """One tile of keys in the online softmax (log2 domain). ``col_bias`` carries each column's
-    logit bias and ``-inf`` for masked columns; a fully masked tile leaves the state unchanged."""
-    qk = tl.dot(q, tl.trans(k)) * qk_scale + col_bias[None, :]
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_use[:, None])
-    alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -61,7 +47,7 @@ def _pyramid_attn_fwd(
     H, Sq, key_len, k_rows, total_rows, Se, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TILE: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr, REGISTER_LISTS: tl.constexpr, NK_P2: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H). With ``USE_TMA`` the tiles that lie inside one entry (levels whose
     blocks hold at least ``TILE`` keys) are fetched by device-built TMA descriptors."""
@@ -96,7 +82,7 @@ def _pyramid_attn_fwd(
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=ok, other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=ok, other=0.0)
             bias = tl.where(cols < n_extra, 0.0, float("-inf"))
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, ek, ev, bias, qk_scale)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, bias, qk_scale, LAZY_RESCALE, "tf32")
 
     idx_base = Idx + b * stride_ib + h * stride_ih + pid_m * stride_iq
     cnt_base = LevelCnt + b * stride_cb + h * stride_ch + pid_m * stride_cq
@@ -141,14 +127,20 @@ def _pyramid_attn_fwd(
                     kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                     vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kt, vt, bias, qk_scale)
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, LAZY_RESCALE, "tf32")
         else:  # several entries share a tile: each column loads its own entry's row
+            if REGISTER_LISTS:  # the level's list read once: no memory load inside the key loop
+                offs_l = tl.arange(0, NK_P2)
+                level_list = tl.load(idx_base + first + offs_l, mask=offs_l < count, other=0)
             for t in range(0, tl.cdiv(count * keys, TILE)):
                 flat = t * TILE + offs_n
                 entry = flat // keys
                 within = flat % keys
                 listed = entry < count
-                j = tl.load(idx_base + first + entry, mask=listed, other=0)
+                if REGISTER_LISTS:
+                    j = tl.gather(level_list, tl.minimum(entry, NK_P2 - 1), 0)
+                else:
+                    j = tl.load(idx_base + first + entry, mask=listed, other=0)
                 n_tok = tl.minimum(tl.maximum(key_len - (j * BLOCK_K + within * pool), 0), pool)
                 live = listed & (n_tok > 0)
                 kv = (level_row + j * keys + within).to(tl.int64)
@@ -156,7 +148,7 @@ def _pyramid_attn_fwd(
                 kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                 vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kt, vt, bias, qk_scale)
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, LAZY_RESCALE, "tf32")
         first += count
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -176,12 +168,18 @@ class PyramidKernelConfig:
         num_warps, num_stages: Triton launch parameters.
         tma: fetch the tiles that lie inside one entry with TMA descriptors; None: where the GPU has
             TMA (Hopper or newer) and the tensors allow it (head dim a power of two, 16-byte rows).
+        lazy_rescale: rescale the accumulator only when a row max grows by more than 2^8 (as the
+            block-sparse kernel's option).
+        register_lists: read each level's entry list into registers once, so that the shared tiles'
+            key loads depend on no load inside the loop (else one index load per tile).
     """
 
     tile: int = 64
     num_warps: int = 4
     num_stages: int = 2
     tma: bool | None = None
+    lazy_rescale: bool = False
+    register_lists: bool = True
 
 
 def _tma_ready(tensors: tuple[torch.Tensor, ...], head_dim: int) -> bool:
@@ -246,7 +244,8 @@ def pyramid_attention_triton(
         scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=block_q, BLOCK_K=block_k, TILE=config.tile, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_QROWS=q_rows is not None, HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None,
-        USE_TMA=use_tma,
+        USE_TMA=use_tma, LAZY_RESCALE=config.lazy_rescale, REGISTER_LISTS=config.register_lists,
+        NK_P2=triton.next_power_of_2(nk),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

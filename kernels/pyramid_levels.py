@@ -101,13 +101,46 @@ def min_full_count(num_blocks: int, min_full: float) -> int:
 
 def threshold_levels(importance: Tensor, thresholds: tuple[float, ...], min_full: float) -> Tensor:
     """Level map from the cumulative normalised importance before each block (descending order)."""
+    return _threshold_rank_levels(importance, thresholds, min_full_count(importance.shape[-1], min_full))
+
+
+def _threshold_rank_levels(importance: Tensor, thresholds: tuple[float, ...], full_ranks: int) -> Tensor:
+    """:func:`threshold_levels` with the top ``full_ranks`` ranks at level 1."""
     order, rank = _ranked(importance)
     ranked = importance.gather(-1, order).double()
     mass = ranked / ranked.sum(-1, keepdim=True).clamp_min(1e-300)
     before = mass.cumsum(-1) - mass
     levels = 1 + sum((before >= bound).long() for bound in thresholds)
-    levels = torch.where(rank < min_full_count(importance.shape[-1], min_full), 1, levels)
+    levels = torch.where(rank < full_ranks, 1, levels)
     return _by_rank(levels, order)
+
+
+def rule_level_map(
+    importance: Tensor,
+    counts: tuple[int, ...] | None = None,
+    thresholds: tuple[float, ...] | None = None,
+    full_ranks: int = 0,
+) -> Tensor:
+    """The level map of ``counts`` per level (:func:`quota_levels`) or of ``thresholds`` with the top
+    ``full_ranks`` ranks at level 1 (:func:`threshold_levels`)."""
+    if (counts is None) == (thresholds is None):
+        raise ValueError("pass exactly one of counts or thresholds")
+    if counts is not None:
+        return quota_levels(importance, tuple(counts))
+    return _threshold_rank_levels(importance, tuple(thresholds), full_ranks)
+
+
+def level_lists_reference(
+    importance: Tensor,
+    counts: tuple[int, ...] | None = None,
+    thresholds: tuple[float, ...] | None = None,
+    full_ranks: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """``(indices, level_counts)`` of :func:`rule_level_map`: the definition of
+    :func:`~.pyramid_select.level_lists_triton`."""
+    level_map = rule_level_map(importance, counts, thresholds, full_ranks)
+    blocks = lists_from_level_map(level_map, 1, 1, importance.shape[-1])
+    return blocks.indices, blocks.level_counts
 
 
 def quota_levels(importance: Tensor, counts: tuple[int, ...]) -> Tensor:

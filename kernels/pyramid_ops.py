@@ -1,7 +1,7 @@
 """PSA's kernels as PyTorch custom ops (Triton on CUDA, the reference elsewhere) with fake implementations.
 
-``torch.ops.dit_accel.kv_pyramid``, ``pyramid_importance`` and ``pyramid_attention`` trace under
-``torch.compile`` without graph breaks, like the ops of :mod:`.ops`.
+``torch.ops.dit_accel.kv_pyramid``, ``pyramid_importance``, ``pyramid_level_lists`` and
+``pyramid_attention`` trace under ``torch.compile`` without graph breaks, like the ops of :mod:`.ops`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import math
 import torch
 
 from .ops import use_triton
+from .pyramid_levels import level_lists_reference
 from .pyramid_reference import (
+    LEVELS,
     SIM_LEVELS,
     importance_reference,
     pooled_rows,
@@ -23,6 +25,7 @@ try:
     from .pyramid import pyramid_triton
     from .pyramid_attention import pyramid_attention_triton
     from .pyramid_importance import importance_triton
+    from .pyramid_select import MAX_KEY_BLOCKS, level_lists_triton
 except ImportError:  # pragma: no cover - platforms without Triton
     pass
 
@@ -72,6 +75,22 @@ def _(q, k, block_q, block_k, key_len, scale, samples, q_rows=None):
     seq_q = q.shape[2] if q_rows is None else q_rows.shape[0]
     return q.new_empty(q.shape[0], q.shape[1], math.ceil(seq_q / block_q), math.ceil(key_len / block_k),
                        dtype=_float_dtype(q))  # fmt: skip
+
+
+@torch.library.custom_op("dit_accel::pyramid_level_lists", mutates_args=())
+def pyramid_level_lists(
+    importance: Tensor, counts: list[int] | None = None, thresholds: list[float] | None = None, full_ranks: int = 0
+) -> tuple[Tensor, Tensor]:
+    """PSA's ``(indices, level_counts)`` from an importance map (see :mod:`.pyramid_select`)."""
+    if _on_triton(importance) and importance.shape[-1] <= MAX_KEY_BLOCKS:
+        return level_lists_triton(importance, counts=counts, thresholds=thresholds, full_ranks=full_ranks)
+    return level_lists_reference(importance, counts, thresholds, full_ranks)
+
+
+@pyramid_level_lists.register_fake
+def _(importance, counts=None, thresholds=None, full_ranks=0):
+    shape = importance.shape
+    return importance.new_empty(shape, dtype=torch.int32), importance.new_empty(*shape[:-1], LEVELS, dtype=torch.int32)
 
 
 @torch.library.custom_op("dit_accel::pyramid_attention", mutates_args=())

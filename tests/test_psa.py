@@ -21,19 +21,21 @@ from dit_accel.kernels.pyramid_levels import (
     allowed_levels,
     budget_counts,
     cap_levels,
+    level_lists_reference,
     lists_from_level_map,
     min_full_count,
     quota_counts,
     quota_levels,
     threshold_levels,
 )
-from dit_accel.kernels.pyramid_ops import kv_pyramid, pyramid_attention, pyramid_importance
+from dit_accel.kernels.pyramid_ops import kv_pyramid, pyramid_attention, pyramid_importance, pyramid_level_lists
 from dit_accel.kernels.pyramid_reference import (
     importance_reference,
     level_offset,
     pyramid_attention_reference,
     pyramid_reference,
 )
+from dit_accel.kernels.pyramid_select import level_lists_triton
 from dit_accel.layout import TokenLayout
 from dit_accel.methods.psa import MAP_LEGEND, PSAConfig
 from dit_accel.registry import build_config, method_for
@@ -64,7 +66,12 @@ def pooled_definition(x: torch.Tensor, block_k: int, key_len: int, level: int) -
 
 @pytest.mark.parametrize(
     ("batch", "heads", "seq", "dim", "block_k", "dtype"),
-    [(1, 2, 45, 16, 16, torch.float32), (2, 3, 70, 24, 32, torch.float32), (1, 1, 37, 32, 16, torch.float16)],
+    [
+        (1, 2, 45, 16, 16, torch.float32),
+        (2, 3, 70, 24, 32, torch.float32),
+        (1, 1, 37, 32, 16, torch.float16),
+        (1, 2, 29, 16, 8, torch.float32),
+    ],  # block_k 8: rows padded to the tensor cores' 16
 )
 def test_pyramid_matches_its_definition_with_ragged_blocks(batch, heads, seq, dim, block_k, dtype):
     gen = torch.Generator().manual_seed(seq + dim)
@@ -180,8 +187,9 @@ KERNEL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("options", [{}, {"lazy_rescale": True, "register_lists": False}])
 @pytest.mark.parametrize(("batch", "heads", "seq", "dim", "bq", "bk", "tile", "level", "text", "dtype"), KERNEL_CASES)
-def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile, level, text, dtype):
+def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile, level, text, dtype, options):
     gen = torch.Generator().manual_seed(seq * 13 + tile + (level or 0))
     q = bhsd(gen, batch, seq + 3, heads, dim, dtype)  # three rows the kernel must leave alone
     k, v = bhsd(gen, batch, seq, heads, dim, dtype), bhsd(gen, batch, seq, heads, dim, dtype)
@@ -196,7 +204,7 @@ def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile,
     text_args = dict(zip(("extra_k", "extra_v", "extra_valid"), extra, strict=True)) if extra else {}
     out, lse = pyramid_attention_triton(
         q, k, v, pk, pv, blocks.indices, blocks.level_counts, block_q=bq, block_k=bk, key_len=seq,
-        scale=dim**-0.5, q_rows=rows, config=PyramidKernelConfig(tile=tile), **text_args,
+        scale=dim**-0.5, q_rows=rows, config=PyramidKernelConfig(tile=tile, **options), **text_args,
     )  # fmt: skip
     want_out, want_lse = definition(q, k, v, level_map, bq, bk, seq, dim**-0.5, rows, extra)
     tol = 2e-5 if dtype == torch.float32 else 3e-3
@@ -223,6 +231,8 @@ def test_ops_pass_opcheck():
     blocks = lists_from_level_map(random_level_map(gen, (1, 2, 3, 3)), 16, 16, 40)
     args = (q, k, v, pk, pv, blocks.indices, blocks.level_counts, 16, 16, 40, 0.25)
     torch.library.opcheck(pyramid_attention, args)
+    torch.library.opcheck(pyramid_level_lists, (torch.rand(1, 2, 3, 9, generator=gen), [2, 1, 3, 1], None, 0))
+    torch.library.opcheck(pyramid_level_lists, (torch.rand(1, 2, 3, 9, generator=gen), None, [0.3, 0.5, 0.6, 0.9], 2))
     assert sim.shape == (1, 2, 3, 3)
 
 
@@ -263,6 +273,45 @@ def test_density_budget_is_exact(quotas):
             assert sum(n * c for n, c in zip(counts, EIGHTHS, strict=True)) == 8 * budget, (nk, density, counts)
             assert sum(counts) <= nk and min(counts) >= 0
             assert counts[0] >= min(budget, min_full_count(nk, 0.06))
+
+
+def random_importance(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    """PSA-like importance in [0, 1]: exp of minus a spread, quantised so that rows hold ties, some zeros."""
+    importance = torch.exp(-torch.rand(shape, generator=gen) * 30.0)
+    importance = (importance * 16).round() / 16  # ties (and zeros) that the ranking must break by index
+    return importance.masked_fill(torch.rand(shape, generator=gen) < 0.05, 1.0)
+
+
+@pytest.mark.parametrize("nk", [1, 5, 37, 70])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"quotas": (0.0, 0.0, 0.0, 0.0)},  # one level-1 block (min_full), the rest skipped
+        {"quotas": (0.06, 0.04, 0.12, 0.4)},
+        {"quotas": (0.0, 0.0, 0.0, 1.0)},
+        {"thresholds": [0.4, 0.5, 0.6, 0.8], "full_ranks": 0},
+        {"thresholds": [0.2, 0.3, 0.9, 1.0], "full_ranks": 3},
+    ],
+)
+def test_level_lists_kernel_matches_its_definition(nk, rule):
+    gen = torch.Generator().manual_seed(nk)
+    importance = random_importance(gen, (1, 2, 3, nk))
+    if "quotas" in rule:
+        rule = {"counts": list(quota_counts(nk, rule["quotas"], 0.0))}
+    indices, level_counts = level_lists_triton(importance, **rule)
+    want_indices, want_counts = level_lists_reference(importance, **rule)
+    assert torch.equal(level_counts, want_counts)
+    assert torch.equal(indices, want_indices)
+    assert level_counts.sum(-1).max() > 0
+
+
+def test_level_lists_reject_bad_rules():
+    importance = torch.rand(1, 1, 2, 8)
+    for rule in ({}, {"counts": [1, 1, 1, 1], "thresholds": [0.1, 0.2, 0.3, 0.4]}):
+        with pytest.raises(ValueError, match="exactly one"):
+            level_lists_triton(importance, **rule)
+        with pytest.raises(ValueError, match="exactly one"):
+            level_lists_reference(importance, **rule)
 
 
 def test_similarity_cap_lowers_levels_to_the_coarsest_allowed():

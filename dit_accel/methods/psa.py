@@ -167,33 +167,40 @@ class PSAAttention(BlockSparseMethod):
 
     # --- levels and attention ----------------------------------------------------------------
 
-    def assign_levels(self, importance: Tensor, sim: Tensor) -> Tensor:
-        """The level map ``(B, H, NQ, NK)`` int8 of an importance map (see :class:`PSAConfig`)."""
+    def level_rule(self, num_blocks: int) -> dict:
+        """How this config fills a row of ``num_blocks``: ``counts`` per level, or ``thresholds`` with
+        ``full_ranks`` level-1 ranks (the arguments of ``pyramid_level_lists``)."""
         from dit_accel.kernels import keep_count
-        from dit_accel.kernels.pyramid_levels import (
-            allowed_levels,
-            budget_counts,
-            cap_levels,
-            quota_counts,
-            quota_levels,
-            threshold_levels,
-        )
+        from dit_accel.kernels.pyramid_levels import budget_counts, min_full_count, quota_counts
 
         cfg = self.config
-        num_blocks = importance.shape[-1]
         if cfg.density is not None:
             budget = keep_count(num_blocks, cfg.density, 1)
-            counts = budget_counts(num_blocks, budget, cfg.quotas or DEFAULT_QUOTAS, cfg.min_full)
-            return quota_levels(importance, counts)
+            return {"counts": list(budget_counts(num_blocks, budget, cfg.quotas or DEFAULT_QUOTAS, cfg.min_full))}
         if cfg.quotas is not None:
-            level_map = quota_levels(importance, quota_counts(num_blocks, cfg.quotas, cfg.min_full))
-        else:
-            level_map = threshold_levels(importance, cfg.thresholds, cfg.min_full)
-        return cap_levels(level_map, allowed_levels(sim, cfg.sim_thresholds)) if cfg.sim_cap else level_map
+            return {"counts": list(quota_counts(num_blocks, cfg.quotas, cfg.min_full))}
+        return {"thresholds": list(cfg.thresholds), "full_ranks": min_full_count(num_blocks, cfg.min_full)}
+
+    def level_lists(self, importance: Tensor, sim: Tensor, bq: int, bk: int, key_len: int):
+        """The :class:`~dit_accel.kernels.pyramid_levels.PyramidBlocks` lists of an importance map:
+        one kernel, or (with the similarity cap) the level map capped, then listed."""
+        from dit_accel.kernels.pyramid_levels import (
+            PyramidBlocks,
+            allowed_levels,
+            cap_levels,
+            lists_from_level_map,
+            rule_level_map,
+        )
+        from dit_accel.kernels.pyramid_ops import pyramid_level_lists
+
+        rule = self.level_rule(importance.shape[-1])
+        if not self.config.sim_cap:
+            return PyramidBlocks(*pyramid_level_lists(importance, **rule), bq, bk, key_len)
+        level_map = cap_levels(rule_level_map(importance, **rule), allowed_levels(sim, self.config.sim_thresholds))
+        return lists_from_level_map(level_map, bq, bk, key_len)
 
     def select(self, routing: Routing, ctx: AttentionContext):
         """The :class:`~dit_accel.kernels.pyramid_levels.PyramidBlocks` of this call, pyramid included."""
-        from dit_accel.kernels.pyramid_levels import lists_from_level_map
         from dit_accel.kernels.pyramid_ops import kv_pyramid, pyramid_importance
 
         cfg = self.config
@@ -201,7 +208,7 @@ class PSAAttention(BlockSparseMethod):
         pooled_k, pooled_v, sim = kv_pyramid(routing.k, routing.v, bk, key_len, cfg.sim_cap)
         importance = pyramid_importance(routing.q, routing.k, bq, bk, key_len, routing.scale, cfg.samples,
                                         routing.q_rows)  # fmt: skip
-        blocks = lists_from_level_map(self.assign_levels(importance, sim), bq, bk, key_len)
+        blocks = self.level_lists(importance, sim, bq, bk, key_len)
         return dataclasses.replace(blocks, pooled_k=pooled_k, pooled_v=pooled_v)
 
     def block_map(self, routing: Routing, blocks, ctx: AttentionContext) -> Tensor:
