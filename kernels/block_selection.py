@@ -65,6 +65,16 @@ def _select_blocks(
     tl.store(Counts + r, k_eff)
 
 
+def block_rows(scores: torch.Tensor, max_blocks: int) -> tuple[list[int], int, torch.Tensor]:
+    """``(lead dims, NK, rows)``: a ``(..., NK)`` map as a ``(rows, NK)`` matrix with a contiguous last
+    dimension, the shape one program per row reads; a ValueError past ``max_blocks`` key blocks."""
+    *lead, nk = scores.shape
+    if nk > max_blocks:
+        raise ValueError(f"at most {max_blocks} key blocks per row are supported, got {nk}")
+    rows = scores.reshape(-1, nk)
+    return lead, nk, rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
 def select_blocks_triton(
     scores: torch.Tensor,
     *,
@@ -76,12 +86,7 @@ def select_blocks_triton(
     """Block lists ``(indices, counts)`` from scores ``(B, H, NQ, NK)``; ``log_counts`` (NK,) is added first."""
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")
-    *lead, nk = scores.shape
-    if nk > MAX_KEY_BLOCKS:
-        raise ValueError(f"at most {MAX_KEY_BLOCKS} key blocks per row are supported, got {nk}")
-    rows = scores.reshape(-1, nk)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    lead, nk, rows = block_rows(scores, MAX_KEY_BLOCKS)
     width = keep_count(nk, density, min_blocks) if density is not None else nk
     indices = torch.full((rows.shape[0], width), -1, dtype=torch.int32, device=scores.device)
     counts = torch.empty(rows.shape[0], dtype=torch.int32, device=scores.device)

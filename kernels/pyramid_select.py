@@ -14,10 +14,13 @@ Reference: those two PyTorch functions (and :func:`~.pyramid_levels.threshold_le
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
+from .block_selection import block_rows
 from .pyramid_reference import LEVELS
 
 MAX_KEY_BLOCKS = 8192  # one row sorted in registers
@@ -73,18 +76,8 @@ def level_lists_triton(
     """
     if (counts is None) == (thresholds is None):
         raise ValueError("pass exactly one of counts or thresholds")
-    *lead, nk = importance.shape
-    if nk > MAX_KEY_BLOCKS:
-        raise ValueError(f"at most {MAX_KEY_BLOCKS} key blocks per row are supported, got {nk}")
-    rows = importance.reshape(-1, nk)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    ends = [0] * LEVELS
-    if counts is not None:
-        total = 0
-        for lvl, n in enumerate(counts):
-            total += n
-            ends[lvl] = total
+    lead, nk, rows = block_rows(importance, MAX_KEY_BLOCKS)
+    ends = list(itertools.accumulate(counts)) if counts is not None else [0] * LEVELS
     bounds = tuple(float(t) for t in thresholds) if thresholds is not None else (0.0,) * LEVELS
     indices = torch.empty((rows.shape[0], nk), dtype=torch.int32, device=importance.device)
     level_counts = torch.empty((rows.shape[0], LEVELS), dtype=torch.int32, device=importance.device)
