@@ -46,6 +46,7 @@ if [ "$STAGE" = kernel ]; then
     bench rectified --method rectified --densities 0.25 0.125 0.11
     bench rectified_128x64 --method rectified -o "block_size=(128,64)" -o neighbours=False --densities 0.125
     bench psa --method psa --densities 0.25 0.125 default
+    bench psa_quotas --method psa -o "quotas=(0.06,0.04,0.12,0.4)" --densities default  # the target setting
     bench svg_ear --method svg_ear --densities 0.22 0.125
     bench sla --method sla -o k_low=0.1 --densities 0.1 0.05
     flashblock() {  # record name, then flashblock_e2e.py options

@@ -24,6 +24,7 @@ from .block_selection import block_rows
 from .pyramid_reference import LEVELS
 
 MAX_KEY_BLOCKS = 8192  # one row sorted in registers
+NUM_LEVELS = tl.constexpr(LEVELS)  # what a kernel may read of the global
 
 
 @triton.jit
@@ -52,14 +53,14 @@ def _level_lists(
     else:
         level = 1 + (offs >= end1).to(tl.int32) + (offs >= end2).to(tl.int32)
         level += (offs >= end3).to(tl.int32) + (offs >= end4).to(tl.int32)
-    level = tl.where(real, level, LEVELS + 1)  # LEVELS + 1: skipped
+    level = tl.where(real, level, NUM_LEVELS + 1)  # NUM_LEVELS + 1: skipped
     # Second sort: by level, then block index; the listed entries come first.
     listed = tl.sort((level.to(tl.int64) << 32) | block, descending=False)
     listed_level = (listed >> 32).to(tl.int32)
     entry = (listed & 0xFFFFFFFF).to(tl.int32)
-    tl.store(Indices + r * stride_xr + offs, tl.where(listed_level <= LEVELS, entry, -1), mask=ok)
-    for lvl in tl.static_range(1, LEVELS + 1):
-        tl.store(LevelCounts + r * LEVELS + (lvl - 1), tl.sum((level == lvl).to(tl.int32), 0))
+    tl.store(Indices + r * stride_xr + offs, tl.where(listed_level <= NUM_LEVELS, entry, -1), mask=ok)
+    for lvl in tl.static_range(1, NUM_LEVELS + 1):
+        tl.store(LevelCounts + r * NUM_LEVELS + (lvl - 1), tl.sum((level == lvl).to(tl.int32), 0))
 
 
 def level_lists_triton(
