@@ -47,10 +47,14 @@ def _pool_level(x, BK_P: tl.constexpr, POOL: tl.constexpr, ROWS_P: tl.constexpr,
 
 
 @triton.jit
-def _store_level(pk, pv, first_row, stride_s, k_sum, v_sum, start, key_len, offs_d, d_ok,
-                 ROWS: tl.constexpr, ROWS_P: tl.constexpr, POOL: tl.constexpr):  # fmt: skip
-    """Store the means of one level: ``ROWS`` pooled keys of ``POOL`` tokens from token ``start``
-    (the sums hold ``ROWS_P >= ROWS`` rows, the padding never stored)."""
+def _pool_and_store(pk, pv, first_row, stride_s, k, v, start, key_len, offs_d, d_ok, BLOCK_K: tl.constexpr,
+                    BK_P: tl.constexpr, POOL: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Store the means of one level: ``BLOCK_K // POOL`` pooled keys of ``POOL`` tokens from token
+    ``start`` (sums over at least 16 rows, the tensor cores' minimum; the padding never stored)."""
+    ROWS: tl.constexpr = BLOCK_K // POOL
+    ROWS_P: tl.constexpr = 16 if ROWS < 16 else ROWS
+    k_sum = _pool_level(k, BK_P, POOL, ROWS_P, PRECISION)
+    v_sum = _pool_level(v, BK_P, POOL, ROWS_P, PRECISION)
     g = tl.arange(0, ROWS_P)
     count = tl.minimum(tl.maximum(key_len - (start + g * POOL), 0), POOL).to(tl.float32)
     inv = 1.0 / tl.maximum(count, 1.0)
@@ -89,13 +93,9 @@ def _pyramid_fwd(
     pk = PK + b * stride_pb + h * stride_ph
     pv = PV + b * stride_pb + h * stride_ph
     for lvl in tl.static_range(1, 4):
-        pool: tl.constexpr = 2 << (lvl - 1)
-        rows_out: tl.constexpr = BLOCK_K // pool
-        rows_p: tl.constexpr = 16 if rows_out < 16 else rows_out
-        first = total_rows - (total_rows >> (lvl - 1)) + j * rows_out
-        k_sum = _pool_level(k, BK_P, pool, rows_p, PRECISION)
-        v_sum = _pool_level(v, BK_P, pool, rows_p, PRECISION)
-        _store_level(pk, pv, first, stride_ps, k_sum, v_sum, start, key_len, offs_d, d_ok, rows_out, rows_p, pool)
+        first = total_rows - (total_rows >> (lvl - 1)) + j * (BLOCK_K >> lvl)
+        _pool_and_store(pk, pv, first, stride_ps, k, v, start, key_len, offs_d, d_ok, BLOCK_K, BK_P, 2 << (lvl - 1),
+                        PRECISION)  # fmt: skip
 
     if WITH_SIM:
         k = k.to(tl.float32)
