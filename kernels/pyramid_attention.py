@@ -47,7 +47,7 @@ def _pyramid_attn_fwd(
     H, Sq, key_len, k_rows, total_rows, Se, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TILE: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr,
-    USE_TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr, REGISTER_LISTS: tl.constexpr, NK_P2: tl.constexpr,
+    USE_TMA: tl.constexpr, NK_P2: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H). With ``USE_TMA`` the tiles that lie inside one entry (levels whose
     blocks hold at least ``TILE`` keys) are fetched by device-built TMA descriptors."""
@@ -82,7 +82,7 @@ def _pyramid_attn_fwd(
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=ok, other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=ok, other=0.0)
             bias = tl.where(cols < n_extra, 0.0, float("-inf"))
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, bias, qk_scale, LAZY_RESCALE, "tf32")
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, bias, qk_scale, False, "tf32")
 
     idx_base = Idx + b * stride_ib + h * stride_ih + pid_m * stride_iq
     cnt_base = LevelCnt + b * stride_cb + h * stride_ch + pid_m * stride_cq
@@ -127,20 +127,18 @@ def _pyramid_attn_fwd(
                     kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                     vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, LAZY_RESCALE, "tf32")
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, "tf32")
         else:  # several entries share a tile: each column loads its own entry's row
-            if REGISTER_LISTS:  # the level's list read once: no memory load inside the key loop
-                offs_l = tl.arange(0, NK_P2)
-                level_list = tl.load(idx_base + first + offs_l, mask=offs_l < count, other=0)
+            # The level's list read once: no memory load inside the key loop (a per-tile index load,
+            # measured on the H200 at PSA's quotas, made the kernel 44% slower).
+            offs_l = tl.arange(0, NK_P2)
+            level_list = tl.load(idx_base + first + offs_l, mask=offs_l < count, other=0)
             for t in range(0, tl.cdiv(count * keys, TILE)):
                 flat = t * TILE + offs_n
                 entry = flat // keys
                 within = flat % keys
                 listed = entry < count
-                if REGISTER_LISTS:
-                    j = tl.gather(level_list, tl.minimum(entry, NK_P2 - 1), 0)
-                else:
-                    j = tl.load(idx_base + first + entry, mask=listed, other=0)
+                j = tl.gather(level_list, tl.minimum(entry, NK_P2 - 1), 0)
                 n_tok = tl.minimum(tl.maximum(key_len - (j * BLOCK_K + within * pool), 0), pool)
                 live = listed & (n_tok > 0)
                 kv = (level_row + j * keys + within).to(tl.int64)
@@ -148,7 +146,7 @@ def _pyramid_attn_fwd(
                 kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                 vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, LAZY_RESCALE, "tf32")
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, "tf32")
         first += count
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -161,25 +159,21 @@ def _pyramid_attn_fwd(
 
 @dataclass(frozen=True)
 class PyramidKernelConfig:
-    """Launch configuration of the pyramid kernel.
+    """Launch configuration of the pyramid kernel. Defaults: the H200 sweep's fastest at PSA's quotas
+    (Wan-1.3B shape; ``benchmarks/results/kernel/methods_h200_s17/check_psa.json``: 3.12 ms against
+    3.34 ms for 64-key tiles, whose 255 registers per thread spill).
 
     Attributes:
         tile: keys per tile (a power of two >= 16); any size is exact, whatever the levels' sizes.
         num_warps, num_stages: Triton launch parameters.
         tma: fetch the tiles that lie inside one entry with TMA descriptors; None: where the GPU has
             TMA (Hopper or newer) and the tensors allow it (head dim a power of two, 16-byte rows).
-        lazy_rescale: rescale the accumulator only when a row max grows by more than 2^8 (as the
-            block-sparse kernel's option).
-        register_lists: read each level's entry list into registers once, so that the shared tiles'
-            key loads depend on no load inside the loop (else one index load per tile).
     """
 
-    tile: int = 64
+    tile: int = 32
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
     tma: bool | None = None
-    lazy_rescale: bool = False
-    register_lists: bool = True
 
 
 def _tma_ready(tensors: tuple[torch.Tensor, ...], head_dim: int) -> bool:
@@ -244,8 +238,7 @@ def pyramid_attention_triton(
         scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=block_q, BLOCK_K=block_k, TILE=config.tile, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_QROWS=q_rows is not None, HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None,
-        USE_TMA=use_tma, LAZY_RESCALE=config.lazy_rescale, REGISTER_LISTS=config.register_lists,
-        NK_P2=triton.next_power_of_2(nk),
+        USE_TMA=use_tma, NK_P2=triton.next_power_of_2(nk),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

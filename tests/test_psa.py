@@ -187,9 +187,8 @@ KERNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("options", [{}, {"lazy_rescale": True, "register_lists": False}])
 @pytest.mark.parametrize(("batch", "heads", "seq", "dim", "bq", "bk", "tile", "level", "text", "dtype"), KERNEL_CASES)
-def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile, level, text, dtype, options):
+def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile, level, text, dtype):
     gen = torch.Generator().manual_seed(seq * 13 + tile + (level or 0))
     q = bhsd(gen, batch, seq + 3, heads, dim, dtype)  # three rows the kernel must leave alone
     k, v = bhsd(gen, batch, seq, heads, dim, dtype), bhsd(gen, batch, seq, heads, dim, dtype)
@@ -204,7 +203,7 @@ def test_kernel_matches_float64_definition(batch, heads, seq, dim, bq, bk, tile,
     text_args = dict(zip(("extra_k", "extra_v", "extra_valid"), extra, strict=True)) if extra else {}
     out, lse = pyramid_attention_triton(
         q, k, v, pk, pv, blocks.indices, blocks.level_counts, block_q=bq, block_k=bk, key_len=seq,
-        scale=dim**-0.5, q_rows=rows, config=PyramidKernelConfig(tile=tile, **options), **text_args,
+        scale=dim**-0.5, q_rows=rows, config=PyramidKernelConfig(tile=tile), **text_args,
     )  # fmt: skip
     want_out, want_lse = definition(q, k, v, level_map, bq, bk, seq, dim**-0.5, rows, extra)
     tol = 2e-5 if dtype == torch.float32 else 3e-3
