@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     result = environment(device) | {
         "kind": "flashblock_e2e", "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "latent": list(latent), "tokens": latent[0] * (latent[1] // 2) * (latent[2] // 2), "dtype": str(dtype),
-        "frame_timesteps": timesteps, "refresh_every": args.refresh_every, "density": args.density,
+        "frame_timesteps": timesteps, "clean_blocks": args.clean_blocks, "refresh_every": args.refresh_every,
+        "density": args.density,
         "exact_check": check, "variants": records,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

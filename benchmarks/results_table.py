@@ -66,7 +66,7 @@ def options_text(options: Record) -> str:
 
 def machine(data: Record) -> str:
     """The GPU a record names, else the device it ran on."""
-    return data.get("environment", {}).get("gpu") or data.get("device", "")
+    return data.get("environment", {}).get("gpu") or data.get("gpu") or data.get("device", "")
 
 
 def call_size(call: Record) -> str:
@@ -180,6 +180,32 @@ def routing_tables(records: list[Named]) -> list[Table]:
     return [Table("Routing recall on recorded attention", columns, note, rows)]
 
 
+def flashblock_tables(records: list[Named]) -> list[Table]:
+    rows = [
+        (
+            machine(data),
+            f"{data['tokens']} tokens, latent {tuple(data['latent'])}, "
+            f"{data['frame_timesteps'][0].count(0.0)} clean frames",
+            str(data["refresh_every"]),
+            name_of_variant,
+            number(variant["attention_ms_mean"], 1),
+            number(variant["step_ms_mean"], 1),
+            number(variant.get("attention_speedup_vs_uncached"), 2, "x"),
+            number(max(variant["rel_l1_vs_dense"] or [0.0]), 4),
+            name,
+        )
+        for data, name in records
+        for name_of_variant, variant in data["variants"].items()
+    ]
+    columns = ("GPU", "call", "refresh every", "variant", "attention ms/step", "step ms", "attention vs uncached",
+               "max rel. L1 vs dense", "record")  # fmt: skip
+    note = (
+        "Per denoising step of a random-weight SkyReels-V2-DF-1.3B transformer in diffusion-forcing mode; "
+        "uncached: FlashBlock refreshing every step (the block-causal rectangles, no reuse)."
+    )
+    return [Table("FlashBlock end to end", columns, note, rows)]
+
+
 def is_dict_with(*keys: str) -> Callable[[Any], bool]:
     return lambda data: isinstance(data, dict) and set(keys) <= data.keys()
 
@@ -195,6 +221,7 @@ KINDS: tuple[tuple[Callable[[Any], bool], Callable[[list[Named]], list[Table]]],
     (is_dict_with("env", "results"), check_tables),
     (is_dict_with("psnr", "ssim", "speedup", "options", "call"), compare_tables),
     (is_dict_with("summary", "block_q", "block_k", "call"), routing_tables),
+    (lambda data: is_dict_with("kind", "variants")(data) and data["kind"] == "flashblock_e2e", flashblock_tables),
 )
 
 

@@ -36,6 +36,20 @@ COMPARE_RECORD = {
     "ssim": 0.4567,
     "speedup": 0.35,
 }
+FLASHBLOCK_RECORD = {
+    "kind": "flashblock_e2e",
+    "gpu": "NVIDIA H200",
+    "tokens": 300,
+    "latent": [5, 6, 10],
+    "frame_timesteps": [[0.0, 0.0, 999.0, 999.0, 999.0]],
+    "refresh_every": 8,
+    "variants": {
+        "flashblock_refresh1": {"attention_ms_mean": 10.0, "step_ms_mean": 30.0, "rel_l1_vs_dense": [0.01],
+                                "attention_speedup_vs_uncached": 1.0},
+        "flashblock": {"attention_ms_mean": 4.0, "step_ms_mean": 24.0, "rel_l1_vs_dense": [0.02, 0.03],
+                       "attention_speedup_vs_uncached": 2.5},
+    },
+}  # fmt: skip
 
 
 def test_tables_from_two_records(tmp_path: Path) -> None:
@@ -44,6 +58,8 @@ def test_tables_from_two_records(tmp_path: Path) -> None:
     (tmp_path / "kernel" / "kernel_toy.json").write_text(json.dumps(KERNEL_RECORD))
     (tmp_path / "quality" / "compare_toy.json").write_text(json.dumps(COMPARE_RECORD))
     (tmp_path / "quality" / "other.json").write_text(json.dumps({"anything": 1}))
+    (tmp_path / "e2e").mkdir()
+    (tmp_path / "e2e" / "fb.json").write_text(json.dumps(FLASHBLOCK_RECORD))
 
     out = load_script("results_table").main(["--results", str(tmp_path)])
 
@@ -59,4 +75,6 @@ def test_tables_from_two_records(tmp_path: Path) -> None:
     assert f"{compare_group} 1 | 15.43 | 0.457 | 0.35x |" in lines  # mean over its one run
     assert f"{compare_group} 7 | 15.43 | 0.457 | 0.35x | compare_toy.json |" in lines
     assert "Not tabulated: `other.json`." in lines
-    assert "## e2e/" not in text  # no folder, no section
+    flashblock_call = "| NVIDIA H200 | 300 tokens, latent (5, 6, 10), 2 clean frames | 8 |"
+    assert f"{flashblock_call} flashblock | 4.0 | 24.0 | 2.50x | 0.0300 | fb.json |" in lines
+    assert "## editors/" not in text  # no folder, no section
