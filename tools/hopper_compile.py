@@ -1,0 +1,126 @@
+"""Compile Triton kernels for Hopper (sm90a) on any machine, without a GPU.
+
+The CPU tests run the kernels under ``TRITON_INTERPRET=1``, which accepts code the GPU compiler
+rejects (a reassigned ``tl.constexpr``, a plain global read in a kernel) and says nothing about
+registers. This compiles each listed kernel ahead of time with the installed Triton and its bundled
+``ptxas``, as a launch at the Wan-1.3B shape would (pointers and strides 16-divisible), and reports
+the registers per thread, the bytes spilled and the shared memory. Exit status 1 if any fails.
+
+    python -m tools.hopper_compile                    # every kernel below
+    python -m tools.hopper_compile pyramid_attention  # some of them
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel launch to compile: ``module:function``, argument types that differ from the rule
+    (capitalised names are bf16 pointers, the rest i32), constexpr values and launch settings."""
+
+    target: str
+    constexprs: dict[str, Any]
+    types: dict[str, str] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+PYRAMID_POINTERS = {"Lse": "*fp32", "QRows": "*i32", "Idx": "*i32", "LevelCnt": "*i32", "EValid": "*i32",
+                    "qk_scale": "fp32"}  # fmt: skip
+LEVEL_LIST_TYPES = {"Importance": "*fp32", "Indices": "*i32", "LevelCounts": "*i32", "t1": "fp32", "t2": "fp32",
+                    "t3": "fp32", "t4": "fp32"}  # fmt: skip
+KERNELS: dict[str, KernelSpec] = {
+    "pyramid_attention": KernelSpec(
+        "dit_accel.kernels.pyramid_attention:_pyramid_attn_fwd",
+        {"HEAD_DIM": 128, "BLOCK_M": 128, "BLOCK_K": 64, "TILE": 32, "BLOCK_D": 128, "HAS_QROWS": True,
+         "HAS_EXTRA": True, "HAS_EVALID": True, "USE_TMA": True, "NK_P2": 512},
+        PYRAMID_POINTERS, num_stages=3,
+    ),
+    "pyramid": KernelSpec(
+        "dit_accel.kernels.pyramid:_pyramid_fwd",
+        {"BLOCK_K": 64, "BK_P": 64, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
+        {"Sim": "*fp32"},
+    ),
+    "pyramid_block8": KernelSpec(
+        "dit_accel.kernels.pyramid:_pyramid_fwd",
+        {"BLOCK_K": 8, "BK_P": 16, "BLOCK_D": 64, "WITH_SIM": False, "PRECISION": "ieee"},
+        {"K": "*fp32", "V": "*fp32", "PK": "*fp32", "PV": "*fp32", "Sim": "*fp32"},
+    ),
+    "level_lists_thresholds": KernelSpec(
+        "dit_accel.kernels.pyramid_select:_level_lists", {"NK_P2": 512, "THRESHOLDS": True}, LEVEL_LIST_TYPES
+    ),
+    "level_lists_quotas": KernelSpec(
+        "dit_accel.kernels.pyramid_select:_level_lists", {"NK_P2": 2048, "THRESHOLDS": False}, LEVEL_LIST_TYPES,
+        num_warps=8,
+    ),
+}  # fmt: skip
+
+
+def signature(fn, spec: KernelSpec) -> dict[str, str]:
+    sizes = {"H", "D", "NK", "NQ", "Sq", "Sk", "Se"}
+    return {
+        name: "constexpr" if name in spec.constexprs
+        else spec.types.get(name, "*bf16" if name[0].isupper() and name not in sizes else "i32")
+        for name in fn.arg_names
+    }  # fmt: skip
+
+
+def compile_for_hopper(spec: KernelSpec) -> dict[str, int]:
+    """Compile one kernel for sm90a; registers, spilled bytes and shared memory of the result."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, name = spec.target.split(":")
+    fn = getattr(importlib.import_module(module), name)
+    types = signature(fn, spec)
+    index = {name: (i,) for i, name in enumerate(fn.arg_names)}
+    aligned = [n for n, t in types.items() if t.startswith("*") or n.startswith("stride_")]
+    source = ASTSource(fn, types, constexprs={index[n]: v for n, v in spec.constexprs.items()},
+                       attrs={index[n]: [["tt.divisibility", 16]] for n in aligned})  # fmt: skip
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    ptxas = next(p for p in (tools / "ptxas-blackwell", tools / "ptxas") if p.exists())
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = Path(folder) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        log = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", str(ptx.with_suffix(".o"))],
+                             capture_output=True, text=True, check=True).stderr  # fmt: skip
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return {
+        "registers": int(registers.group(1)) if registers else 0,
+        "spill_bytes": int(spills.group(1)) if spills else 0,
+        "shared_bytes": int(compiled.metadata.shared),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
+    names = (argv if argv is not None else sys.argv[1:]) or list(KERNELS)
+    failed = 0
+    for name in names:
+        try:
+            report = compile_for_hopper(KERNELS[name])
+            print(f"{name}: {report['registers']} registers, {report['spill_bytes']} bytes spilled, "
+                  f"{report['shared_bytes']} bytes shared", flush=True)  # fmt: skip
+        except Exception as error:  # every failure is reported, then the next kernel
+            failed += 1
+            print(f"{name}: FAILED {type(error).__name__}: {str(error).strip().splitlines()[-1]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
