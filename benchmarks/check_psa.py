@@ -204,7 +204,7 @@ def kernel_timings(device, dtype, gen, shape) -> dict[str, float]:
     if device.type == "cuda":
         settings = {f"tile{t}_w{w}_s{n}": {"tile": t, "num_warps": w, "num_stages": n}
                     for t in (32, 64, 128) for w in (4, 8) for n in (2, 3)}  # fmt: skip
-        settings["tile32_w4_s3_no_tma"] = {"tma": False}
+        settings["defaults_no_tma"] = {"tma": False}
         for name, options in settings.items():
             config = PyramidKernelConfig(**options)
 

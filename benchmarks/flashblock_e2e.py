@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     with torch.device(device):
         model = SkyReelsV2Transformer3DModel(**config).to(dtype).eval()
-    timesteps = schedule(args.steps, latent[0], per_block, args.clean_blocks if not args.tiny else 1, args.ar_step)
+    clean_blocks = args.clean_blocks if not args.tiny else 1
+    timesteps = schedule(args.steps, latent[0], per_block, clean_blocks, args.ar_step)
     calls = make_inputs(config, latent, device, dtype, timesteps)
     records: dict[str, Any] = {}
     reference = None
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     result = environment(device) | {
         "kind": "flashblock_e2e", "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "latent": list(latent), "tokens": latent[0] * (latent[1] // 2) * (latent[2] // 2), "dtype": str(dtype),
-        "frame_timesteps": timesteps, "clean_blocks": args.clean_blocks, "refresh_every": args.refresh_every,
+        "frame_timesteps": timesteps, "clean_blocks": clean_blocks, "refresh_every": args.refresh_every,
         "density": args.density,
         "exact_check": check, "variants": records,
     }  # fmt: skip

@@ -134,6 +134,7 @@ def pyramid_triton(
         pk.stride(0), pk.stride(1), pk.stride(2),
         h, key_len, level_rows(nk, block_k), d,
         BLOCK_K=block_k, BK_P=max(16, block_k), BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
-        PRECISION="ieee" if k.dtype == torch.float32 else "tf32", num_warps=4,
+        PRECISION="ieee" if k.dtype == torch.float32 else "tf32",
+        num_warps=4 if block_k * d <= 64 * 128 else 8,  # 4 warps spill at 128-key blocks (tools.hopper_compile)
     )  # fmt: skip
     return pk, pv, sim

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_sparse_attention import _online_softmax_step, install_descriptor_allocator, tma_supported
+from .block_sparse_attention import _online_softmax_step, dot_precision, install_descriptor_allocator, tma_supported
 from .pyramid import row_mask
-from .pyramid_reference import level_rows
+from .pyramid_reference import LEVELS, level_rows
 
 LOG2E = 1.4426950408889634
 
@@ -47,7 +47,7 @@ def _pyramid_attn_fwd(
     H, Sq, key_len, k_rows, total_rows, Se, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TILE: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_QROWS: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EVALID: tl.constexpr,
-    USE_TMA: tl.constexpr, NK_P2: tl.constexpr,
+    USE_TMA: tl.constexpr, NK_P2: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (query blocks, B * H). With ``USE_TMA`` the tiles that lie inside one entry (levels whose
     blocks hold at least ``TILE`` keys) are fetched by device-built TMA descriptors."""
@@ -82,7 +82,7 @@ def _pyramid_attn_fwd(
             ek = tl.load(ek_base + cols[:, None] * stride_eks + offs_d[None, :], mask=ok, other=0.0)
             ev = tl.load(ev_base + cols[:, None] * stride_evs + offs_d[None, :], mask=ok, other=0.0)
             bias = tl.where(cols < n_extra, 0.0, float("-inf"))
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, bias, qk_scale, False, "tf32")
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, ek, ev, bias, qk_scale, False, DOT_PRECISION)
 
     idx_base = Idx + b * stride_ib + h * stride_ih + pid_m * stride_iq
     cnt_base = LevelCnt + b * stride_cb + h * stride_ch + pid_m * stride_cq
@@ -127,7 +127,7 @@ def _pyramid_attn_fwd(
                     kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                     vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, "tf32")
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, DOT_PRECISION)
         else:  # several entries share a tile: each column loads its own entry's row
             # The level's list read once: no memory load inside the key loop (a per-tile index load,
             # measured on the H200 at PSA's quotas, made the kernel 44% slower).
@@ -146,7 +146,7 @@ def _pyramid_attn_fwd(
                 kt = tl.load(kb + kv[:, None] * stride_k + offs_d[None, :], mask=mask, other=0.0)
                 vt = tl.load(vb + kv[:, None] * stride_v + offs_d[None, :], mask=mask, other=0.0)
                 bias = tl.where(live, tl.math.log2(tl.maximum(n_tok, 1).to(tl.float32)), float("-inf"))
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, "tf32")
+                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, kt, vt, bias, qk_scale, False, DOT_PRECISION)
         first += count
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -212,6 +212,9 @@ def pyramid_attention_triton(
     b, h, _, d = q.shape
     seq_q = q.shape[2] if q_rows is None else q_rows.numel()
     nk = math.ceil(key_len / block_k)
+    if indices.shape[-1] != nk or level_counts.shape[-1] != LEVELS:
+        raise ValueError(f"lists of {nk} key blocks and {LEVELS} level counts per row expected, got "
+                         f"{indices.shape[-1]} and {level_counts.shape[-1]}")  # fmt: skip
     out = torch.empty_like(q)
     lse = torch.full((b, h, q.shape[2]), -math.inf, device=q.device, dtype=torch.float32)
     indices, level_counts = indices.contiguous(), level_counts.contiguous()
@@ -238,7 +241,7 @@ def pyramid_attention_triton(
         scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=block_q, BLOCK_K=block_k, TILE=config.tile, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_QROWS=q_rows is not None, HAS_EXTRA=extra_k is not None, HAS_EVALID=extra_valid is not None,
-        USE_TMA=use_tma, NK_P2=triton.next_power_of_2(nk),
+        USE_TMA=use_tma, NK_P2=triton.next_power_of_2(nk), DOT_PRECISION=dot_precision(q),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse

@@ -304,6 +304,18 @@ def test_level_lists_kernel_matches_its_definition(nk, rule):
     assert level_counts.sum(-1).max() > 0
 
 
+def test_level_lists_on_threshold_boundaries():
+    """Mass landing exactly on a threshold (0.6 before the second block; uniform rows hit 0.4, 0.6,
+    0.8): compared in float64 on both sides, as the reference does."""
+    rows = [[0.6, 0.4, 0.0, 0.0, 0.0], [1.0] * 5, [0.25] * 5]
+    importance = torch.tensor(rows)[None, None]
+    rule = {"thresholds": [0.4, 0.5, 0.6, 0.8], "full_ranks": 0}
+    indices, level_counts = level_lists_triton(importance, **rule)
+    want_indices, want_counts = level_lists_reference(importance, **rule)
+    assert torch.equal(level_counts, want_counts) and torch.equal(indices, want_indices)
+    assert level_counts[0, 0, 1].tolist() == [2, 1, 0, 1]  # before = 0, 0.2, 0.4, 0.6, 0.8
+
+
 def test_level_lists_reject_bad_rules():
     importance = torch.rand(1, 1, 2, 8)
     for rule in ({}, {"counts": [1, 1, 1, 1], "thresholds": [0.1, 0.2, 0.3, 0.4]}):
@@ -311,6 +323,10 @@ def test_level_lists_reject_bad_rules():
             level_lists_triton(importance, **rule)
         with pytest.raises(ValueError, match="exactly one"):
             level_lists_reference(importance, **rule)
+    with pytest.raises(ValueError, match="one per level"):
+        level_lists_triton(importance, counts=[1, 2, 3])
+    with pytest.raises(ValueError, match="fp32/fp16/bf16"):
+        level_lists_triton(importance.double(), counts=[1, 1, 1, 1])
 
 
 def test_similarity_cap_lowers_levels_to_the_coarsest_allowed():

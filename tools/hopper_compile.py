@@ -37,19 +37,23 @@ class KernelSpec:
 
 PYRAMID_POINTERS = {"Lse": "*fp32", "QRows": "*i32", "Idx": "*i32", "LevelCnt": "*i32", "EValid": "*i32",
                     "qk_scale": "fp32"}  # fmt: skip
-LEVEL_LIST_TYPES = {"Importance": "*fp32", "Indices": "*i32", "LevelCounts": "*i32", "t1": "fp32", "t2": "fp32",
-                    "t3": "fp32", "t4": "fp32"}  # fmt: skip
+LEVEL_LIST_TYPES = {"Importance": "*fp32", "Indices": "*i32", "LevelCounts": "*i32", "Bounds": "*fp64"}
 KERNELS: dict[str, KernelSpec] = {
     "pyramid_attention": KernelSpec(
         "dit_accel.kernels.pyramid_attention:_pyramid_attn_fwd",
         {"HEAD_DIM": 128, "BLOCK_M": 128, "BLOCK_K": 64, "TILE": 32, "BLOCK_D": 128, "HAS_QROWS": True,
-         "HAS_EXTRA": True, "HAS_EVALID": True, "USE_TMA": True, "NK_P2": 512},
+         "HAS_EXTRA": True, "HAS_EVALID": True, "USE_TMA": True, "NK_P2": 512, "DOT_PRECISION": "tf32"},
         PYRAMID_POINTERS, num_stages=3,
     ),
     "pyramid": KernelSpec(
         "dit_accel.kernels.pyramid:_pyramid_fwd",
         {"BLOCK_K": 64, "BK_P": 64, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
         {"Sim": "*fp32"},
+    ),
+    "pyramid_block128": KernelSpec(
+        "dit_accel.kernels.pyramid:_pyramid_fwd",
+        {"BLOCK_K": 128, "BK_P": 128, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
+        {"Sim": "*fp32"}, num_warps=8,
     ),
     "pyramid_block8": KernelSpec(
         "dit_accel.kernels.pyramid:_pyramid_fwd",
