@@ -71,10 +71,11 @@ def _pyramid_fwd(
     stride_vb, stride_vh, stride_vs,
     stride_pb, stride_ph, stride_ps,
     H, key_len, total_rows, D,
-    BLOCK_K: tl.constexpr, BK_P: tl.constexpr, BLOCK_D: tl.constexpr, WITH_SIM: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, WITH_SIM: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (key blocks, B * H); ``BK_P = max(16, BLOCK_K)`` rows loaded (the tensor cores' minimum)."""
+    BK_P: tl.constexpr = 16 if BLOCK_K < 16 else BLOCK_K
     j = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -133,7 +134,7 @@ def pyramid_triton(
         v.stride(0), v.stride(1), v.stride(2),
         pk.stride(0), pk.stride(1), pk.stride(2),
         h, key_len, level_rows(nk, block_k), d,
-        BLOCK_K=block_k, BK_P=max(16, block_k), BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
+        BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)), WITH_SIM=with_sim,
         PRECISION="ieee" if k.dtype == torch.float32 else "tf32",
         num_warps=4 if block_k * d <= 64 * 128 else 8,  # 4 warps spill at 128-key blocks (tools.hopper_compile)
     )  # fmt: skip

@@ -47,17 +47,17 @@ KERNELS: dict[str, KernelSpec] = {
     ),
     "pyramid": KernelSpec(
         "dit_accel.kernels.pyramid:_pyramid_fwd",
-        {"BLOCK_K": 64, "BK_P": 64, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
+        {"BLOCK_K": 64, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
         {"Sim": "*fp32"},
     ),
     "pyramid_block128": KernelSpec(
         "dit_accel.kernels.pyramid:_pyramid_fwd",
-        {"BLOCK_K": 128, "BK_P": 128, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
+        {"BLOCK_K": 128, "BLOCK_D": 128, "WITH_SIM": True, "PRECISION": "tf32"},
         {"Sim": "*fp32"}, num_warps=8,
     ),
     "pyramid_block8": KernelSpec(
         "dit_accel.kernels.pyramid:_pyramid_fwd",
-        {"BLOCK_K": 8, "BK_P": 16, "BLOCK_D": 64, "WITH_SIM": False, "PRECISION": "ieee"},
+        {"BLOCK_K": 8, "BLOCK_D": 64, "WITH_SIM": False, "PRECISION": "ieee"},
         {"K": "*fp32", "V": "*fp32", "PK": "*fp32", "PV": "*fp32", "Sim": "*fp32"},
     ),
     "level_lists_thresholds": KernelSpec(
