@@ -10,20 +10,25 @@ from torch.utils.hooks import RemovableHandle
 
 from dit_accel.context import LayerBinding
 from dit_accel.forward_info import ForwardInfo
+from dit_accel.kernels.rotary_ops import norm_rotary, wan_rotary
 from dit_accel.layout import TokenLayout, video_only_layout
 
 from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_forward_info
 
 
-def wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved rotary embedding, the same arithmetic as the stock processor."""
-    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(hidden_states)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(hidden_states)
+def prepare_query_key(attn: torch.nn.Module, x: torch.Tensor, norm: torch.nn.Module,
+                      rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:  # fmt: skip
+    """``(B, S, H, D)`` query or key from its projection: the module's norm, heads split, Wan's rotary.
+
+    An ``RMSNorm`` followed by the rotary runs as one fused op (one read, one write) when no gradient
+    is wanted; otherwise (training, other norms) the stock sequence of differentiable ops.
+    """
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in norm.parameters()))
+    if rotary_emb is not None and isinstance(norm, torch.nn.RMSNorm) and not needs_grad:
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        return norm_rotary(x, norm.weight, eps, *rotary_emb, attn.heads)
+    x = norm(x).unflatten(2, (attn.heads, -1))
+    return wan_rotary(x, *rotary_emb) if rotary_emb is not None else x
 
 
 class WanSelfAttnProcessor(BoundProcessor):
@@ -46,16 +51,9 @@ class WanSelfAttnProcessor(BoundProcessor):
             raise ValueError("WanSelfAttnProcessor serves self-attention (attn1) only")
         query, key, value = self.qkv_projections(attn, hidden_states, None)
 
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
+        query = prepare_query_key(attn, query, attn.norm_q, rotary_emb)
+        key = prepare_query_key(attn, key, attn.norm_k, rotary_emb)
         value = value.unflatten(2, (attn.heads, -1))
-
-        if rotary_emb is not None:
-            query = wan_rotary(query, *rotary_emb)
-            key = wan_rotary(key, *rotary_emb)
 
         spans = (query.shape[1],)
         hidden_states = self.attend(query, key, value, spans, self.video_layout, attention_mask, rotary_emb)

@@ -1,0 +1,67 @@
+"""Where the time of a full transformer forward goes, kernel by kernel, dense vs a method (CUDA).
+
+The engine issue's e2e targets compare a method's forward with eager dense; this names the kernels
+that separate the two (attention, routing, and any copy or layout pass the method adds), eager and
+with Diffusers' regional compile. Prints a table per variant and writes them as JSON.
+
+    python benchmarks/profile_e2e.py --out e2e_profile.json --variant "regional topk density=0.1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from profile_routing import kernel_table, parse_config
+
+import dit_accel
+from dit_accel.bench import dense_backends, median_ms
+from dit_accel.e2e_models import E2E_MODELS
+
+VARIANTS = ("eager dense", "eager topk density=0.1", "regional dense", "regional topk density=0.1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="wan-1.3b", choices=sorted(E2E_MODELS))
+    parser.add_argument("--variant", action="append", default=[], help="MODE [METHOD KEY=VALUE ...]; repeatable")
+    parser.add_argument("--top", type=int, default=25, help="kernels printed per variant")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    spec = E2E_MODELS[args.model]
+    torch.manual_seed(0)
+    model = spec.build(device, torch.bfloat16, {})
+    inputs = spec.make_inputs(dict(model.config), spec.default_latent, device, torch.bfloat16)
+    compiled = False
+    results = []
+    with torch.no_grad(), torch.nn.attention.sdpa_kernel(dense_backends(device)["cudnn"]):
+        for text in args.variant or VARIANTS:
+            mode, *rest = text.split(maxsplit=1)
+            if mode == "regional" and not compiled:
+                model.compile_repeated_blocks(fullgraph=True)
+                compiled = True
+            handle = None
+            if rest and not rest[0].startswith("dense"):
+                method, options = parse_config(rest[0])
+                handle = dit_accel.apply(model, method, dense_steps=0, dense_layers=0, **options)
+
+            def forward() -> torch.Tensor:
+                return model(**inputs, return_dict=False)[0]
+
+            table = kernel_table(forward, device, repeats=3)
+            ms = median_ms(forward, device, warmup_ms=300, rep_ms=2000)
+            total_ms = sum(row["us_per_call"] for row in table) / 1e3
+            print(f"\n{text}: {ms:.1f} ms wall, {total_ms:.1f} ms of kernels", flush=True)
+            for row in table[: args.top]:
+                print(f"  {row['us_per_call'] / 1e3:8.2f} ms  x{row['launches']:.0f}  {row['kernel']}")
+            results.append({"variant": text, "ms": ms, "gpu_ms": total_ms, "kernels": table})
+            if handle is not None:
+                handle.remove()
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
