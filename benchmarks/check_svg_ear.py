@@ -170,8 +170,10 @@ def check_method(shape: dict, device: torch.device, label: str, with_reference: 
             finally:
                 del os.environ["DIT_ACCEL_FORCE_REFERENCE"]
             errors["reference_ops_rel_l1_vs_dense"] = rel_l1(slow[:, video], dense[:, video])
-            errors["error_gap"] = abs(errors["rel_l1_vs_dense"] - errors["reference_ops_rel_l1_vs_dense"])
-            limits["error_gap"] = 0.1 * errors["reference_ops_rel_l1_vs_dense"] + 5e-3
+            # One-sided: the two calls cluster independently, and in top-p mode the kept fraction follows
+            # the clustering, so the fast path may err less; it must not err more.
+            errors["error_excess"] = max(0.0, errors["rel_l1_vs_dense"] - errors["reference_ops_rel_l1_vs_dense"])
+            limits["error_excess"] = 0.1 * errors["reference_ops_rel_l1_vs_dense"] + 5e-3
         records.append(verdict(f"{label} method {options}", errors, limits))
     return records
 
@@ -243,18 +245,22 @@ def sweep(shape: dict, device: torch.device) -> list[dict]:
     k_video, v_video = (x.transpose(1, 2)[:, :, : layout.video_len] for x in (k, v))
     logits = routing_scores(routing.q_mean, keys.centroids, routing.scale)
     log_w = run.method._uncovered(routing, blocks).float().log()
-    tiles = [
-        dict(block_rows=r, block_centroids=c, num_warps=w) for r in (64, 128) for c in (32, 64, 128) for w in (4, 8)
-    ]
+
+    def tiles(rows: tuple[int, ...], centroids: tuple[int, ...]) -> list[dict]:
+        return [dict(block_rows=r, block_centroids=c, num_warps=w) for r in rows for c in centroids for w in (4, 8)]
+
     kernels = {
-        "kmeans_assign": (tiles, lambda cfg: kmeans_assign_triton(k_video, keys.centroids, v_video, **cfg)),
+        "kmeans_assign": (
+            tiles((64, 128, 256), (64, 128)),
+            lambda cfg: kmeans_assign_triton(k_video, keys.centroids, v_video, **cfg),
+        ),
         "error_probe": (
             [dict(block_queries=i, num_warps=w) for i in (16, 32, 64) for w in (4, 8)],
             lambda cfg: error_probe_triton(routing.q_mean, routing.k, routing.v, routing.key_labels, logits,
                                            keys.value_means, routing.scale, routing.block_k, **cfg),
         ),
         "centroid_attention": (
-            tiles,
+            tiles((64, 128), (32, 64, 128)),
             lambda cfg: centroid_attention_triton(routing.q, keys.centroids, keys.value_means, log_w,
                                                   routing.block_q, routing.scale, **cfg),
         ),

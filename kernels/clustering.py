@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .reference import block_counts
-from .svg_ear_ops import kmeans_assign
+from .svg_ear_ops import kmeans_assign, permute_rows
+from .svg_ear_ops import uncovered_counts as uncovered_counts_op
 from .svg_ear_reference import segment_counts, segment_sums
 
 Tensor = torch.Tensor
@@ -76,12 +76,12 @@ def cluster_order(labels: Tensor) -> Tensor:
 
 def gather_rows(x: Tensor, order: Tensor) -> Tensor:
     """``x[b, h, order[b, h, r]]`` for every row r: ``(B, H, S, D)`` contiguous."""
-    return x.gather(2, order[..., None].expand(-1, -1, -1, x.shape[-1]))
+    return permute_rows(x, order, False)
 
 
 def scatter_rows(x: Tensor, order: Tensor) -> Tensor:
     """The inverse of :func:`gather_rows`: row r of x goes back to row ``order[b, h, r]``."""
-    return torch.empty_like(x).scatter_(2, order[..., None].expand(-1, -1, -1, x.shape[-1]), x)
+    return permute_rows(x, order, True)
 
 
 def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
@@ -89,20 +89,7 @@ def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: in
 
     ``selected`` ``(B, H, NQ, NK)`` marks the key blocks each query block computes; ``counts``
     ``(B, H, C)`` are the cluster sizes of rows in cluster order, cut into blocks of ``block_k``
-    (``key_len`` rows). Cluster j spans rows ``[start_j, end_j)``, so its covered rows are read from
-    a prefix sum of selected rows at both ends. Returns ``(B, H, NQ, C)`` int64.
+    (``key_len`` rows). Returns ``(B, H, NQ, C)`` integers (see
+    :func:`.svg_ear_reference.uncovered_counts_reference`).
     """
-    b, h, nq, _ = selected.shape
-    block_rows = block_counts(key_len, block_k, selected.device).long()
-    taken = selected.long()
-    covered_before = torch.nn.functional.pad((taken * block_rows).cumsum(dim=-1), (1, 0))
-    taken = torch.nn.functional.pad(taken, (0, 1))
-    ends = counts.long().cumsum(dim=-1)
-
-    def covered_up_to(rows: Tensor) -> Tensor:
-        block = rows // block_k
-        index = block[:, :, None, :].expand(b, h, nq, -1)
-        inside = (rows - block * block_k)[:, :, None, :]
-        return covered_before.gather(-1, index) + taken.gather(-1, index) * inside
-
-    return counts.long()[:, :, None, :] - (covered_up_to(ends) - covered_up_to(ends - counts.long()))
+    return uncovered_counts_op(selected, counts, key_len, block_k)

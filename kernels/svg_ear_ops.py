@@ -16,8 +16,10 @@ from .ops import HAS_TRITON, use_triton
 
 if HAS_TRITON:
     from .centroid_attention import centroid_attention_triton
+    from .cluster_coverage import uncovered_counts_triton
     from .error_probe import error_probe_triton
     from .kmeans_assign import kmeans_assign_triton
+    from .row_permute import permute_rows_triton
 
 Tensor = torch.Tensor
 
@@ -91,3 +93,29 @@ def centroid_attention(
 @centroid_attention.register_fake
 def _(q, k_centroids, v_centroids, log_weights, block_q, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_sum_dtype(q))
+
+
+@torch.library.custom_op("dit_accel::permute_rows", mutates_args=())
+def permute_rows(x: Tensor, order: Tensor, inverse: bool) -> Tensor:
+    """Rows of ``(B, H, S, D)`` x in the per-(b, h) ``order`` (``inverse``: back from it), contiguous."""
+    if _on_triton(x) and x.stride(-1) == 1:
+        return permute_rows_triton(x, order, inverse)
+    return reference.permute_rows_reference(x, order, inverse)
+
+
+@permute_rows.register_fake
+def _(x, order, inverse):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("dit_accel::uncovered_counts", mutates_args=())
+def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
+    """``(B, H, NQ, C)`` int32 keys of each cluster in the key blocks each query block skipped."""
+    if use_triton(selected):
+        return uncovered_counts_triton(selected, counts, key_len, block_k)
+    return reference.uncovered_counts_reference(selected, counts, key_len, block_k)
+
+
+@uncovered_counts.register_fake
+def _(selected, counts, key_len, block_k):
+    return selected.new_empty(*selected.shape[:3], counts.shape[-1], dtype=torch.int32)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .reference import _compute_dtype
+from .reference import _compute_dtype, block_counts
 
 Tensor = torch.Tensor
 
@@ -114,3 +114,36 @@ def centroid_attention_reference(
     lse = torch.logsumexp(logits, dim=-1)
     probs = torch.exp(logits - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
     return torch.matmul(probs, v_centroids.to(cdt)).to(q.dtype), lse
+
+
+def permute_rows_reference(x: Tensor, order: Tensor, inverse: bool) -> Tensor:
+    """``x[b, h, order[b, h, r]]`` at row r, or with ``inverse`` row r of x at row ``order[b, h, r]``."""
+    index = order.long()[..., None].expand(-1, -1, -1, x.shape[-1])
+    if inverse:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device).scatter_(2, index, x)
+    return x.gather(2, index)
+
+
+def uncovered_counts_reference(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
+    """Per (query block, cluster): the cluster's rows lying in key blocks the query block skipped.
+
+    ``selected`` ``(B, H, NQ, NK)`` marks the key blocks each query block computes; ``counts``
+    ``(B, H, C)`` are the cluster sizes of rows in cluster order, cut into blocks of ``block_k``
+    (``key_len`` rows). Cluster j spans rows ``[start_j, end_j)``, so its covered rows are read from
+    a prefix sum of selected rows at both ends. Returns ``(B, H, NQ, C)`` int32.
+    """
+    b, h, nq, _ = selected.shape
+    block_rows = block_counts(key_len, block_k, selected.device).long()
+    taken = selected.long()
+    covered_before = torch.nn.functional.pad((taken * block_rows).cumsum(dim=-1), (1, 0))
+    taken = torch.nn.functional.pad(taken, (0, 1))
+    ends = counts.long().cumsum(dim=-1)
+
+    def covered_up_to(rows: Tensor) -> Tensor:
+        block = rows // block_k
+        index = block[:, :, None, :].expand(b, h, nq, -1)
+        inside = (rows - block * block_k)[:, :, None, :]
+        return covered_before.gather(-1, index) + taken.gather(-1, index) * inside
+
+    uncovered = counts.long()[:, :, None, :] - (covered_up_to(ends) - covered_up_to(ends - counts.long()))
+    return uncovered.to(torch.int32)

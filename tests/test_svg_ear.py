@@ -12,6 +12,7 @@ from dit_accel.bench import standalone_context
 from dit_accel.config import ceil_fraction
 from dit_accel.kernels import reference
 from dit_accel.kernels.centroid_attention import centroid_attention_triton
+from dit_accel.kernels.cluster_coverage import uncovered_counts_triton
 from dit_accel.kernels.clustering import (
     cluster_order,
     clusters_from_labels,
@@ -24,6 +25,7 @@ from dit_accel.kernels.clustering import (
 from dit_accel.kernels.error_probe import error_probe_triton
 from dit_accel.kernels.error_selection import always_count, select_by_rank
 from dit_accel.kernels.kmeans_assign import kmeans_assign_triton
+from dit_accel.kernels.row_permute import permute_rows_triton
 from dit_accel.kernels.svg_ear_reference import (
     centroid_attention_reference,
     error_probe_reference,
@@ -144,6 +146,20 @@ def test_cluster_order_is_stable_and_its_inverse_exact():
     assert torch.equal(scatter_rows(moved, order), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_row_permutation_kernel_matches_gather_and_scatter(dtype):
+    """Triton rows in cluster order and back, from Diffusers' (B, S, H, D) layout seen as (B, H, S, D)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 45, 3, 40, generator=gen).to(dtype).transpose(1, 2)  # odd rows, D padded to 64
+    order = torch.argsort(torch.rand(2, 3, 45, generator=gen), dim=-1)
+    moved = permute_rows_triton(x, order, inverse=False, block_rows=16)
+    assert moved.is_contiguous() and torch.equal(moved, x.gather(2, order[..., None].expand(-1, -1, -1, 40)))
+    back = permute_rows_triton(moved, order.int(), inverse=True, block_rows=16)
+    assert torch.equal(back, x)
+    with pytest.raises(ValueError, match="order must be"):
+        permute_rows_triton(x, order[:, :, :-1], inverse=False)
+
+
 def test_cluster_counts_adapt_to_short_sequences():
     assert cluster_count(1000, 32760, 64) == 1000 and cluster_count(300, 32760, 128) == 300
     assert cluster_count(1000, 5184, 64) == 162 and cluster_count(300, 200, 16) == 25
@@ -253,16 +269,23 @@ def test_selection_keeps_the_top_mass_blocks_and_fills_the_budget_by_rank(densit
         assert (counts == ceil_fraction(density, 23)).all()
 
 
-def test_uncovered_counts_equal_a_direct_count():
+@pytest.mark.parametrize(("key_len", "block_k"), [(75, 16), (256, 16)])  # a partial last block; 16 whole ones
+def test_uncovered_counts_equal_a_direct_count(key_len, block_k):
     gen = torch.Generator().manual_seed(8)
-    key_len, block_k, clusters = 75, 16, 7
+    clusters = 7
     labels = torch.sort(torch.randint(0, clusters, (2, 3, key_len), generator=gen), dim=-1).values
+    labels[1, 2] = clusters - 1  # one cluster holds every key: its run ends at the last key
     counts = torch.stack([(labels == c).sum(-1) for c in range(clusters)], -1).int()
-    selected = torch.rand(2, 3, 4, 5, generator=gen) < 0.4
-    got = uncovered_counts(selected, counts, key_len, block_k)
+    selected = torch.rand(2, 3, 4, math.ceil(key_len / block_k), generator=gen) < 0.4
+    selected[0, 0, 0] = True
     skipped_keys = ~selected.repeat_interleave(block_k, -1)[..., :key_len]  # (B, H, NQ, Sk)
     want = torch.stack([(skipped_keys & (labels == c)[:, :, None]).sum(-1) for c in range(clusters)], -1)
-    assert torch.equal(got, want)
+    assert torch.equal(uncovered_counts(selected, counts, key_len, block_k).long(), want)
+    got = uncovered_counts_triton(selected, counts, key_len, block_k, block_clusters=4)  # two cluster tiles
+    assert got.dtype == torch.int32 and torch.equal(got.long(), want)
+    assert (got[0, 0, 0] == 0).all()
+    with pytest.raises(ValueError, match="do not match"):
+        uncovered_counts_triton(selected, counts, key_len + block_k, block_k)
 
 
 # --- centroid tail -------------------------------------------------------------------------------

@@ -67,6 +67,29 @@ KERNELS: dict[str, KernelSpec] = {
         "dit_accel.kernels.pyramid_select:_level_lists", {"NK_P2": 2048, "THRESHOLDS": False}, LEVEL_LIST_TYPES,
         num_warps=8,
     ),
+    "norm_rotary": KernelSpec(
+        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 1024, "HAS_WEIGHT": True},
+        {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32", "S": "i32", "PAIRS": "i32", "HALF_D": "i32"},
+    ),
+    "permute_rows": KernelSpec(
+        "dit_accel.kernels.row_permute:_permute_rows", {"BLOCK_S": 32, "BLOCK_D": 128, "INVERSE": False},
+        {"Order": "*i64", "S": "i32"},
+    ),
+    "uncovered_counts": KernelSpec(
+        "dit_accel.kernels.cluster_coverage:_uncovered_counts", {"NK_P2": 512, "BLOCK_C": 128},
+        {"Selected": "*i8", "Ends": "*i32", "Counts": "*i32", "Out": "*i32", "NQ": "i32", "NK": "i32", "NC": "i32"},
+    ),
+    "kmeans_assign": KernelSpec(
+        "dit_accel.kernels.kmeans_assign:_kmeans_assign",
+        {"BLOCK_S": 64, "BLOCK_C": 128, "BLOCK_D": 128, "HAS_V": True, "PRECISION": "tf32"},
+        {"HalfNorm": "*fp32", "Labels": "*i32", "Sums": "*fp32", "Counts": "*i32", "VSums": "*fp32", "S": "i32",
+         "NC": "i32"}, num_warps=8,
+    ),
+    "centroid_attention": KernelSpec(
+        "dit_accel.kernels.centroid_attention:_centroid_attention",
+        {"BLOCK_M": 128, "BLOCK_C": 32, "BLOCK_D": 128, "DOT_PRECISION": "tf32"},
+        {"LogW": "*fp32", "Lse": "*fp32", "Sq": "i32", "NQ": "i32", "NC": "i32", "qk_scale": "fp32"},
+    ),
 }  # fmt: skip
 
 

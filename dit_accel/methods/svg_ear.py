@@ -322,7 +322,7 @@ class SVGEARAttention(BlockSparseMethod):
         if routing.extra_k is not None:
             text = q @ routing.extra_k.transpose(-1, -2) * scale
             if routing.extra_valid is not None:
-                valid = torch.arange(text.shape[-1]) < routing.extra_valid.long().cpu()[:, None]
+                valid = torch.arange(text.shape[-1], device=text.device) < routing.extra_valid.long()[:, None]
                 text = text.masked_fill(~valid[:, None, None, :], -math.inf)
             logits.append(text)
             values.append(routing.extra_v)
