@@ -527,15 +527,16 @@ def e2e_runs(
 ) -> list[tuple[str, dict[str, Any] | None]]:
     """``(engine, apply options)`` runs of one e2e variant; options None keeps the stock processors.
 
-    Dense runs on the stock processors (cuDNN); on CUDA also through dit-accel's processor with the
-    stock attention call (``cudnn_processor``: what the processor's own work, e.g. the fused q/k norm
-    + rotary, saves without any sparsity) and, where installed, through ``dense`` on FA4 (the dense
-    baseline a user can pick); other methods on every backend, without dense warm-up.
+    Dense runs on the stock processors (cuDNN); on CUDA also through dit-accel's processor with
+    ``dense`` on cuDNN (``cudnn_processor``: what the processor's own work, e.g. the fused q/k norm
+    + rotary, saves without any sparsity; ``backend="stock"`` would keep the stock ops, bit for bit)
+    and, where installed, through ``dense`` on FA4 (the dense baseline a user can pick); other methods
+    on every backend, without dense warm-up.
     """
     from dit_accel.registry import get_method
 
     if method == "dense":
-        processor = [("cudnn_processor", {"backend": "stock"})] if device.type == "cuda" else []
+        processor = [("cudnn_processor", {"backend": "cudnn"})] if device.type == "cuda" else []
         return [("cudnn", None)] + processor + ([("fa4", {"backend": "fa4"})] if fa4_dense_available(device) else [])
     takes_density = "density" in get_method(method).config_class.option_names()
     base = {"density": density} if takes_density else {}

@@ -17,14 +17,16 @@ from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, re
 
 
 def prepare_query_key(attn: torch.nn.Module, x: torch.Tensor, norm: torch.nn.Module,
-                      rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:  # fmt: skip
+                      rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+                      fuse: bool = True) -> torch.Tensor:  # fmt: skip
     """``(B, S, H, D)`` query or key from its projection: the module's norm, heads split, Wan's rotary.
 
-    An ``RMSNorm`` followed by the rotary runs as one fused op (one read, one write) when no gradient
-    is wanted; otherwise (training, other norms) the stock sequence of differentiable ops.
+    With ``fuse``, an ``RMSNorm`` followed by the rotary runs as one fused op (one read, one write)
+    when no gradient is wanted; otherwise (training, other norms, a method that must reproduce the
+    stock output bit for bit) the stock sequence of differentiable ops.
     """
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in norm.parameters()))
-    if rotary_emb is not None and isinstance(norm, torch.nn.RMSNorm) and not needs_grad:
+    if fuse and rotary_emb is not None and isinstance(norm, torch.nn.RMSNorm) and not needs_grad:
         eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
         return norm_rotary(x, norm.weight, eps, *rotary_emb, attn.heads)
     x = norm(x).unflatten(2, (attn.heads, -1))
@@ -51,8 +53,10 @@ class WanSelfAttnProcessor(BoundProcessor):
             raise ValueError("WanSelfAttnProcessor serves self-attention (attn1) only")
         query, key, value = self.qkv_projections(attn, hidden_states, None)
 
-        query = prepare_query_key(attn, query, attn.norm_q, rotary_emb)
-        key = prepare_query_key(attn, key, attn.norm_k, rotary_emb)
+        reproduces_stock = getattr(self.binding.op, "reproduces_stock", None)  # a bare op (a test's spy): stock
+        fuse = reproduces_stock is not None and not reproduces_stock()
+        query = prepare_query_key(attn, query, attn.norm_q, rotary_emb, fuse)
+        key = prepare_query_key(attn, key, attn.norm_k, rotary_emb, fuse)
         value = value.unflatten(2, (attn.heads, -1))
 
         spans = (query.shape[1],)

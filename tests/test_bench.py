@@ -108,7 +108,7 @@ def test_e2e_runs_dense_on_every_engine_a_user_could_pick(monkeypatch):
     monkeypatch.setattr(bench, "fa4_dense_available", lambda device: True)
     gpu = torch.device("cuda")
     assert bench.e2e_runs("dense", 0.1, gpu) == [
-        ("cudnn", None), ("cudnn_processor", {"backend": "stock"}), ("fa4", {"backend": "fa4"})
+        ("cudnn", None), ("cudnn_processor", {"backend": "cudnn"}), ("fa4", {"backend": "fa4"})
     ]  # fmt: skip
     assert [backend for backend, _ in bench.e2e_runs("topk", 0.1, gpu)] == ["fa4", "triton"]
 

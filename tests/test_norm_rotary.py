@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import run, tiny_wan, wan_inputs
 
 import dit_accel
 from dit_accel.kernels.norm_rotary import norm_rotary_triton
@@ -82,3 +83,18 @@ def test_processor_fuses_only_without_gradients(monkeypatch):
     stock.sum().backward()
     assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
     torch.testing.assert_close(fused, stock.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("method", "options", "fused"), [
+    ("dense", {}, False),                      # promises the stock output bit for bit: stock ops
+    ("topk", {"density": 1.0}, False),         # density 1.0 is the dense call, same promise
+    ("topk", {"density": 0.5, "dense_steps": 0, "dense_layers": 0}, True),
+    ("dense", {"backend": "triton"}, True),
+])  # fmt: skip
+def test_wan_processor_fuses_unless_the_method_reproduces_stock(monkeypatch, method, options, fused):
+    model, inputs = tiny_wan(), wan_inputs()
+    calls = []
+    monkeypatch.setattr(dit_accel.pipelines.wan, "norm_rotary", lambda *a: calls.append(a) or norm_rotary(*a))
+    with dit_accel.apply(model, method, **options):
+        run(model, inputs)
+    assert len(calls) == (2 * len(model.blocks) if fused else 0)

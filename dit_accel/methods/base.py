@@ -71,6 +71,11 @@ class AttentionMethod:
         configuration itself (ring included); otherwise the processor gathers the sequence (Ulysses)."""
         return False
 
+    def reproduces_stock(self) -> bool:
+        """True when the method promises the stock processor's output bit for bit: the processor then
+        prepares q/k with the stock ops, not its fused kernels (which round in another order)."""
+        return False
+
 
 @dataclass
 class Routing:
@@ -196,6 +201,9 @@ class BlockSparseMethod(AttentionMethod):
     def full_density_set(self) -> bool:
         """Density 1.0: every block is computed, so the call is plain dense attention (no routing, no reorder)."""
         return self.config.density is not None and self.config.density >= 1.0
+
+    def reproduces_stock(self) -> bool:
+        return self.full_density_set()
 
     def prepare(self, info: ForwardInfo) -> None:
         from . import routing

@@ -59,3 +59,6 @@ class DenseAttention(AttentionMethod):
 
     def runs_diffusers_parallelism(self) -> bool:
         return self.config.backend == "stock"
+
+    def reproduces_stock(self) -> bool:
+        return self.config.backend == "stock"
