@@ -2,7 +2,7 @@
 
 Registered with ``torch.library.custom_op`` and a fake, like :mod:`.ops`, so compiled processors
 trace it without graph breaks. It has no autograd formula: callers that need gradients (fine-tuning)
-take :func:`norm_rotary_reference`, which is made of differentiable PyTorch ops.
+keep the stock differentiable ops (the Wan processor calls the norm module, then :func:`wan_rotary`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,20 @@ def norm_rotary_reference(x: Tensor, weight: Tensor | None, eps: float, freqs_co
 def norm_rotary(x: Tensor, weight: Tensor | None, eps: float, freqs_cos: Tensor, freqs_sin: Tensor,
                 heads: int) -> Tensor:  # fmt: skip
     """RMS norm of x ``(B, S, H·D)`` then Wan's rotary, as ``(B, S, H, D)`` (see :mod:`.norm_rotary`)."""
-    if use_triton(x) and x.dtype != torch.float64 and x.stride(-1) == 1:
+    if use_triton(x) and x.dtype != torch.float64 and _kernel_takes(x, weight, freqs_cos, freqs_sin, heads):
         return norm_rotary_triton(x, weight, eps, freqs_cos, freqs_sin, heads)
     return norm_rotary_reference(x, weight, eps, freqs_cos, freqs_sin, heads)
+
+
+def _kernel_takes(x: Tensor, weight: Tensor | None, freqs_cos: Tensor, freqs_sin: Tensor, heads: int) -> bool:
+    """The layouts the kernel reads; anything else the stock ops broadcast goes to the reference."""
+    b, s, hidden = x.shape
+    head_dim = hidden // heads
+    table_ok = all(
+        t.dim() == 4 and t.shape[0] in (1, b) and t.shape[1:] == (s, 1, head_dim) for t in (freqs_cos, freqs_sin)
+    )
+    weight_ok = weight is None or (weight.shape == (hidden,) and weight.stride(0) == 1)
+    return x.stride(-1) == 1 and hidden % heads == 0 and head_dim % 2 == 0 and table_ok and weight_ok
 
 
 @norm_rotary.register_fake

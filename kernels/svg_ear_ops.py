@@ -108,6 +108,21 @@ def _(x, order, inverse):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _permute_rows_setup(ctx, inputs, output) -> None:
+    _, order, inverse = inputs
+    ctx.save_for_backward(order)
+    ctx.inverse = inverse
+
+
+def _permute_rows_backward(ctx, grad: Tensor):
+    """A permutation's gradient is the inverse permutation of the output's gradient."""
+    (order,) = ctx.saved_tensors
+    return permute_rows(grad, order, not ctx.inverse), None, None
+
+
+permute_rows.register_autograd(_permute_rows_backward, setup_context=_permute_rows_setup)
+
+
 @torch.library.custom_op("dit_accel::uncovered_counts", mutates_args=())
 def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
     """``(B, H, NQ, C)`` int32 keys of each cluster in the key blocks each query block skipped."""

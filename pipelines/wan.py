@@ -16,6 +16,20 @@ from dit_accel.layout import TokenLayout, video_only_layout
 from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_forward_info
 
 
+def _plain_rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the fused op may stand in for ``norm(x)``: a ``torch.nn.RMSNorm`` with an explicit eps,
+    its weight (if any) on x's device, and nothing hooked on its call (accelerate's offload moves
+    the weight in a pre-forward hook: read directly, it would still be on ``meta``)."""
+    return (
+        isinstance(norm, torch.nn.RMSNorm)
+        and norm.eps is not None
+        and (norm.weight is None or norm.weight.device == x.device)
+        and not (norm._forward_hooks or norm._forward_pre_hooks or "forward" in vars(norm))
+        and not hasattr(norm, "_hf_hook")
+        and not hasattr(norm, "_diffusers_hook")
+    )
+
+
 def prepare_query_key(attn: torch.nn.Module, x: torch.Tensor, norm: torch.nn.Module,
                       rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
                       fuse: bool = True) -> torch.Tensor:  # fmt: skip
@@ -26,9 +40,8 @@ def prepare_query_key(attn: torch.nn.Module, x: torch.Tensor, norm: torch.nn.Mod
     stock output bit for bit) the stock sequence of differentiable ops.
     """
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in norm.parameters()))
-    if fuse and rotary_emb is not None and isinstance(norm, torch.nn.RMSNorm) and not needs_grad:
-        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
-        return norm_rotary(x, norm.weight, eps, *rotary_emb, attn.heads)
+    if fuse and rotary_emb is not None and not needs_grad and _plain_rms_norm(norm, x):
+        return norm_rotary(x, norm.weight, norm.eps, *rotary_emb, attn.heads)
     x = norm(x).unflatten(2, (attn.heads, -1))
     return wan_rotary(x, *rotary_emb) if rotary_emb is not None else x
 

@@ -8,8 +8,8 @@ from tiny_models import run, tiny_wan, wan_inputs
 
 import dit_accel
 from dit_accel.kernels.norm_rotary import norm_rotary_triton
-from dit_accel.kernels.rotary_ops import norm_rotary, norm_rotary_reference
-from dit_accel.pipelines.wan import prepare_query_key
+from dit_accel.kernels.rotary_ops import _kernel_takes, norm_rotary, norm_rotary_reference
+from dit_accel.pipelines.wan import _plain_rms_norm, prepare_query_key
 
 
 def rotary_tables(batch: int, seq: int, dim: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +52,33 @@ def test_kernel_matches_float64(batch, seq, heads, dim, table_batch, weighted, f
     weight64 = weight.double() if weighted else None
     reference = norm_rotary_reference(x.double(), weight64, 1e-6, cos, sin, heads)
     torch.testing.assert_close(reference, float64_expected(x.double(), weight64, 1e-6, cos, sin, heads, torch.float64))
+
+
+def test_op_passes_opcheck_and_takes_the_reference_for_layouts_the_kernel_does_not_read():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 12, generator=gen)
+    cos, sin = rotary_tables(1, 6, 4, gen)
+    torch.library.opcheck(norm_rotary, (x, torch.rand(12, generator=gen) + 0.5, 1e-6, cos, sin, 3))
+    torch.library.opcheck(norm_rotary, (x, None, 1e-6, cos, sin, 3))
+    flat_cos, flat_sin = cos[0], sin[0]  # (S, 1, D): the stock arithmetic broadcasts it too
+    want = norm_rotary_reference(x, None, 1e-6, flat_cos, flat_sin, 3)
+    torch.testing.assert_close(norm_rotary(x, None, 1e-6, flat_cos, flat_sin, 3), want)
+    assert not _kernel_takes(x, None, flat_cos, flat_sin, 3) and _kernel_takes(x, None, cos, sin, 3)
+
+
+def test_processor_keeps_stock_ops_for_hooked_or_offloaded_norms():
+    """Offloading (accelerate) moves the weight in a pre-forward hook: reading it directly would see ``meta``."""
+    x = torch.randn(1, 3, 8)
+    norm = torch.nn.RMSNorm(8, eps=1e-6)
+    assert _plain_rms_norm(norm, x)
+    assert not _plain_rms_norm(torch.nn.RMSNorm(8), x)  # eps None: the norm's own default
+    meta = torch.nn.RMSNorm(8, eps=1e-6, device="meta")
+    assert not _plain_rms_norm(meta, x)
+    handle = norm.register_forward_pre_hook(lambda module, args: None)
+    assert not _plain_rms_norm(norm, x)
+    handle.remove()
+    norm._hf_hook = object()
+    assert not _plain_rms_norm(norm, x)
 
 
 def test_kernel_rejects_what_it_cannot_rotate():
@@ -98,3 +125,15 @@ def test_wan_processor_fuses_unless_the_method_reproduces_stock(monkeypatch, met
     with dit_accel.apply(model, method, **options):
         run(model, inputs)
     assert len(calls) == (2 * len(model.blocks) if fused else 0)
+
+
+def test_sequential_offload_gives_the_same_output():
+    """accelerate's offload leaves the norm weights on ``meta`` outside their hooked call: the processor must
+    not read them directly (the fused op's fake would then return uninitialised memory)."""
+    accelerate = pytest.importorskip("accelerate")
+    model, inputs = tiny_wan(), wan_inputs()
+    with dit_accel.apply(model, "topk", density=0.5, dense_steps=0, dense_layers=0):
+        want = run(model, inputs)
+        accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+        assert model.blocks[0].attn1.norm_q.weight.device.type == "meta"
+        torch.testing.assert_close(run(model, inputs), want, rtol=0, atol=0)

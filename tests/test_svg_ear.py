@@ -26,6 +26,8 @@ from dit_accel.kernels.error_probe import error_probe_triton
 from dit_accel.kernels.error_selection import always_count, select_by_rank
 from dit_accel.kernels.kmeans_assign import kmeans_assign_triton
 from dit_accel.kernels.row_permute import permute_rows_triton
+from dit_accel.kernels.svg_ear_ops import permute_rows
+from dit_accel.kernels.svg_ear_ops import uncovered_counts as uncovered_counts_op
 from dit_accel.kernels.svg_ear_reference import (
     centroid_attention_reference,
     error_probe_reference,
@@ -160,6 +162,21 @@ def test_row_permutation_kernel_matches_gather_and_scatter(dtype):
         permute_rows_triton(x, order[:, :, :-1], inverse=False)
 
 
+def test_row_permutation_op_passes_opcheck_and_back_propagates():
+    """The custom op's schema, fake and autograd registration (opcheck), and gradients equal to torch.gather's."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 11, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    order = torch.argsort(torch.rand(2, 3, 11, generator=gen), dim=-1)
+    for inverse in (False, True):
+        torch.library.opcheck(permute_rows, (x, order, inverse))
+    weights = torch.randn(2, 3, 11, 8, generator=gen, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((scatter_rows(gather_rows(x, order), order) * weights).sum(), x)
+    torch.testing.assert_close(grad, weights)
+    (grad,) = torch.autograd.grad((gather_rows(x, order) * weights).sum(), x)
+    (want,) = torch.autograd.grad((x.gather(2, order[..., None].expand(-1, -1, -1, 8)) * weights).sum(), x)
+    torch.testing.assert_close(grad, want)
+
+
 def test_cluster_counts_adapt_to_short_sequences():
     assert cluster_count(1000, 32760, 64) == 1000 and cluster_count(300, 32760, 128) == 300
     assert cluster_count(1000, 5184, 64) == 162 and cluster_count(300, 200, 16) == 25
@@ -286,6 +303,7 @@ def test_uncovered_counts_equal_a_direct_count(key_len, block_k):
     assert (got[0, 0, 0] == 0).all()
     with pytest.raises(ValueError, match="do not match"):
         uncovered_counts_triton(selected, counts, key_len + block_k, block_k)
+    torch.library.opcheck(uncovered_counts_op, (selected, counts, key_len, block_k))
 
 
 # --- centroid tail -------------------------------------------------------------------------------

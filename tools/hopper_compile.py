@@ -71,6 +71,10 @@ KERNELS: dict[str, KernelSpec] = {
         "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 1024, "HAS_WEIGHT": True},
         {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32", "S": "i32", "PAIRS": "i32", "HALF_D": "i32"},
     ),
+    "norm_rotary_14b": KernelSpec(  # Wan-14B's 5120 channels, at the 8 warps the launcher picks there
+        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 4096, "HAS_WEIGHT": True},
+        {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32", "S": "i32", "PAIRS": "i32", "HALF_D": "i32"}, num_warps=8,
+    ),
     "permute_rows": KernelSpec(
         "dit_accel.kernels.row_permute:_permute_rows", {"BLOCK_S": 32, "BLOCK_D": 128, "INVERSE": False},
         {"Order": "*i64", "S": "i32"},
