@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .block_list import ascending_lists
 from .reference import keep_count
 
 Tensor = torch.Tensor
@@ -62,14 +63,4 @@ def select_by_rank(
         budget = (area[by_mass] * in_top_p).sum(dim=-1, keepdim=True)
         taken_area = area[order].cumsum(dim=-1) - area[order]
         chosen = (taken_area < budget) | (places < always)
-    return _ascending_lists(torch.zeros_like(chosen).scatter_(-1, order, chosen), width)
-
-
-def _ascending_lists(selected: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """``(indices, counts)`` of a ``(..., NK)`` block mask: each row's blocks ascending, padded with -1
-    to ``width`` columns, compacted by a prefix sum (a sort of the rows costs ten times more on a GPU)."""
-    places = torch.arange(selected.shape[-1], device=selected.device, dtype=torch.int32)
-    slots = torch.where(selected, selected.cumsum(dim=-1) - 1, width)  # unselected blocks: a spare column
-    lists = torch.full((*selected.shape[:-1], width + 1), -1, dtype=torch.int32, device=selected.device)
-    lists.scatter_(-1, slots, places.expand(selected.shape))
-    return lists[..., :width].contiguous(), selected.sum(dim=-1, dtype=torch.int32)
+    return ascending_lists(torch.zeros_like(chosen).scatter_(-1, order, chosen), width)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dit_accel.kernels import reference
+from dit_accel.kernels.block_list import BlockList, ascending_lists
 from dit_accel.kernels.block_pooling import gather_blocks_triton, pool_blocks_triton
 from dit_accel.kernels.block_selection import select_blocks_triton
 from dit_accel.kernels.block_sparse_attention import KernelConfig, block_sparse_attention_triton
@@ -195,3 +196,19 @@ def test_top_p_selection_is_the_smallest_set_reaching_the_mass(top_p, min_blocks
             assert p[kept].min() >= p[~kept].max()
     ref_counts = reference.select_blocks_reference(scores, top_p=top_p, min_blocks=min_blocks)[1]
     assert (counts - ref_counts).abs().max() <= 1  # float rounding at the threshold only
+
+
+@pytest.mark.parametrize("width", [None, 9])
+def test_block_list_from_a_mask_lists_each_rows_blocks_ascending(width):
+    gen = torch.Generator().manual_seed(12)
+    mask = torch.rand(2, 3, 5, 23, generator=gen) < 0.3
+    mask[0, 0, 0] = False  # an empty row
+    mask = mask & (mask.cumsum(-1) <= 9)  # at most 9 blocks a row: width 9 holds them
+    indices, counts = ascending_lists(mask, width)
+    assert indices.shape[-1] == (23 if width is None else width) and indices.dtype == torch.int32
+    for row, (listed, count) in enumerate(zip(indices.view(-1, indices.shape[-1]), counts.view(-1), strict=True)):
+        want = torch.nonzero(mask.view(-1, 23)[row]).flatten()
+        assert int(count) == want.numel()
+        assert torch.equal(listed[:count].long(), want) and (listed[count:] == -1).all()
+    blocks = BlockList.from_mask(mask, 16, 16, 23 * 16 - 3)
+    assert torch.equal(reference.block_mask_from_lists(blocks.indices, blocks.counts, 23), mask)

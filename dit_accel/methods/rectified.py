@@ -161,14 +161,6 @@ def neighbour_mask(grid: Tile | None, tile: Tile, video_len: int, key_len: int, 
     return _NEIGHBOUR_CACHE[key]
 
 
-def blocks_from_mask(mask: Tensor, block_q: int, block_k: int, key_len: int) -> BlockList:
-    """The :class:`BlockList` of a ``(B, H, NQ, NK)`` bool mask (ascending indices, -1 padded, width NK)."""
-    columns = torch.arange(mask.shape[-1], device=mask.device)
-    indices = torch.where(mask, columns, mask.shape[-1]).sort(dim=-1).values
-    indices = torch.where(indices == mask.shape[-1], -1, indices).to(torch.int32)
-    return BlockList(indices, mask.sum(-1, dtype=torch.int32), block_q, block_k, key_len)
-
-
 def blocks_from_order(order: Tensor, count: int, block_q: int, block_k: int, key_len: int) -> BlockList:
     """The :class:`BlockList` of the first ``count`` key blocks of each row of ``order``."""
     indices = order[..., :count].sort(dim=-1).values.to(torch.int32).contiguous()
@@ -231,7 +223,7 @@ class RectifiedAttention(BlockSparseMethod):
                 order = order.gather(-1, (~near.gather(-1, order)).to(torch.uint8).argsort(dim=-1, stable=True))
             return blocks_from_order(order, keep_count(video.shape[-1], cfg.density, 1), *sizes)
         mask = top_mass(video, text_lse, order, cfg.top_p, 1.0 - cfg.drop_rate)
-        return blocks_from_mask(mask if near is None else mask | near, *sizes)
+        return BlockList.from_mask(mask if near is None else mask | near, *sizes)
 
     def block_map(self, routing: RectifiedRouting, blocks: BlockList, ctx: AttentionContext) -> Tensor:
         """2 exact; 1 pooled: passes GAPR (per row: for most of the block's rows), its ``P̃ v̄`` added;
