@@ -64,30 +64,40 @@ def _norm_rotary(
     tl.store(out_ptr + 1, (x1 * sin + x2 * cos).to(Out.dtype.element_ty), mask=mask)
 
 
-def _table_strides(table: Tensor, batch: int, seq: int) -> tuple[int, int, int]:
+def unsupported(x: Tensor, weight: Tensor | None, freqs_cos: Tensor, freqs_sin: Tensor, heads: int) -> str | None:
+    """Why the kernel cannot read these inputs, or None: x ``(B, S, H·D)`` with contiguous rows and
+    even D, ``(1 | B, S, 1, D)`` rotary tables, a contiguous ``(H·D,)`` weight or none."""
+    b, s, hidden = x.shape
+    head_dim = hidden // heads
+    if x.stride(-1) != 1 or hidden % heads or head_dim % 2:
+        return f"x must be (B, S, heads·D) with even D and contiguous rows, got {tuple(x.shape)}"
+    if freqs_cos.dim() != 4 or freqs_cos.shape[0] not in (1, b) or freqs_cos.shape[1:] != (s, 1, head_dim):
+        return f"rotary table must be (1 or {b}, {s}, 1, {head_dim}), got {tuple(freqs_cos.shape)}"
+    if freqs_sin.shape != freqs_cos.shape:
+        return f"rotary tables must have one shape, got {tuple(freqs_cos.shape)} and {tuple(freqs_sin.shape)}"
+    if weight is not None and (weight.shape != (hidden,) or weight.stride(0) != 1):
+        return f"weight must be a contiguous ({hidden},) vector, got {tuple(weight.shape)}"
+    return None
+
+
+def _table_strides(table: Tensor) -> tuple[int, int, int]:
     """(batch, row, column) strides of a ``(1 | B, S, 1, D)`` rotary table; batch 0 when broadcast."""
-    if table.dim() != 4 or table.shape[0] not in (1, batch) or table.shape[1] != seq or table.shape[2] != 1:
-        raise ValueError(f"rotary table must be (1 or {batch}, {seq}, 1, D), got {tuple(table.shape)}")
     return (table.stride(0) if table.shape[0] > 1 else 0), table.stride(1), table.stride(3)
 
 
 def norm_rotary_triton(x: Tensor, weight: Tensor | None, eps: float, freqs_cos: Tensor, freqs_sin: Tensor, heads: int,
                        rows_per_program: int = ROWS_PER_PROGRAM, num_warps: int | None = None) -> Tensor:  # fmt: skip
     """The fused pass (see the module) on x ``(B, S, H·D)`` with a contiguous last dimension."""
+    if (reason := unsupported(x, weight, freqs_cos, freqs_sin, heads)) is not None:
+        raise ValueError(reason)
     b, s, hidden = x.shape
     head_dim = hidden // heads
-    if x.stride(-1) != 1 or hidden % heads or head_dim % 2:
-        raise ValueError(f"x must be (B, S, heads·D) with even D and contiguous rows, got {tuple(x.shape)}")
-    if freqs_cos.shape[-1] != head_dim or freqs_sin.shape != freqs_cos.shape:
-        raise ValueError(f"rotary tables must end in D={head_dim}, got {tuple(freqs_cos.shape)}")
-    if weight is not None and (weight.shape != (hidden,) or weight.stride(0) != 1):
-        raise ValueError(f"weight must be a contiguous ({hidden},) vector, got {tuple(weight.shape)}")
     out = torch.empty(b, s, heads, head_dim, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(s, rows_per_program), b)
     _norm_rotary[grid](
         x, weight if weight is not None else x, freqs_cos, freqs_sin, out,
         x.stride(0), x.stride(1),
-        *_table_strides(freqs_cos, b, s), *_table_strides(freqs_sin, b, s),
+        *_table_strides(freqs_cos), *_table_strides(freqs_sin),
         s, hidden // 2, head_dim // 2, eps,
         BLOCK_S=rows_per_program, BLOCK_P=triton.next_power_of_2(hidden // 2), HAS_WEIGHT=weight is not None,
         num_warps=num_warps or default_warps(hidden),

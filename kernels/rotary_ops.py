@@ -12,7 +12,7 @@ import torch
 from .ops import HAS_TRITON, use_triton
 
 if HAS_TRITON:
-    from .norm_rotary import norm_rotary_triton
+    from .norm_rotary import norm_rotary_triton, unsupported
 
 Tensor = torch.Tensor
 
@@ -39,20 +39,10 @@ def norm_rotary_reference(x: Tensor, weight: Tensor | None, eps: float, freqs_co
 def norm_rotary(x: Tensor, weight: Tensor | None, eps: float, freqs_cos: Tensor, freqs_sin: Tensor,
                 heads: int) -> Tensor:  # fmt: skip
     """RMS norm of x ``(B, S, H·D)`` then Wan's rotary, as ``(B, S, H, D)`` (see :mod:`.norm_rotary`)."""
-    if use_triton(x) and x.dtype != torch.float64 and _kernel_takes(x, weight, freqs_cos, freqs_sin, heads):
+    # Layouts the kernel does not read (tables the stock ops broadcast otherwise...) take the reference.
+    if use_triton(x) and x.dtype != torch.float64 and unsupported(x, weight, freqs_cos, freqs_sin, heads) is None:
         return norm_rotary_triton(x, weight, eps, freqs_cos, freqs_sin, heads)
     return norm_rotary_reference(x, weight, eps, freqs_cos, freqs_sin, heads)
-
-
-def _kernel_takes(x: Tensor, weight: Tensor | None, freqs_cos: Tensor, freqs_sin: Tensor, heads: int) -> bool:
-    """The layouts the kernel reads; anything else the stock ops broadcast goes to the reference."""
-    b, s, hidden = x.shape
-    head_dim = hidden // heads
-    table_ok = all(
-        t.dim() == 4 and t.shape[0] in (1, b) and t.shape[1:] == (s, 1, head_dim) for t in (freqs_cos, freqs_sin)
-    )
-    weight_ok = weight is None or (weight.shape == (hidden,) and weight.stride(0) == 1)
-    return x.stride(-1) == 1 and hidden % heads == 0 and head_dim % 2 == 0 and table_ok and weight_ok
 
 
 @norm_rotary.register_fake
