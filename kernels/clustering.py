@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from .svg_ear_ops import kmeans_assign, permute_rows
-from .svg_ear_ops import uncovered_counts as uncovered_counts_op
 from .svg_ear_reference import segment_counts, segment_sums
 
 Tensor = torch.Tensor
@@ -82,14 +81,3 @@ def gather_rows(x: Tensor, order: Tensor) -> Tensor:
 def scatter_rows(x: Tensor, order: Tensor) -> Tensor:
     """The inverse of :func:`gather_rows`: row r of x goes back to row ``order[b, h, r]``."""
     return permute_rows(x, order, True)
-
-
-def uncovered_counts(selected: Tensor, counts: Tensor, key_len: int, block_k: int) -> Tensor:
-    """Per (query block, cluster): the cluster's rows lying in key blocks the query block skipped.
-
-    ``selected`` ``(B, H, NQ, NK)`` marks the key blocks each query block computes; ``counts``
-    ``(B, H, C)`` are the cluster sizes of rows in cluster order, cut into blocks of ``block_k``
-    (``key_len`` rows). Returns ``(B, H, NQ, C)`` integers (see
-    :func:`.svg_ear_reference.uncovered_counts_reference`).
-    """
-    return uncovered_counts_op(selected, counts, key_len, block_k)

@@ -20,14 +20,12 @@ from dit_accel.kernels.clustering import (
     kmeans,
     scatter_rows,
     spread_centroids,
-    uncovered_counts,
 )
 from dit_accel.kernels.error_probe import error_probe_triton
 from dit_accel.kernels.error_selection import always_count, select_by_rank
 from dit_accel.kernels.kmeans_assign import kmeans_assign_triton
 from dit_accel.kernels.row_permute import permute_rows_triton
-from dit_accel.kernels.svg_ear_ops import permute_rows
-from dit_accel.kernels.svg_ear_ops import uncovered_counts as uncovered_counts_op
+from dit_accel.kernels.svg_ear_ops import permute_rows, uncovered_counts
 from dit_accel.kernels.svg_ear_reference import (
     centroid_attention_reference,
     error_probe_reference,
@@ -303,7 +301,7 @@ def test_uncovered_counts_equal_a_direct_count(key_len, block_k):
     assert (got[0, 0, 0] == 0).all()
     with pytest.raises(ValueError, match="do not match"):
         uncovered_counts_triton(selected, counts, key_len + block_k, block_k)
-    torch.library.opcheck(uncovered_counts_op, (selected, counts, key_len, block_k))
+    torch.library.opcheck(uncovered_counts, (selected, counts, key_len, block_k))
 
 
 # --- centroid tail -------------------------------------------------------------------------------

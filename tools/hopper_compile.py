@@ -26,7 +26,8 @@ from typing import Any
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel launch to compile: ``module:function``, argument types that differ from the rule
-    (capitalised names are bf16 pointers, the rest i32), constexpr values and launch settings."""
+    (capitalised names are bf16 pointers except :data:`SIZES`, the rest i32), constexpr values and
+    launch settings."""
 
     target: str
     constexprs: dict[str, Any]
@@ -38,6 +39,9 @@ class KernelSpec:
 PYRAMID_POINTERS = {"Lse": "*fp32", "QRows": "*i32", "Idx": "*i32", "LevelCnt": "*i32", "EValid": "*i32",
                     "qk_scale": "fp32"}  # fmt: skip
 LEVEL_LIST_TYPES = {"Importance": "*fp32", "Indices": "*i32", "LevelCounts": "*i32", "Bounds": "*fp64"}
+NORM_ROTARY_TYPES = {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32"}
+# Capitalised scalar arguments (sizes), i32 like the lower-case ones.
+SIZES = {"H", "D", "S", "NK", "NQ", "NC", "Sq", "Sk", "Se", "PAIRS", "HALF_D"}
 KERNELS: dict[str, KernelSpec] = {
     "pyramid_attention": KernelSpec(
         "dit_accel.kernels.pyramid_attention:_pyramid_attn_fwd",
@@ -69,39 +73,37 @@ KERNELS: dict[str, KernelSpec] = {
     ),
     "norm_rotary": KernelSpec(
         "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 1024, "HAS_WEIGHT": True},
-        {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32", "S": "i32", "PAIRS": "i32", "HALF_D": "i32"},
+        NORM_ROTARY_TYPES,
     ),
     "norm_rotary_14b": KernelSpec(  # Wan-14B's 5120 channels, at the 8 warps the launcher picks there
         "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 4096, "HAS_WEIGHT": True},
-        {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32", "S": "i32", "PAIRS": "i32", "HALF_D": "i32"}, num_warps=8,
+        NORM_ROTARY_TYPES, num_warps=8,
     ),
     "permute_rows": KernelSpec(
         "dit_accel.kernels.row_permute:_permute_rows", {"BLOCK_S": 32, "BLOCK_D": 128, "INVERSE": False},
-        {"Order": "*i64", "S": "i32"},
+        {"Order": "*i64"},
     ),
     "uncovered_counts": KernelSpec(
         "dit_accel.kernels.cluster_coverage:_uncovered_counts", {"NK_P2": 512, "BLOCK_C": 128},
-        {"Selected": "*i8", "Ends": "*i32", "Counts": "*i32", "Out": "*i32", "NQ": "i32", "NK": "i32", "NC": "i32"},
+        {"Selected": "*i8", "Ends": "*i32", "Counts": "*i32", "Out": "*i32"},
     ),
     "kmeans_assign": KernelSpec(
         "dit_accel.kernels.kmeans_assign:_kmeans_assign",
         {"BLOCK_S": 64, "BLOCK_C": 128, "BLOCK_D": 128, "HAS_V": True, "PRECISION": "tf32"},
-        {"HalfNorm": "*fp32", "Labels": "*i32", "Sums": "*fp32", "Counts": "*i32", "VSums": "*fp32", "S": "i32",
-         "NC": "i32"}, num_warps=8,
+        {"HalfNorm": "*fp32", "Labels": "*i32", "Sums": "*fp32", "Counts": "*i32", "VSums": "*fp32"}, num_warps=8,
     ),
     "centroid_attention": KernelSpec(
         "dit_accel.kernels.centroid_attention:_centroid_attention",
         {"BLOCK_M": 128, "BLOCK_C": 32, "BLOCK_D": 128, "DOT_PRECISION": "tf32"},
-        {"LogW": "*fp32", "Lse": "*fp32", "Sq": "i32", "NQ": "i32", "NC": "i32", "qk_scale": "fp32"},
+        {"LogW": "*fp32", "Lse": "*fp32", "qk_scale": "fp32"},
     ),
 }  # fmt: skip
 
 
 def signature(fn, spec: KernelSpec) -> dict[str, str]:
-    sizes = {"H", "D", "NK", "NQ", "Sq", "Sk", "Se"}
     return {
         name: "constexpr" if name in spec.constexprs
-        else spec.types.get(name, "*bf16" if name[0].isupper() and name not in sizes else "i32")
+        else spec.types.get(name, "*bf16" if name[0].isupper() and name not in SIZES else "i32")
         for name in fn.arg_names
     }  # fmt: skip
 
