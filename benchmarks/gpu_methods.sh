@@ -105,7 +105,8 @@ if [ "$STAGE" = flux-start ]; then
     background flux python3 -m tools.tiny_flux.train --out /tmp/tiny-flux --minutes "${FLUX_MINUTES:-13}" --compile
 fi
 if [ "$STAGE" = sla-start ]; then
-    background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}"
+    background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}" all \
+        "${SLA_LRS:-5e-5}" "${SLA_POOL:-32}"
 fi
 if [ "$STAGE" = flux-collect ]; then
     while pgrep -f tiny_flux.train > /dev/null; do sleep 5; done
