@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument(
         "-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-        help="training option, repeatable: -o lr=1e-4 -o rank=8 -o sampling=reweighted -o attention_weight=0.1",
+        help="training option, repeatable: -o lr=1e-4 -o rank=8 -o sampling=reweighted -o attention_weight=0.1 "
+        "-o \"subset_template=['a {} on a plain gray background', 'a {} on a dotted black background']\" "
+        "(one-concept step prompts; default 'a photo of {}')",
     )  # fmt: skip
     parser.add_argument("--num-inference-steps", type=int, default=20, help="steps of the training image")
     add_device_arguments(parser)

@@ -13,7 +13,11 @@ minimises
 Every ``mask_every`` steps the masks are recomputed from the current model's attention on the image
 (:func:`~dit_accel.editing.attencraft_masks.masks_from_maps`) and kept only if their SSIM with the
 previous masks is at least ``mask_ssim`` (0.8). The concepts are phrases of the prompt (existing words
-or new placeholder words the tokenizer knows); the prompt is always the whole prompt.
+or new placeholder words the tokenizer knows). A step's prompt names what it trains (union sampling, as
+Break-A-Scene, which AttenCraft builds on): with ``subset_template`` set, a step that samples only some
+of the concepts is prompted with the template holding their phrases ("a photo of {}" → "a photo of red
+star"), so that one-concept prompts later call up that concept alone; a step that samples them all, or
+any step without a template, is prompted with the image's whole prompt.
 
 The adapters are saved in Diffusers' LoRA format (``pytorch_lora_weights.safetensors``; a
 ``checkpoint-<step>`` folder every ``save_every`` steps and the final one in ``out_dir``), so the
@@ -38,7 +42,12 @@ from .attencraft_masks import ConceptMasks, masks_from_maps, phrase_positions
 from .attention_maps import AttentionMapCapture, capture_attention_maps
 
 SAMPLING = ("uniform", "reweighted")
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+# FLUX's attention projections, its double-stream blocks' feed-forwards and its single-stream blocks' MLP
+# and output projections (the shape of an object is drawn by the MLPs as much as by the attention).
+LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
+)  # fmt: skip
 ADAPTER = "attencraft"
 MASK_SIGMA = 0.5  # noise level of the forward the masks are recomputed from
 
@@ -57,6 +66,11 @@ class AttenCraftTrainConfig:
         blocks: attention blocks whose maps the attention loss reads (None: all).
         power, margin, floor: mask settings of the recomputation (see ``masks_from_maps``).
         seed: seed of the noise, times and concept draws.
+        subset_template: prompt of a step that samples some of the concepts, ``{}`` standing for their
+            phrases joined by ``subset_joiner`` (Break-A-Scene's "a photo of {}"), or several such prompts
+            (each step draws one, as textual inversion's template lists); None prompts every step with
+            the whole prompt. A model with a closed vocabulary (the tiny FLUX) needs its own words here.
+        lora_targets: names of the linear layers that get adapters (peft ``target_modules``).
     """
 
     steps: int = 200
@@ -72,6 +86,9 @@ class AttenCraftTrainConfig:
     margin: float = 0.1
     floor: float = 0.7
     seed: int = 0
+    subset_template: str | tuple[str, ...] | None = "a photo of {}"
+    subset_joiner: str = " and "
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank"):
@@ -88,6 +105,36 @@ class AttenCraftTrainConfig:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if not 0.0 <= self.mask_ssim <= 1.0:
             raise ValueError(f"mask_ssim must be in [0, 1], got {self.mask_ssim!r}")
+        if isinstance(self.subset_template, list):
+            self.subset_template = tuple(self.subset_template)
+        templates = (self.subset_template,) if isinstance(self.subset_template, str) else self.subset_template
+        if templates is not None and not (
+            isinstance(templates, tuple)
+            and templates
+            and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
+        ):
+            raise ValueError(
+                f"subset_template must be a string with one '{{}}' or a non-empty sequence of them, "
+                f"got {self.subset_template!r}"
+            )
+        self.lora_targets = tuple(self.lora_targets)
+        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise ValueError(f"lora_targets must be non-empty layer names, got {self.lora_targets!r}")
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The one-concept-subset prompt templates (empty: every step gets the whole prompt)."""
+        if self.subset_template is None:
+            return ()
+        return (self.subset_template,) if isinstance(self.subset_template, str) else tuple(self.subset_template)
+
+    def step_prompt(self, prompt: str, concepts: list[str], chosen: list[int], draw: int = 0) -> str:
+        """The prompt of a step that samples the concepts ``chosen`` (indices into ``concepts``); ``draw``
+        picks the template (modulo their number)."""
+        if not self.templates or len(chosen) == len(concepts):
+            return prompt
+        template = self.templates[draw % len(self.templates)]
+        return template.replace("{}", self.subset_joiner.join(concepts[k] for k in chosen))
 
 
 @dataclass
@@ -125,49 +172,66 @@ def sample_concepts(weights: torch.Tensor, generator: torch.Generator) -> list[i
 
 
 @dataclass
+class _Text:
+    """A prompt as the transformer sees it, and the text positions of the concepts it trains."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    text_ids: torch.Tensor
+    tokens: list[list[int]]
+
+
+@torch.no_grad()
+def _text(pipe: Any, prompt: str, phrases: list[str], max_length: int) -> _Text:
+    device = pipe.transformer.device
+    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt, None, device=device, max_sequence_length=max_length)
+    tokens = [phrase_positions(pipe.tokenizer_2, prompt, phrase, max_length) for phrase in phrases]
+    return _Text(prompt_embeds, pooled, text_ids, tokens)
+
+
+@dataclass
 class _Batch:
-    """The training image as the transformer sees it, and the prompt's embeddings."""
+    """The training image as the transformer sees it."""
 
     latents: torch.Tensor  # (1, N, C) packed
     image_ids: torch.Tensor
-    text_ids: torch.Tensor
-    prompt_embeds: torch.Tensor
-    pooled: torch.Tensor
     grid: tuple[int, int]
 
-    def forward(self, model: torch.nn.Module, noise: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predicted and the true velocity at noise level ``sigma``."""
+    def forward(
+        self, model: torch.nn.Module, text: _Text, noise: torch.Tensor, sigma: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted and the true velocity at noise level ``sigma`` under the prompt ``text``."""
         noisy = (1 - sigma) * self.latents + sigma * noise
-        guidance = torch.ones(1) if model.config.guidance_embeds else None
+        guidance = torch.ones(1, device=noisy.device) if model.config.guidance_embeds else None
         out = model(
-            hidden_states=noisy, timestep=torch.full((1,), sigma), guidance=guidance,
-            pooled_projections=self.pooled, encoder_hidden_states=self.prompt_embeds, txt_ids=self.text_ids,
+            hidden_states=noisy, timestep=torch.full((1,), sigma, device=noisy.device), guidance=guidance,
+            pooled_projections=text.pooled, encoder_hidden_states=text.prompt_embeds, txt_ids=text.text_ids,
             img_ids=self.image_ids, return_dict=False,
         )[0]  # fmt: skip
         return out, noise - self.latents
 
 
 @torch.no_grad()
-def _batch(pipe: Any, image: PIL.Image.Image, prompt: str, max_length: int) -> _Batch:
+def _batch(pipe: Any, image: PIL.Image.Image) -> _Batch:
     device, dtype = pipe.transformer.device, pipe.transformer.dtype
-    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt, None, device=device, max_sequence_length=max_length)
     pixels = pipe.image_processor.preprocess(image).to(device, pipe.vae.dtype)
     latents = pipe.vae.encode(pixels).latent_dist.mean
     latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
     _, channels, height, width = latents.shape
     packed = pipe._pack_latents(latents.to(dtype), 1, channels, height, width)
     image_ids = pipe._prepare_latent_image_ids(1, height // 2, width // 2, device, dtype)
-    return _Batch(packed, image_ids, text_ids, prompt_embeds, pooled, (height // 2, width // 2))
+    return _Batch(packed, image_ids, (height // 2, width // 2))
 
 
 def _masks_now(
-    model: torch.nn.Module, batch: _Batch, tokens: list[list[int]], size: tuple[int, int], cfg: AttenCraftTrainConfig
+    model: torch.nn.Module, batch: _Batch, text: _Text, size: tuple[int, int], cfg: AttenCraftTrainConfig
 ) -> ConceptMasks:
-    """Masks from the current model's attention on the image noised at :data:`MASK_SIGMA` (fixed noise)."""
+    """Masks from the current model's attention on the image noised at :data:`MASK_SIGMA` (fixed noise)
+    under the whole prompt ``text``."""
     noise = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(batch.latents)
     with torch.no_grad(), capture_attention_maps(model, blocks=cfg.blocks, forwards=None) as capture:
-        batch.forward(model, noise, MASK_SIGMA)
-    return masks_from_maps(capture.result(), tokens, None, size, cfg.power, cfg.margin, floor=cfg.floor)
+        batch.forward(model, text, noise, MASK_SIGMA)
+    return masks_from_maps(capture.result(), text.tokens, None, size, cfg.power, cfg.margin, floor=cfg.floor)
 
 
 def _mask_similarity(a: torch.Tensor, b: torch.Tensor, count: int) -> float:
@@ -209,7 +273,8 @@ def train_attencraft(
     cfg = config or AttenCraftTrainConfig()
     if not concepts:
         raise ValueError("give at least one concept")
-    tokens = [phrase_positions(pipe.tokenizer_2, prompt, c, max_sequence_length) for c in concepts]
+    whole = _text(pipe, prompt, concepts, max_sequence_length)
+    texts: dict[tuple[tuple[int, ...], int], _Text] = {}
     size = (image.height, image.width)
     labels = masks.labels if isinstance(masks, ConceptMasks) else masks
     if labels is not None and tuple(labels.shape) != size:
@@ -217,12 +282,14 @@ def train_attencraft(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = pipe.transformer
-    batch = _batch(pipe, image, prompt, max_sequence_length)
+    batch = _batch(pipe, image)
     if labels is None:
-        labels = _masks_now(model, batch, tokens, size, cfg).labels
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, target_modules=LORA_TARGETS, init_lora_weights=True)
+        labels = _masks_now(model, batch, whole, size, cfg).labels
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, target_modules=list(cfg.lora_targets), init_lora_weights=True)
     had_adapters = bool(getattr(model, "peft_config", None))
-    model.add_adapter(lora, adapter_name=ADAPTER)
+    with torch.random.fork_rng(devices=[]):  # the adapters' initial weights follow cfg.seed
+        torch.manual_seed(cfg.seed)
+        model.add_adapter(lora, adapter_name=ADAPTER)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(".lora_" in name)
@@ -240,7 +307,14 @@ def train_attencraft(
                 chosen = sample_concepts(
                     running if cfg.sampling == "reweighted" else torch.ones(len(concepts)), generator
                 )
-                losses = _train_step(model, batch, capture, tokens, target, chosen, cfg, generator)
+                several = len(cfg.templates) > 1
+                draw = int(torch.randint(len(cfg.templates), (1,), generator=generator)) if several else 0
+                key = (tuple(chosen), draw)
+                if key not in texts:
+                    phrases = [concepts[k] for k in chosen]
+                    step_prompt = cfg.step_prompt(prompt, concepts, chosen, draw)
+                    texts[key] = _text(pipe, step_prompt, phrases, max_sequence_length)
+                losses = _train_step(model, batch, capture, texts[key], target, chosen, cfg, generator)
                 accelerator.backward(losses["total"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -250,7 +324,7 @@ def train_attencraft(
                 result.losses.append({"step": step, "concepts": chosen, **values})
                 if cfg.mask_every and step % cfg.mask_every == 0:
                     capture.clear()
-                    new = _masks_now(model, batch, tokens, size, cfg).labels
+                    new = _masks_now(model, batch, whole, size, cfg).labels
                     similarity = _mask_similarity(new, labels, len(concepts))
                     accepted = similarity >= cfg.mask_ssim
                     result.mask_updates.append({"step": step, "ssim": similarity, "accepted": accepted})
@@ -259,7 +333,7 @@ def train_attencraft(
                 if cfg.save_every and step % cfg.save_every == 0:
                     save_adapter(pipe, out / f"checkpoint-{step}")
         save_adapter(pipe, out)
-        info = {"prompt": prompt, "concepts": concepts, "tokens": tokens, "config": asdict(cfg),
+        info = {"prompt": prompt, "concepts": concepts, "tokens": whole.tokens, "config": asdict(cfg),
                 "losses": result.losses, "mask_updates": result.mask_updates}  # fmt: skip
         (out / "attencraft_train.json").write_text(json.dumps(info, indent=1) + "\n")
         result.labels = labels
@@ -278,22 +352,23 @@ def _train_step(
     model: torch.nn.Module,
     batch: _Batch,
     capture: AttentionMapCapture,
-    tokens: list[list[int]],
+    text: _Text,
     target: torch.Tensor,
     chosen: list[int],
     cfg: AttenCraftTrainConfig,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """One forward: the masked diffusion loss over the chosen concepts' tokens and their attention (JS) loss."""
+    """One forward under the step's prompt ``text`` (``text.tokens[i]``: where concept ``chosen[i]`` is):
+    the masked diffusion loss over the chosen concepts' tokens and their attention (JS) loss."""
     noise = torch.randn(batch.latents.shape, generator=generator).to(batch.latents)
     sigma = float(torch.rand(1, generator=generator).clamp(0.02, 0.98))
     capture.clear()
-    predicted, velocity = batch.forward(model, noise, sigma)
-    union = target[chosen].amax(dim=0)  # (N,)
+    predicted, velocity = batch.forward(model, text, noise, sigma)
     error = (predicted - velocity).float().pow(2).mean(dim=-1)[0]  # (N,)
+    union = target[chosen].amax(dim=0).to(error.device)  # (N,); the masks and maps live on the CPU
     diffusion = (error * union).sum() / union.sum().clamp_min(1.0)
     maps = capture.result()
-    attention_maps = torch.stack([maps.token_maps(tokens[k]) for k in chosen])
+    attention_maps = torch.stack([maps.token_maps(positions) for positions in text.tokens])
     per_concept = js_divergence(attention_maps, target[chosen])
     attention = per_concept.mean()
     total = diffusion + cfg.attention_weight * attention if cfg.attention_weight else diffusion

@@ -7,11 +7,13 @@ import json
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_compare import tiny_flux_pipeline
 
 from dit_accel.editing.attencraft_train import (
     AttenCraftTrainConfig,
     _batch,
+    _text,
     _train_step,
     js_divergence,
     token_masks,
@@ -56,8 +58,9 @@ def test_js_divergence_and_token_masks():
 def test_loss_terms_come_from_the_masks():
     pipe = _pipe()
     image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
-    batch = _batch(pipe, image, PROMPT, 16)
-    tokens = [[1, 2], [6, 7]]
+    batch = _batch(pipe, image)
+    text = _text(pipe, PROMPT, CONCEPTS[:1], 16)
+    assert text.tokens == [[1, 2]]
     cfg = AttenCraftTrainConfig(attention_weight=2.0)
     left = token_masks(_labels(), 2, batch.grid)
     moved = left.flip(-1)
@@ -65,7 +68,7 @@ def test_loss_terms_come_from_the_masks():
     def step(target):
         with capture_attention_maps(pipe.transformer, forwards=None, affinity=False) as capture:
             return _train_step(
-                pipe.transformer, batch, capture, tokens, target, [0], cfg, torch.Generator().manual_seed(3)
+                pipe.transformer, batch, capture, text, target, [0], cfg, torch.Generator().manual_seed(3)
             )
 
     a, b = step(left), step(moved)
@@ -73,8 +76,8 @@ def test_loss_terms_come_from_the_masks():
     torch.testing.assert_close(a["total"], a["diffusion"] + 2.0 * a["attention"])
     with capture_attention_maps(pipe.transformer, forwards=None, affinity=False) as capture:
         noise = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(3))
-        batch.forward(pipe.transformer, noise, 0.5)
-        own = capture.result().token_maps(tokens[0])
+        batch.forward(pipe.transformer, text, noise, 0.5)
+        own = capture.result().token_maps(text.tokens[0])
     assert js_divergence(own[None], own[None] * 2).item() < 1e-6  # a map matching its mask costs nothing
 
 
@@ -101,6 +104,35 @@ def test_training_saves_adapters_that_change_and_reload(tmp_path):
     assert torch.equal(_transformer_out(pipe), base)
 
 
+def test_subset_prompts_name_the_sampled_concepts(tmp_path):
+    cfg = AttenCraftTrainConfig(subset_template="a {} on a plain gray background", subset_joiner=" left of a ")
+    assert cfg.step_prompt(PROMPT, CONCEPTS, [1]) == "a blue ring on a plain gray background"
+    assert cfg.step_prompt(PROMPT, [*CONCEPTS, "gray"], [0, 1]) == (
+        "a red star left of a blue ring on a plain gray background"
+    )
+    assert cfg.step_prompt(PROMPT, CONCEPTS, [0, 1]) == PROMPT
+    assert AttenCraftTrainConfig().step_prompt(PROMPT, CONCEPTS, [1]) == "a photo of blue ring"
+    assert AttenCraftTrainConfig(subset_template=None).step_prompt(PROMPT, CONCEPTS, [1]) == PROMPT
+    several = AttenCraftTrainConfig(
+        subset_template=["a {} on a plain gray background", "a {} on a dotted black background"]
+    )
+    assert several.templates == ("a {} on a plain gray background", "a {} on a dotted black background")
+    assert several.step_prompt(PROMPT, CONCEPTS, [0], draw=3) == "a red star on a dotted black background"
+    pipe = _pipe()
+    assert _text(pipe, cfg.step_prompt(PROMPT, CONCEPTS, [1]), CONCEPTS[1:], 16).tokens == [[1, 2]]
+    image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
+    adapters = []
+    for index, template in enumerate((None, cfg.subset_template, cfg.subset_template)):
+        config = AttenCraftTrainConfig(steps=2, lr=1e-2, rank=2, mask_every=0, subset_template=template, seed=1)
+        torch.rand(index + 1)  # the global generator differs from run to run; the training must not care
+        train_attencraft(pipe, image, PROMPT, CONCEPTS, tmp_path / str(index), _labels(), config, 16)
+        pipe.load_lora_weights(tmp_path / str(index))
+        adapters.append(_transformer_out(pipe))
+        pipe.unload_lora_weights()
+    assert torch.equal(adapters[1], adapters[2])  # the seed fixes the run, the adapters' initial weights too
+    assert not torch.allclose(adapters[0], adapters[1])  # the steps of one concept saw another prompt
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="sampling must be one of"):
         AttenCraftTrainConfig(sampling="greedy")
@@ -108,3 +140,37 @@ def test_config_errors():
         AttenCraftTrainConfig(mask_ssim=1.5)
     with pytest.raises(ValueError, match="steps"):
         AttenCraftTrainConfig(steps=0)
+    for template in ("a photo", "a {} and {}", 3, [], ["a {}", "a photo"]):
+        with pytest.raises(ValueError, match="subset_template"):
+            AttenCraftTrainConfig(subset_template=template)
+    with pytest.raises(ValueError, match="lora_targets"):
+        AttenCraftTrainConfig(lora_targets=())
+
+
+def test_command_line_trains_with_a_template_list(tmp_path):
+    from dit_accel.cli import main
+    from dit_accel.tiny_model import GENERATION_DEFAULTS_FILE
+
+    _pipe().save_pretrained(tmp_path / "model")
+    call = {"height": SIZE, "width": SIZE, "max_sequence_length": 16}
+    (tmp_path / "model" / GENERATION_DEFAULTS_FILE).write_text(json.dumps(call))
+    templates = ["a {} on a plain gray background", "a {} on a dotted black background"]
+    command = ["attencraft-train", "--model", str(tmp_path / "model"), "--prompt", PROMPT, "--device", "cpu"]
+    status = main(
+        [
+            *command,
+            *("--out", str(tmp_path / "out"), "--concepts", *CONCEPTS, "--train-steps", "2"),
+            *("--num-inference-steps", "2", "-o", f"subset_template={templates}", "-o", "rank=2"),
+            *("-o", "lora_targets=('to_q', 'to_v')"),
+        ]
+    )
+    assert status == 0
+    out = tmp_path / "out"
+    assert {"pytorch_lora_weights.safetensors", "training_image.png", "training_masks.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    config = json.loads((out / "attencraft_train.json").read_text())["config"]
+    assert config["subset_template"] == templates and config["lora_targets"] == ["to_q", "to_v"]
+    layers = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in load_file(out / "pytorch_lora_weights.safetensors")}
+    assert layers == {"to_q", "to_v"}  # adapters on the chosen layers only
+    assert main([*command, "--concepts", "red star", "-o", "templates=x"]) == 2  # refused before any work
