@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the pipeline runs (fp32 either way)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     caption = parse_caption(PROMPT)
     same = f"{caption.pattern} {caption.background}"
     varied = [f"{p} {g}" for p in PATTERNS for g in GREYS if f"{p} {g}" != NEW_CONTEXT]

@@ -20,13 +20,20 @@ read -ra LRS <<< "${3:-5e-5}"
 POOL=${4:-32}
 K_HIGH=0.05
 mkdir -p "$OUT"
+if [ "$(printf '%s\n' "${LRS[@]}" | sort | uniq -d)" ]; then echo "a learning rate is given twice: ${LRS[*]}" >&2; exit 2; fi
 variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
+pids=()
 for lr in "${LRS[@]}"; do
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$lr" -o k_high=$K_HIGH -o k_low=0.1 \
         --train "$TRAIN" --lr "$lr" --minutes "$MINUTES" --steps 1000000 --batch-size 4 --pool-size "$POOL" \
         --save-every 500 > "$OUT/finetune-$lr.log" 2>&1 &
+    pids+=($!)
     variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$lr")
 done
-wait  # every run; a failed one fails the script (set -e does not see background jobs: check the logs)
-for lr in "${LRS[@]}"; do tail -3 "$OUT/finetune-$lr.log"; done
+failed=0
+for index in "${!pids[@]}"; do  # every run must end well before the sweep compares them
+    wait "${pids[$index]}" || { echo "fine-tuning at lr ${LRS[$index]} failed" >&2; failed=1; }
+    tail -3 "$OUT/finetune-${LRS[$index]}.log"
+done
+[ "$failed" = 0 ] || exit 1
 python3 -m dit_accel.cli sweep --out "$OUT/sweep" --pairs 8 "${variants[@]}" 2>&1 | tee "$OUT/sweep.log"

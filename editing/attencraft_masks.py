@@ -30,17 +30,21 @@ BACKGROUND = -1  # label of background pixels
 OVERLAY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
 
 
-def phrase_positions(tokenizer: Any, prompt: str, phrase: str, max_length: int) -> list[int]:
-    """Text positions of ``phrase``'s tokens in ``prompt`` as the pipeline tokenises it (first occurrence).
+def phrase_positions(tokenizer: Any, prompt: str, phrase: str, max_length: int, start: int = 0) -> list[int]:
+    """Text positions of ``phrase``'s tokens in ``prompt`` as the pipeline tokenises it (first occurrence
+    at or after token ``start``).
 
     ``ValueError`` when the phrase is not in the (truncated) prompt."""
     ids = tokenizer(prompt, max_length=max_length, truncation=True).input_ids
     part = tokenizer(phrase, add_special_tokens=False).input_ids
     if part:
-        for start in range(len(ids) - len(part) + 1):
-            if ids[start : start + len(part)] == part:
-                return list(range(start, start + len(part)))
-    raise ValueError(f"concept {phrase!r} is not in the prompt {prompt!r} (as tokenised, first {max_length} tokens)")
+        for first in range(start, len(ids) - len(part) + 1):
+            if ids[first : first + len(part)] == part:
+                return list(range(first, first + len(part)))
+    where = f" after token {start}" if start else ""
+    raise ValueError(
+        f"concept {phrase!r} is not in the prompt {prompt!r}{where} (as tokenised, first {max_length} tokens)"
+    )
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:

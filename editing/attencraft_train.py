@@ -38,12 +38,14 @@ import torch.nn.functional as F
 
 from dit_accel.metrics import ssim
 
-from .attencraft_masks import ConceptMasks, masks_from_maps, phrase_positions
+from .attencraft_masks import ConceptMasks, masks_from_maps
+from .attencraft_prompts import StepPrompts, StepText
 from .attention_maps import AttentionMapCapture, capture_attention_maps
 
 SAMPLING = ("uniform", "reweighted")
-# FLUX's attention projections, its double-stream blocks' feed-forwards and its single-stream blocks' MLP
-# and output projections (the shape of an object is drawn by the MLPs as much as by the attention).
+# FLUX's attention projections, its double-stream blocks' feed-forwards, its single-stream blocks' MLP and
+# every layer named proj_out (the single blocks' and the model's output projection: peft matches names by
+# their ending). The shape of an object is drawn by the MLPs as much as by the attention.
 LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
@@ -91,12 +93,10 @@ class AttenCraftTrainConfig:
     lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
-        for name in ("steps", "rank"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        for name in ("mask_every", "save_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        for name, least in (("steps", 1), ("rank", 1), ("mask_every", 0), ("save_every", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.attention_weight >= 0:
@@ -117,8 +117,16 @@ class AttenCraftTrainConfig:
                 f"subset_template must be a string with one '{{}}' or a non-empty sequence of them, "
                 f"got {self.subset_template!r}"
             )
+        if not isinstance(self.subset_joiner, str):
+            raise ValueError(f"subset_joiner must be a string, got {self.subset_joiner!r}")
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = (self.lora_targets,)
+        if not isinstance(self.lora_targets, (list, tuple)) or not self.lora_targets:
+            raise ValueError(
+                f"lora_targets must be a layer name or a non-empty sequence of them, got {self.lora_targets!r}"
+            )
         self.lora_targets = tuple(self.lora_targets)
-        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+        if not all(isinstance(t, str) and t for t in self.lora_targets):
             raise ValueError(f"lora_targets must be non-empty layer names, got {self.lora_targets!r}")
 
     @property
@@ -127,14 +135,6 @@ class AttenCraftTrainConfig:
         if self.subset_template is None:
             return ()
         return (self.subset_template,) if isinstance(self.subset_template, str) else tuple(self.subset_template)
-
-    def step_prompt(self, prompt: str, concepts: list[str], chosen: list[int], draw: int = 0) -> str:
-        """The prompt of a step that samples the concepts ``chosen`` (indices into ``concepts``); ``draw``
-        picks the template (modulo their number)."""
-        if not self.templates or len(chosen) == len(concepts):
-            return prompt
-        template = self.templates[draw % len(self.templates)]
-        return template.replace("{}", self.subset_joiner.join(concepts[k] for k in chosen))
 
 
 @dataclass
@@ -172,24 +172,6 @@ def sample_concepts(weights: torch.Tensor, generator: torch.Generator) -> list[i
 
 
 @dataclass
-class _Text:
-    """A prompt as the transformer sees it, and the text positions of the concepts it trains."""
-
-    prompt_embeds: torch.Tensor
-    pooled: torch.Tensor
-    text_ids: torch.Tensor
-    tokens: list[list[int]]
-
-
-@torch.no_grad()
-def _text(pipe: Any, prompt: str, phrases: list[str], max_length: int) -> _Text:
-    device = pipe.transformer.device
-    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt, None, device=device, max_sequence_length=max_length)
-    tokens = [phrase_positions(pipe.tokenizer_2, prompt, phrase, max_length) for phrase in phrases]
-    return _Text(prompt_embeds, pooled, text_ids, tokens)
-
-
-@dataclass
 class _Batch:
     """The training image as the transformer sees it."""
 
@@ -198,7 +180,7 @@ class _Batch:
     grid: tuple[int, int]
 
     def forward(
-        self, model: torch.nn.Module, text: _Text, noise: torch.Tensor, sigma: float
+        self, model: torch.nn.Module, text: StepText, noise: torch.Tensor, sigma: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The predicted and the true velocity at noise level ``sigma`` under the prompt ``text``."""
         noisy = (1 - sigma) * self.latents + sigma * noise
@@ -224,7 +206,7 @@ def _batch(pipe: Any, image: PIL.Image.Image) -> _Batch:
 
 
 def _masks_now(
-    model: torch.nn.Module, batch: _Batch, text: _Text, size: tuple[int, int], cfg: AttenCraftTrainConfig
+    model: torch.nn.Module, batch: _Batch, text: StepText, size: tuple[int, int], cfg: AttenCraftTrainConfig
 ) -> ConceptMasks:
     """Masks from the current model's attention on the image noised at :data:`MASK_SIGMA` (fixed noise)
     under the whole prompt ``text``."""
@@ -273,12 +255,13 @@ def train_attencraft(
     cfg = config or AttenCraftTrainConfig()
     if not concepts:
         raise ValueError("give at least one concept")
-    whole = _text(pipe, prompt, concepts, max_sequence_length)
-    texts: dict[tuple[tuple[int, ...], int], _Text] = {}
+    prompts = StepPrompts(pipe, prompt, concepts, cfg.templates, cfg.subset_joiner, max_sequence_length)
+    whole = prompts.whole()
     size = (image.height, image.width)
     labels = masks.labels if isinstance(masks, ConceptMasks) else masks
     if labels is not None and tuple(labels.shape) != size:
         raise ValueError(f"masks are {tuple(labels.shape)}, the image is {size}")
+    labels = None if labels is None else labels.cpu()  # masks and attention maps are compared on the CPU
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = pipe.transformer
@@ -287,8 +270,8 @@ def train_attencraft(
         labels = _masks_now(model, batch, whole, size, cfg).labels
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, target_modules=list(cfg.lora_targets), init_lora_weights=True)
     had_adapters = bool(getattr(model, "peft_config", None))
-    with torch.random.fork_rng(devices=[]):  # the adapters' initial weights follow cfg.seed
-        torch.manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # the adapters' initial weights (made on the CPU) follow cfg.seed
+        torch.default_generator.manual_seed(cfg.seed)
         model.add_adapter(lora, adapter_name=ADAPTER)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, parameter in model.named_parameters():
@@ -298,6 +281,9 @@ def train_attencraft(
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
+    draws = torch.Generator().manual_seed(
+        cfg.seed + 1
+    )  # template draws apart: runs differing only in templates pair up
     running = torch.ones(len(concepts))
     result = TrainResult(out)
     try:
@@ -307,14 +293,9 @@ def train_attencraft(
                 chosen = sample_concepts(
                     running if cfg.sampling == "reweighted" else torch.ones(len(concepts)), generator
                 )
-                several = len(cfg.templates) > 1
-                draw = int(torch.randint(len(cfg.templates), (1,), generator=generator)) if several else 0
-                key = (tuple(chosen), draw)
-                if key not in texts:
-                    phrases = [concepts[k] for k in chosen]
-                    step_prompt = cfg.step_prompt(prompt, concepts, chosen, draw)
-                    texts[key] = _text(pipe, step_prompt, phrases, max_sequence_length)
-                losses = _train_step(model, batch, capture, texts[key], target, chosen, cfg, generator)
+                several = prompts.uses_template(chosen) and len(cfg.templates) > 1
+                draw = int(torch.randint(len(cfg.templates), (1,), generator=draws)) if several else 0
+                losses = _train_step(model, batch, capture, prompts.text(chosen, draw), target, chosen, cfg, generator)
                 accelerator.backward(losses["total"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -352,7 +333,7 @@ def _train_step(
     model: torch.nn.Module,
     batch: _Batch,
     capture: AttentionMapCapture,
-    text: _Text,
+    text: StepText,
     target: torch.Tensor,
     chosen: list[int],
     cfg: AttenCraftTrainConfig,

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from test_compare import tiny_flux_pipeline
 
+from dit_accel.editing.attencraft_prompts import StepPrompts, subset_positions
 from dit_accel.editing.attencraft_train import (
     AttenCraftTrainConfig,
     _batch,
-    _text,
     _train_step,
     js_divergence,
     token_masks,
@@ -59,8 +59,8 @@ def test_loss_terms_come_from_the_masks():
     pipe = _pipe()
     image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
     batch = _batch(pipe, image)
-    text = _text(pipe, PROMPT, CONCEPTS[:1], 16)
-    assert text.tokens == [[1, 2]]
+    text = StepPrompts(pipe, PROMPT, CONCEPTS, (), " and ", 16).text([0])
+    assert text.prompt == PROMPT and text.tokens == [[1, 2]]
     cfg = AttenCraftTrainConfig(attention_weight=2.0)
     left = token_masks(_labels(), 2, batch.grid)
     moved = left.flip(-1)
@@ -104,25 +104,58 @@ def test_training_saves_adapters_that_change_and_reload(tmp_path):
     assert torch.equal(_transformer_out(pipe), base)
 
 
-def test_subset_prompts_name_the_sampled_concepts(tmp_path):
-    cfg = AttenCraftTrainConfig(subset_template="a {} on a plain gray background", subset_joiner=" left of a ")
-    assert cfg.step_prompt(PROMPT, CONCEPTS, [1]) == "a blue ring on a plain gray background"
-    assert cfg.step_prompt(PROMPT, [*CONCEPTS, "gray"], [0, 1]) == (
-        "a red star left of a blue ring on a plain gray background"
-    )
-    assert cfg.step_prompt(PROMPT, CONCEPTS, [0, 1]) == PROMPT
-    assert AttenCraftTrainConfig().step_prompt(PROMPT, CONCEPTS, [1]) == "a photo of blue ring"
-    assert AttenCraftTrainConfig(subset_template=None).step_prompt(PROMPT, CONCEPTS, [1]) == PROMPT
-    several = AttenCraftTrainConfig(
-        subset_template=["a {} on a plain gray background", "a {} on a dotted black background"]
-    )
-    assert several.templates == ("a {} on a plain gray background", "a {} on a dotted black background")
-    assert several.step_prompt(PROMPT, CONCEPTS, [0], draw=3) == "a red star on a dotted black background"
+def test_subset_prompts_name_the_sampled_concepts():
     pipe = _pipe()
-    assert _text(pipe, cfg.step_prompt(PROMPT, CONCEPTS, [1]), CONCEPTS[1:], 16).tokens == [[1, 2]]
+    plain = "a {} on a plain gray background"
+    prompts = StepPrompts(pipe, PROMPT, [*CONCEPTS, "gray"], (plain, "a red star left of {}"), " left of a ", 16)
+    one = prompts.text([1])
+    assert one.prompt == "a blue ring on a plain gray background" and one.tokens == [[1, 2]]
+    two = prompts.text([0, 1])
+    assert two.prompt == "a red star left of a blue ring on a plain gray background"
+    assert two.tokens == [[1, 2], [6, 7]]
+    # the template's own "red star" comes first in the prompt: the inserted one is the concept
+    assert prompts.text([0], draw=1).tokens == [[5, 6]]
+    everything = prompts.text([0, 1, 2])
+    assert everything.prompt == PROMPT and everything.tokens == [[1, 2], [6, 7], [11]]
+    assert prompts.whole().tokens == everything.tokens
+    assert torch.equal(prompts.text([1]).prompt_embeds, one.prompt_embeds)  # encoded once, reused
+    assert StepPrompts(pipe, PROMPT, CONCEPTS, (), " and ", 16).text([1]).prompt == PROMPT
+    tokenizer = pipe.tokenizer_2
+    assert subset_positions(tokenizer, "a {} right of a red star", ["red star"], " and ", 16) == [[1, 2]]
+    long = PROMPT + " left of a {}"  # the inserted phrase falls beyond the 16 tokens: refused before training
+    with pytest.raises(ValueError, match="not in the prompt"):
+        StepPrompts(pipe, PROMPT, CONCEPTS, ("a {} on a plain gray background", long), " and ", 16)
+
+
+def test_training_prompts_each_step_with_what_it_draws(tmp_path, monkeypatch):
+    import dit_accel.editing.attencraft_train as module
+
+    seen, step = [], module._train_step
+
+    def recording_step(model, batch, capture, text, target, chosen, cfg, generator):
+        seen.append((tuple(chosen), text.prompt, text.tokens))
+        return step(model, batch, capture, text, target, chosen, cfg, generator)
+
+    monkeypatch.setattr(module, "_train_step", recording_step)
+    pipe = _pipe()
+    image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
+    templates = ["a {} on a plain gray background", "a {} on a dotted black background"]
+    config = AttenCraftTrainConfig(steps=12, lr=1e-3, rank=2, mask_every=0, subset_template=templates, seed=3)
+    train_attencraft(pipe, image, PROMPT, CONCEPTS, tmp_path, _labels(), config, 16)
+    ones = {prompt for chosen, prompt, _ in seen if len(chosen) == 1}
+    assert ones <= {t.replace("{}", c) for t in templates for c in CONCEPTS} and len(ones) >= 2
+    assert {prompt for chosen, prompt, _ in seen if len(chosen) == 2} == {PROMPT}
+    tokenizer = pipe.tokenizer_2
+    for chosen, prompt, tokens in seen:  # the maps are read at the drawn concepts' own words
+        ids = tokenizer(prompt).input_ids
+        assert [tokenizer.decode([ids[i] for i in where]) for where in tokens] == [CONCEPTS[k] for k in chosen]
+
+
+def test_seeded_training_is_repeatable_and_the_prompts_matter(tmp_path):
+    pipe = _pipe()
     image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
     adapters = []
-    for index, template in enumerate((None, cfg.subset_template, cfg.subset_template)):
+    for index, template in enumerate((None, "a {} on a plain gray background", "a {} on a plain gray background")):
         config = AttenCraftTrainConfig(steps=2, lr=1e-2, rank=2, mask_every=0, subset_template=template, seed=1)
         torch.rand(index + 1)  # the global generator differs from run to run; the training must not care
         train_attencraft(pipe, image, PROMPT, CONCEPTS, tmp_path / str(index), _labels(), config, 16)
@@ -143,8 +176,17 @@ def test_config_errors():
     for template in ("a photo", "a {} and {}", 3, [], ["a {}", "a photo"]):
         with pytest.raises(ValueError, match="subset_template"):
             AttenCraftTrainConfig(subset_template=template)
-    with pytest.raises(ValueError, match="lora_targets"):
-        AttenCraftTrainConfig(lora_targets=())
+    for targets in ((), None, ["to_q", ""], [3]):
+        with pytest.raises(ValueError, match="lora_targets"):
+            AttenCraftTrainConfig(lora_targets=targets)
+    assert AttenCraftTrainConfig(lora_targets="to_q").lora_targets == ("to_q",)
+    with pytest.raises(ValueError, match="subset_joiner"):
+        AttenCraftTrainConfig(subset_joiner=3)
+    for name, value in (("seed", None), ("seed", 1.5), ("steps", True), ("seed", -1)):
+        with pytest.raises(ValueError, match=name):
+            AttenCraftTrainConfig(**{name: value})
+    several = AttenCraftTrainConfig(subset_template=["a {}", "the {}"])
+    assert several.templates == ("a {}", "the {}") and AttenCraftTrainConfig(subset_template=None).templates == ()
 
 
 def test_command_line_trains_with_a_template_list(tmp_path):
