@@ -26,6 +26,7 @@ trained concepts load into the normal pipeline with ``FluxPipeline.load_lora_wei
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,6 +206,18 @@ def _batch(pipe: Any, image: PIL.Image.Image) -> _Batch:
     return _Batch(packed, image_ids, (height // 2, width // 2))
 
 
+def _trainable_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """SDPA without cuDNN on CUDA while training: cuDNN's SDPA backward failed on the H200 with torch 2.11
+    (an illegal memory access training the tiny FLUX, see its model card), and the one bf16 run of this
+    training there ended in NaN losses that the CPU does not reproduce; flash / memory-efficient attention
+    train the same model."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _masks_now(
     model: torch.nn.Module, batch: _Batch, text: StepText, size: tuple[int, int], cfg: AttenCraftTrainConfig
 ) -> ConceptMasks:
@@ -288,7 +301,10 @@ def train_attencraft(
     result = TrainResult(out)
     try:
         target = token_masks(labels, len(concepts), batch.grid)
-        with capture_attention_maps(model, blocks=cfg.blocks, forwards=None, affinity=False) as capture:
+        with (
+            _trainable_attention(model.device),
+            capture_attention_maps(model, blocks=cfg.blocks, forwards=None, affinity=False) as capture,
+        ):
             for step in range(1, cfg.steps + 1):
                 chosen = sample_concepts(
                     running if cfg.sampling == "reweighted" else torch.ones(len(concepts)), generator
@@ -296,6 +312,11 @@ def train_attencraft(
                 several = prompts.uses_template(chosen) and len(cfg.templates) > 1
                 draw = int(torch.randint(len(cfg.templates), (1,), generator=draws)) if several else 0
                 losses = _train_step(model, batch, capture, prompts.text(chosen, draw), target, chosen, cfg, generator)
+                if not torch.isfinite(losses["total"]):
+                    raise FloatingPointError(
+                        f"AttenCraft training: the loss is {losses['total'].item()} at step {step} ({model.dtype} "
+                        f"on {model.device}); no adapter was saved. Train in float32 (--dtype float32) or lower lr."
+                    )
                 accelerator.backward(losses["total"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

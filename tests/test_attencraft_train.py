@@ -151,6 +151,39 @@ def test_training_prompts_each_step_with_what_it_draws(tmp_path, monkeypatch):
         assert [tokenizer.decode([ids[i] for i in where]) for where in tokens] == [CONCEPTS[k] for k in chosen]
 
 
+def test_a_non_finite_loss_stops_training_before_any_adapter_is_saved(tmp_path, monkeypatch):
+    import dit_accel.editing.attencraft_train as module
+
+    step = module._train_step
+
+    def nan_at_step_two(model, batch, capture, text, target, chosen, cfg, generator):
+        losses = step(model, batch, capture, text, target, chosen, cfg, generator)
+        calls.append(1)
+        return {**losses, "total": losses["total"] * float("nan")} if len(calls) == 2 else losses
+
+    calls: list[int] = []
+    monkeypatch.setattr(module, "_train_step", nan_at_step_two)
+    pipe = _pipe()
+    base = _transformer_out(pipe)
+    image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
+    config = AttenCraftTrainConfig(steps=4, lr=1e-2, rank=2, mask_every=0)
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        train_attencraft(pipe, image, PROMPT, CONCEPTS, tmp_path, _labels(), config, 16)
+    assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
+    assert torch.equal(_transformer_out(pipe), base)  # the pipeline is left as it was
+
+
+def test_training_on_cuda_keeps_cudnn_attention_out():
+    from dit_accel.editing.attencraft_train import _trainable_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with _trainable_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after training
+    with _trainable_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_seeded_training_is_repeatable_and_the_prompts_matter(tmp_path):
     pipe = _pipe()
     image = PIL.Image.new("RGB", (SIZE, SIZE), (120, 40, 40))
