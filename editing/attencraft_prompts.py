@@ -11,6 +11,7 @@ template the tokenizer splits differently fails before any training.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -52,6 +53,21 @@ def subset_positions(
     return positions
 
 
+def _warn_unknown_words(tokenizer: Any, templates: tuple[str, ...]) -> None:
+    """Warn of templates with words the tokenizer maps to its unknown token (a closed vocabulary, like the
+    tiny FLUX's, does not know "photo"): the steps would be prompted with words that mean nothing."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is None:
+        return
+    for template in templates:
+        if unknown in tokenizer(template.replace("{}", " "), add_special_tokens=False).input_ids:
+            warnings.warn(
+                f"subset template {template!r} has words the tokenizer does not know ({tokenizer.unk_token}); "
+                "give subset_template in the model's own words",
+                stacklevel=3,
+            )
+
+
 class StepPrompts:
     """The text conditioning of every training step (see the module's docstring)."""
 
@@ -64,6 +80,7 @@ class StepPrompts:
         self.prompt = prompt
         tokenizer = pipe.tokenizer_2
         self.whole_tokens = [phrase_positions(tokenizer, prompt, c, max_length) for c in concepts]
+        _warn_unknown_words(tokenizer, templates)
         self._tokens: dict[tuple[tuple[int, ...], int], list[list[int]]] = {}
         for size in range(1, len(concepts)):
             for chosen in combinations(range(len(concepts)), size):

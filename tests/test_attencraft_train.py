@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import PIL.Image
 import pytest
@@ -122,6 +123,11 @@ def test_subset_prompts_name_the_sampled_concepts():
     assert StepPrompts(pipe, PROMPT, CONCEPTS, (), " and ", 16).text([1]).prompt == PROMPT
     tokenizer = pipe.tokenizer_2
     assert subset_positions(tokenizer, "a {} right of a red star", ["red star"], " and ", 16) == [[1, 2]]
+    with pytest.warns(UserWarning, match="does not know"):  # the toy vocabulary has no "photo"
+        StepPrompts(pipe, PROMPT, CONCEPTS, ("a photo of {}",), " and ", 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StepPrompts(pipe, PROMPT, CONCEPTS, (plain,), " and ", 16)  # its own words: no warning
     long = PROMPT + " left of a {}"  # the inserted phrase falls beyond the 16 tokens: refused before training
     with pytest.raises(ValueError, match="not in the prompt"):
         StepPrompts(pipe, PROMPT, CONCEPTS, ("a {} on a plain gray background", long), " and ", 16)
