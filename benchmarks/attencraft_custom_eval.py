@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -62,8 +63,9 @@ NEW_CONTEXT = "plain black"
 OUT = ROOT / "benchmarks" / "results" / "editors" / "attencraft_custom.json"
 
 
-def shows(pipe: FluxPipeline, prompt: str, colour: str, shape: str, call: dict, seeds: int) -> dict[str, float]:
-    """Share of seeds whose image has an object of ``colour`` (and of ``colour`` and ``shape``)."""
+def shows(pipe: FluxPipeline, prompt: str, thing: Any, call: dict, seeds: int) -> dict[str, float]:
+    """Share of seeds whose image has an object of ``thing``'s colour (and of its colour and shape)."""
+    colour, shape = thing.colour, thing.shape
     colour_hits = concept_hits = 0
     for seed in range(100, 100 + seeds):
         image = pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **call).images[0]
@@ -120,10 +122,8 @@ def main() -> None:
     things = dict(zip(CONCEPTS, caption.things, strict=True))
 
     def score() -> dict[str, dict[str, dict[str, float]]]:
-        def one(concept: str, prompt: str) -> dict[str, float]:
-            return shows(pipe, prompt, things[concept].colour, things[concept].shape, call, args.seeds)
-
-        return {name: {c: one(c, p) for c, p in by_concept.items()} for name, by_concept in prompts.items()}
+        return {name: {c: shows(pipe, p, things[c], call, args.seeds) for c, p in by_concept.items()}
+                for name, by_concept in prompts.items()}  # fmt: skip
 
     untrained = score()
     with tempfile.TemporaryDirectory() as folder:

@@ -74,10 +74,12 @@ class StepPrompts:
     def __init__(
         self, pipe: Any, prompt: str, concepts: list[str], templates: tuple[str, ...], joiner: str, max_length: int
     ) -> None:
-        self.pipe, self.concepts, self.templates, self.joiner, self.max_length = (
-            pipe, concepts, templates, joiner, max_length,
-        )  # fmt: skip
+        self.pipe = pipe
         self.prompt = prompt
+        self.concepts = concepts
+        self.templates = templates
+        self.joiner = joiner
+        self.max_length = max_length
         tokenizer = pipe.tokenizer_2
         self.whole_tokens = [phrase_positions(tokenizer, prompt, c, max_length) for c in concepts]
         _warn_unknown_words(tokenizer, templates)
@@ -112,6 +114,12 @@ class StepPrompts:
                     prompt, None, device=self.pipe.transformer.device, max_sequence_length=self.max_length
                 )
         return StepText(prompt, *self._encoded[prompt], tokens)
+
+    def draw(self, chosen: list[int], generator: torch.Generator) -> StepText:
+        """:meth:`text` for a training step: one of several templates drawn with ``generator`` (nothing is
+        drawn when the step takes the whole prompt or there is one template)."""
+        several = self.uses_template(chosen) and len(self.templates) > 1
+        return self.text(chosen, int(torch.randint(len(self.templates), (1,), generator=generator)) if several else 0)
 
     def whole(self) -> StepText:
         """The image's whole prompt with every concept's positions (the masks are read under it)."""

@@ -108,11 +108,10 @@ class AttenCraftTrainConfig:
             raise ValueError(f"mask_ssim must be in [0, 1], got {self.mask_ssim!r}")
         if isinstance(self.subset_template, list):
             self.subset_template = tuple(self.subset_template)
-        templates = (self.subset_template,) if isinstance(self.subset_template, str) else self.subset_template
-        if templates is not None and not (
-            isinstance(templates, tuple)
-            and templates
-            and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
+        if self.subset_template is not None and not (
+            isinstance(self.subset_template, (str, tuple))
+            and self.templates
+            and all(isinstance(t, str) and t.count("{}") == 1 for t in self.templates)
         ):
             raise ValueError(
                 f"subset_template must be a string with one '{{}}' or a non-empty sequence of them, "
@@ -122,20 +121,23 @@ class AttenCraftTrainConfig:
             raise ValueError(f"subset_joiner must be a string, got {self.subset_joiner!r}")
         if isinstance(self.lora_targets, str):
             self.lora_targets = (self.lora_targets,)
-        if not isinstance(self.lora_targets, (list, tuple)) or not self.lora_targets:
+        if isinstance(self.lora_targets, list):
+            self.lora_targets = tuple(self.lora_targets)
+        if not (
+            isinstance(self.lora_targets, tuple)
+            and self.lora_targets
+            and all(isinstance(t, str) and t for t in self.lora_targets)
+        ):
             raise ValueError(
                 f"lora_targets must be a layer name or a non-empty sequence of them, got {self.lora_targets!r}"
             )
-        self.lora_targets = tuple(self.lora_targets)
-        if not all(isinstance(t, str) and t for t in self.lora_targets):
-            raise ValueError(f"lora_targets must be non-empty layer names, got {self.lora_targets!r}")
 
     @property
     def templates(self) -> tuple[str, ...]:
         """The one-concept-subset prompt templates (empty: every step gets the whole prompt)."""
         if self.subset_template is None:
             return ()
-        return (self.subset_template,) if isinstance(self.subset_template, str) else tuple(self.subset_template)
+        return (self.subset_template,) if isinstance(self.subset_template, str) else self.subset_template
 
 
 @dataclass
@@ -294,9 +296,8 @@ def train_attencraft(
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
-    draws = torch.Generator().manual_seed(
-        cfg.seed + 1
-    )  # template draws apart: runs differing only in templates pair up
+    # the template draws apart, so that runs differing only in their templates share noise and times
+    draws = torch.Generator().manual_seed(cfg.seed + 1)
     running = torch.ones(len(concepts))
     result = TrainResult(out)
     try:
@@ -309,9 +310,7 @@ def train_attencraft(
                 chosen = sample_concepts(
                     running if cfg.sampling == "reweighted" else torch.ones(len(concepts)), generator
                 )
-                several = prompts.uses_template(chosen) and len(cfg.templates) > 1
-                draw = int(torch.randint(len(cfg.templates), (1,), generator=draws)) if several else 0
-                losses = _train_step(model, batch, capture, prompts.text(chosen, draw), target, chosen, cfg, generator)
+                losses = _train_step(model, batch, capture, prompts.draw(chosen, draws), target, chosen, cfg, generator)
                 if not torch.isfinite(losses["total"]):
                     raise FloatingPointError(
                         f"AttenCraft training: the loss is {losses['total'].item()} at step {step} ({model.dtype} "
