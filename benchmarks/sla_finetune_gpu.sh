@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Fine-tune sla on the shipped tiny Wan model on one GPU, then measure quality before and after it.
 #
-#   OUT=/path/to/results bash benchmarks/sla_finetune_gpu.sh [MINUTES] [TRAIN] [LRS] [POOL]
+#   OUT=/path/to/results bash benchmarks/sla_finetune_gpu.sh [MINUTES] [TRAIN] [RUNS] [POOL] [BATCH]
 #
 # MINUTES of training (default 4; the teacher's pool of POOL generations (default 32) comes first,
 # about a second each on an H200), TRAIN one of projections | lora | all (default all: the paper
-# fine-tunes every weight, and the tiny transformer has about 9 M), LRS one learning rate or several
-# ("5e-5 1.5e-4": one run per rate, side by side on the GPU; default 5e-5). k_high 0.05 (95% sparsity),
-# k_low 0.1.
-# Writes $OUT/sla-tiny-LR/ (weights, checkpoints, log.jsonl), $OUT/finetune-LR.log, and $OUT/sweep/:
+# fine-tunes every weight, and the tiny transformer has about 9 M), RUNS one run or several, each a
+# learning rate or STATES:LR with STATES trajectory | noised (finetune-sla --states; default
+# "5e-5": trajectory states at lr 5e-5; several runs go side by side on the GPU), BATCH samples a
+# step (default 2; each costs a conditional and an unconditional call under guidance). k_high 0.05
+# (95% sparsity), k_low 0.1.
+# Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
 # dense vs topk, untrained sla and each fine-tuned sla at the same density on 8 prompt/seed pairs the
 # training never saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
 set -euo pipefail
@@ -16,24 +18,29 @@ set -euo pipefail
 cd /tmp  # the CLI runs outside the checkout (see gpu_env.sh), on the dit_accel that PYTHONPATH names
 MINUTES=${1:-4}
 TRAIN=${2:-all}
-read -ra LRS <<< "${3:-5e-5}"
+read -ra RUNS <<< "${3:-5e-5}"
 POOL=${4:-32}
+BATCH=${5:-2}
 K_HIGH=0.05
 mkdir -p "$OUT"
-if [ "$(printf '%s\n' "${LRS[@]}" | sort | uniq -d)" ]; then echo "a learning rate is given twice: ${LRS[*]}" >&2; exit 2; fi
+if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
 variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
 pids=()
-for lr in "${LRS[@]}"; do
-    python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$lr" -o k_high=$K_HIGH -o k_low=0.1 \
-        --train "$TRAIN" --lr "$lr" --minutes "$MINUTES" --steps 1000000 --batch-size 4 --pool-size "$POOL" \
-        --save-every 500 > "$OUT/finetune-$lr.log" 2>&1 &
+for run in "${RUNS[@]}"; do
+    lr=${run##*:}
+    states=trajectory
+    [ "$run" = "$lr" ] || states=${run%%:*}
+    name=${run//:/-}
+    python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \
+        --train "$TRAIN" --states "$states" --lr "$lr" --minutes "$MINUTES" --steps 1000000 --batch-size "$BATCH" \
+        --pool-size "$POOL" --save-every 500 > "$OUT/finetune-$name.log" 2>&1 &
     pids+=($!)
-    variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$lr")
+    variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$name")
 done
 failed=0
 for index in "${!pids[@]}"; do  # every run must end well before the sweep compares them
-    wait "${pids[$index]}" || { echo "fine-tuning at lr ${LRS[$index]} failed" >&2; failed=1; }
-    tail -3 "$OUT/finetune-${LRS[$index]}.log"
+    wait "${pids[$index]}" || { echo "fine-tuning run ${RUNS[$index]} failed" >&2; failed=1; }
+    tail -3 "$OUT/finetune-${RUNS[$index]//:/-}.log"
 done
 [ "$failed" = 0 ] || exit 1
 python3 -m dit_accel.cli sweep --out "$OUT/sweep" --pairs 8 "${variants[@]}" 2>&1 | tee "$OUT/sweep.log"

@@ -2,16 +2,24 @@
 
 The teacher is a frozen copy of the transformer with dense attention; the student is the same
 weights with ``sla`` applied. Training data comes from the model itself, so no data set is needed:
-the teacher first generates a pool of clean latents (``pool_size`` prompt/seed pairs, the
-pipeline's own sampler, ``output_type="latent"``); each step then noises pool latents to a random
-step of the inference schedule (``x_t = (1 - σ) x_0 + σ ε``, fresh noise), under the prompt's
-embedding or the negative prompt's (half each, as classifier-free guidance calls them), and the
-loss is the MSE between the student's and the teacher's predicted velocities. Trained: the SLA
-projections, plus LoRA adapters (``train="lora"``, via ``peft``) or every weight (``train="all"``).
-``accelerate`` places the model and runs mixed precision (bf16 autocast with fp32 trainable
-weights when the pipeline is bf16). Checkpoints every ``save_every`` steps; ``resume=True`` continues
-from the last one (each step's samples are drawn from a generator seeded by the step, so a resumed
-run is the same as an uninterrupted one). The result folder loads with
+the teacher first generates a pool of videos (``pool_size`` prompt/seed pairs, the pipeline's own
+sampler, ``output_type="latent"``) and keeps the latents its transformer was called on at every
+sampling step. Each training step then takes, by ``states``:
+
+* ``"trajectory"`` (default): latents of the teacher's own sampling paths at one of their steps, the
+  inputs the student meets when it replaces the teacher in the same sampler;
+* ``"noised"``: the pool's clean latents noised to a random step of the schedule
+  (``x_t = (1 - σ) x_0 + σ ε``, fresh noise), which leaves the sampling paths.
+
+The loss is the MSE between the student's and the teacher's velocity as the sampler uses it: with
+classifier-free guidance (``guidance_scale > 1`` in the sampling arguments) the guided combination
+``u + g (c - u)`` of the conditional and unconditional predictions, whose errors the sampler
+integrates (the conditional error counts ``g`` times); else the conditional prediction. Trained:
+the SLA projections, plus LoRA adapters (``train="lora"``, via ``peft``) or every weight
+(``train="all"``). ``accelerate`` places the model and runs mixed precision (bf16 autocast with fp32
+trainable weights when the pipeline is bf16). Checkpoints every ``save_every`` steps; ``resume=True``
+continues from the last one (each step's samples are drawn from a generator seeded by the step, so
+a resumed run is the same as an uninterrupted one). The result folder loads with
 ``dit_accel.apply(pipe, "sla", weights=out_dir, ...)`` (see :mod:`dit_accel.sla_weights`: with
 ``train="all"`` it also swaps in the trained transformer weights, and ``remove()`` swaps them back).
 
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import shutil
 import time
@@ -35,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from dit_accel.methods.sla import SLAConfig
 
 TRAIN_MODES = ("projections", "lora", "all")
+STATE_SOURCES = ("trajectory", "noised")
 DEFAULT_LR = {"projections": 1e-3, "lora": 1e-4, "all": 1e-5}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 POOL_FILE = "teacher_pool.pt"
@@ -60,13 +70,25 @@ DEFAULT_PROMPTS = (
 
 @dataclass
 class TeacherPool:
-    """Clean latents of the teacher's own generations, their prompt embeddings and the noise schedule."""
+    """The teacher's own generations: clean latents, the latents its transformer saw at each sampling
+    step (``states``, ``(N, steps, *latent)`` bf16), prompt embeddings and the noise schedule."""
 
     latents: torch.Tensor
     conditional: torch.Tensor
     unconditional: torch.Tensor
     timesteps: torch.Tensor
     sigmas: torch.Tensor
+    states: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingBatch:
+    """One step's transformer inputs: latents, timesteps and both prompt embeddings of each sample."""
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    conditional: torch.Tensor
+    unconditional: torch.Tensor
 
 
 @dataclass
@@ -103,10 +125,33 @@ def _encode(pipe: Any, prompts: list[str], device: torch.device) -> tuple[torch.
         return pipe.encode_prompt(prompts, negative_prompt=[""] * len(prompts), device=device)
 
 
+class _StepRecorder:
+    """Keeps the latents the transformer is called on, once per sampling step (a guided sampler calls
+    it twice a step, conditional and unconditional, on the same latents and timestep)."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.states: list[torch.Tensor] = []
+        self.timesteps: list[float] = []
+        self.handle = transformer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        latents, timestep = kwargs["hidden_states"], kwargs["timestep"]
+        value = float(timestep.flatten()[0])
+        if not self.timesteps or value != self.timesteps[-1]:
+            self.states.append(latents[:1].detach().to("cpu", torch.bfloat16))
+            self.timesteps.append(value)
+
+    def take(self) -> torch.Tensor:
+        """This generation's ``(steps, *latent)`` states; the recorder starts over."""
+        states, self.states, self.timesteps = torch.cat(self.states), [], []
+        return states
+
+
 def build_pool(pipe: Any, pool_size: int, call: dict[str, Any], seed: int, prompts: list[str] | None = None,
                prompt_embeds: torch.Tensor | None = None,
                negative_prompt_embeds: torch.Tensor | None = None) -> TeacherPool:  # fmt: skip
-    """``pool_size`` generations of the (dense) pipeline, cycling through the prompts, seeds ``seed + i``."""
+    """``pool_size`` generations of the (dense) pipeline, cycling through the prompts, seeds ``seed + i``;
+    the transformer's input latents at every step are kept as ``states``."""
     device = torch.device(pipe._execution_device)
     if prompt_embeds is None:
         texts = list(prompts or DEFAULT_PROMPTS)
@@ -117,17 +162,25 @@ def build_pool(pipe: Any, pool_size: int, call: dict[str, Any], seed: int, promp
     conditional, unconditional = prompt_embeds[pick].to(device), negative_prompt_embeds[pick].to(device)
     call = dict(call)
     steps = call.pop("num_inference_steps", 30)
-    latents = []
-    for i in range(pool_size):
-        out = pipe(prompt_embeds=conditional[i : i + 1], negative_prompt_embeds=unconditional[i : i + 1],
-                   num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i), output_type="latent",
-                   **call)  # fmt: skip
-        latents.append(out.frames.detach().float().cpu())
+    latents, states = [], []
+    recorder = _StepRecorder(pipe.transformer)
+    try:
+        for i in range(pool_size):
+            out = pipe(prompt_embeds=conditional[i : i + 1], negative_prompt_embeds=unconditional[i : i + 1],
+                       num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i),
+                       output_type="latent", **call)  # fmt: skip
+            latents.append(out.frames.detach().float().cpu())
+            states.append(recorder.take())
+    finally:
+        recorder.handle.remove()
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps, device="cpu")
     timesteps = scheduler.timesteps.float()
+    if states[0].shape[0] != len(timesteps):
+        raise RuntimeError(f"the sampler called the transformer at {states[0].shape[0]} distinct timesteps, "
+                           f"its scheduler has {len(timesteps)} steps")  # fmt: skip
     return TeacherPool(torch.cat(latents), conditional.cpu(), unconditional.cpu(), timesteps,
-                       scheduler.sigmas[: len(timesteps)].float())  # fmt: skip
+                       scheduler.sigmas[: len(timesteps)].float(), torch.stack(states))  # fmt: skip
 
 
 @dataclass
@@ -195,22 +248,42 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any) -> in
     return json.loads((folder / "state.json").read_text())["step"]
 
 
-def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype):
-    """Step ``step``'s noisy latents, timesteps and embeddings (drawn from a generator seeded by the step)."""
+def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype,
+           states: str = "trajectory") -> TrainingBatch:  # fmt: skip
+    """Step ``step``'s inputs (drawn from a generator seeded by the step): pool samples at random sampling
+    steps, as the teacher's sampler met them (``"trajectory"``) or their clean latents freshly noised."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     pick = torch.randint(0, pool.latents.shape[0], (batch_size,), generator=gen)
     when = torch.randint(0, pool.timesteps.numel(), (batch_size,), generator=gen)
-    unconditional = torch.rand(batch_size, generator=gen) < 0.5
-    x0 = pool.latents[pick]
-    noise = torch.randn(x0.shape, generator=gen)
-    sigma = pool.sigmas[when].view(-1, *([1] * (x0.ndim - 1)))
-    embeds = torch.where(unconditional[:, None, None], pool.unconditional[pick], pool.conditional[pick])
-    noisy = ((1 - sigma) * x0 + sigma * noise).to(device, dtype)
-    return noisy, pool.timesteps[when].to(device), embeds.to(device, dtype)
+    if states == "trajectory":
+        latents = pool.states[pick, when]
+    else:
+        x0 = pool.latents[pick]
+        sigma = pool.sigmas[when].view(-1, *([1] * (x0.ndim - 1)))
+        latents = (1 - sigma) * x0 + sigma * torch.randn(x0.shape, generator=gen)
+    conditional, unconditional = pool.conditional[pick].to(device, dtype), pool.unconditional[pick].to(device, dtype)
+    return TrainingBatch(latents.to(device, dtype), pool.timesteps[when].to(device), conditional, unconditional)
 
 
-def _velocity(model: torch.nn.Module, noisy: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor):
-    return model(hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0].float()
+def _velocity(model: torch.nn.Module, batch: TrainingBatch, guidance_scale: float) -> torch.Tensor:
+    """The velocity the sampler steps with: ``u + g (c - u)`` under guidance (both in one batched call),
+    else the conditional prediction."""
+    if guidance_scale <= 1:
+        return model(hidden_states=batch.latents, timestep=batch.timesteps, encoder_hidden_states=batch.conditional,
+                     return_dict=False)[0].float()  # fmt: skip
+    embeds = torch.cat([batch.conditional, batch.unconditional])
+    both = model(hidden_states=torch.cat([batch.latents, batch.latents]), timestep=batch.timesteps.repeat(2),
+                 encoder_hidden_states=embeds, return_dict=False)[0]  # fmt: skip
+    conditional, unconditional = both.float().chunk(2)
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def _guidance_scale(pipe: Any, call: dict[str, Any]) -> float:
+    """The sampler's guidance scale: the call's, else the pipeline's default."""
+    if "guidance_scale" in call:
+        return float(call["guidance_scale"])
+    default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    return float(default.default) if default is not None and default.default is not None else 1.0
 
 
 def finetune_sla(
@@ -219,6 +292,7 @@ def finetune_sla(
     *,
     sla_options: dict[str, Any] | None = None,
     train: str = "projections",
+    states: str = "trajectory",
     steps: int = 1000,
     lr: float | None = None,
     batch_size: int = 1,
@@ -243,6 +317,8 @@ def finetune_sla(
         sla_options: options of ``sla`` (``k_high``, ``k_low``, ``feature_map``, ``block_size`` ...).
         train: ``"projections"`` (the SLA projections only), ``"lora"`` (and LoRA adapters of rank
             ``lora_rank`` on to_q/to_k/to_v/to_out) or ``"all"`` (and every transformer weight).
+        states: the training latents: ``"trajectory"`` (the teacher's sampling paths) or ``"noised"``
+            (its clean latents, freshly noised).
         steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
         lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
         prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
@@ -250,6 +326,7 @@ def finetune_sla(
         pool_size: teacher generations to draw training latents from.
         call: sampling arguments of the teacher's generations (num_frames, height, width,
             num_inference_steps, guidance_scale); default the model folder's ``generation_defaults.json``.
+            Its guidance scale (else the pipeline's default) also sets the loss's guided combination.
         save_every: checkpoint interval in steps; ``resume`` continues from ``out_dir``'s last checkpoint.
     """
     from accelerate import Accelerator
@@ -261,6 +338,8 @@ def finetune_sla(
 
     if train not in TRAIN_MODES:
         raise ValueError(f"train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
+    if states not in STATE_SOURCES:
+        raise ValueError(f"states must be one of {', '.join(STATE_SOURCES)}, got {states!r}")
     if steps < 1 or save_every < 1 or batch_size < 1 or pool_size < 1:
         raise ValueError("steps, save_every, batch_size and pool_size must be >= 1")
     config = SLAConfig(**(sla_options or {}))
@@ -274,12 +353,16 @@ def finetune_sla(
     )  # fmt: skip
     transformer = _check_pipeline(pipe)
     out.mkdir(parents=True, exist_ok=True)
+    sampling = _generation_call(pipe, call)
+    guidance_scale = _guidance_scale(pipe, sampling)
     if resume and (out / POOL_FILE).is_file():
         pool = TeacherPool(**torch.load(out / POOL_FILE, weights_only=True))
+        if states == "trajectory" and pool.states is None:
+            raise ValueError(f"{out / POOL_FILE} has no sampling-path states (written by an older version): "
+                             "resume with states='noised' (--states noised) or start in a new folder")  # fmt: skip
     else:
         pipe.set_progress_bar_config(disable=True)
-        pool = build_pool(pipe, pool_size, _generation_call(pipe, call), seed, prompts, prompt_embeds,
-                          negative_prompt_embeds)  # fmt: skip
+        pool = build_pool(pipe, pool_size, sampling, seed, prompts, prompt_embeds, negative_prompt_embeds)
         torch.save(asdict(pool), out / POOL_FILE)
 
     base_dtype = transformer.dtype
@@ -300,17 +383,17 @@ def finetune_sla(
     bar = tqdm(total=steps, initial=start, desc="finetune-sla", disable=not (progress and accelerator.is_main_process))
     with (out / LOG_FILE).open("a") as log:
         while step < steps and (max_minutes is None or time.monotonic() - began < 60 * max_minutes):
-            noisy, timestep, embeds = _batch(pool, step, seed, batch_size, accelerator.device, base_dtype)
+            batch = _batch(pool, step, seed, batch_size, accelerator.device, base_dtype, states)
             with torch.no_grad():
-                target = _velocity(teacher, noisy, timestep, embeds)
-            loss = torch.nn.functional.mse_loss(_velocity(model, noisy, timestep, embeds), target)
+                target = _velocity(teacher, batch, guidance_scale)
+            loss = torch.nn.functional.mse_loss(_velocity(model, batch, guidance_scale), target)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             losses.append(loss.item())
-            log.write(json.dumps({"step": step, "loss": losses[-1], "timestep": timestep.tolist(),
+            log.write(json.dumps({"step": step, "loss": losses[-1], "timestep": batch.timesteps.tolist(),
                                   "seconds": round(time.monotonic() - began, 3)}) + "\n")  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
@@ -324,7 +407,8 @@ def finetune_sla(
             _save_checkpoint(out, step, transformer, optimizer)
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
                 "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
-                "pool_size": pool.latents.shape[0], "seed": seed}  # fmt: skip
+                "pool_size": pool.latents.shape[0], "seed": seed, "states": states,
+                "guidance_scale": guidance_scale}  # fmt: skip
         save_sla_weights(out, named, info, training.lora, transformer=train == "all")
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     training.restore()
@@ -336,9 +420,11 @@ def finetune_sla(
 
 def _run(args: argparse.Namespace) -> int:
     prompts = Path(args.prompts).read_text().splitlines() if args.prompts else None
-    call = {name: getattr(args, name) for name in ("num_frames", "height", "width", "num_inference_steps")}
+    call = {name: getattr(args, name) for name in ("num_frames", "height", "width", "num_inference_steps",
+                                                   "guidance_scale")}  # fmt: skip
     result = finetune_sla(
-        args.model, args.out, sla_options=dict(args.option), train=args.train, steps=args.steps, lr=args.lr,
+        args.model, args.out, sla_options=dict(args.option), train=args.train, states=args.states, steps=args.steps,
+        lr=args.lr,
         batch_size=args.batch_size, lora_rank=args.lora_rank, prompts=[p for p in prompts or [] if p.strip()] or None,
         pool_size=args.pool_size, call={k: v for k, v in call.items() if v is not None}, save_every=args.save_every,
         resume=args.resume, seed=args.seed, max_minutes=args.minutes, device=args.device, dtype=args.dtype,
@@ -362,6 +448,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="sla option, e.g. k_high=0.05 k_low=0.1 feature_map=softmax")  # fmt: skip
     parser.add_argument("--train", choices=TRAIN_MODES, default="projections")
+    parser.add_argument("--states", choices=STATE_SOURCES, default="trajectory",
+                        help="training latents: the teacher's sampling paths or its noised latents")  # fmt: skip
     parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 / 1e-4 / 1e-5 (projections/lora/all)")
@@ -374,6 +462,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--sample-steps", dest="num_inference_steps", type=int, default=None,
                         help="the teacher's sampling steps (default: the model's)")  # fmt: skip
+    parser.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=None,
+                        help="the teacher's guidance scale, also the loss's (default: the model's)")  # fmt: skip
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--seed", type=int, default=0)

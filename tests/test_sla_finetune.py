@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import fields
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ from safetensors.torch import load_file
 from tiny_models import tiny_wan_pipeline
 
 import dit_accel
-from dit_accel.finetune_sla import POOL_FILE, TeacherPool, _batch, finetune_sla
+from dit_accel.finetune_sla import (
+    POOL_FILE,
+    TeacherPool,
+    TrainingBatch,
+    _batch,
+    _guidance_scale,
+    _velocity,
+    finetune_sla,
+)
 from dit_accel.sla_weights import LORA_FILE, PROJECTIONS_FILE, TRANSFORMER_FILE
 
 CALL = {"height": 96, "width": 128, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 5.0}
@@ -21,21 +30,25 @@ CALL = {"height": 96, "width": 128, "num_frames": 9, "num_inference_steps": 2, "
 OPTIONS = {"k_high": 0.2, "k_low": 0.2, "block_size": 16}
 
 
+def prompt_embeddings():
+    """Two prompts' embeddings and their negatives, (2, 7, 8) each."""
+    return torch.randn(2, 2, 7, 8, generator=torch.Generator().manual_seed(5))
+
+
 def finetune(out, steps, **kwargs):
-    gen = torch.Generator().manual_seed(5)
-    embeds, negative = torch.randn(2, 2, 7, 8, generator=gen)
+    embeds, negative = prompt_embeddings()
     kwargs = {"lr": 1e-2, "save_every": 2, "pool_size": 2, **kwargs}
     return finetune_sla(tiny_wan_pipeline(), out, sla_options=OPTIONS, steps=steps, prompt_embeds=embeds,
                         negative_prompt_embeds=negative, call=CALL, progress=False, **kwargs)  # fmt: skip
 
 
-def velocity(pipe, inputs, sla=True, weights=None):
-    """The transformer's prediction on ``inputs``: with ``sla`` (and its ``weights``) or dense."""
+def velocity(pipe, batch, sla=True, weights=None):
+    """The guided velocity the sampler would step with on ``batch``: with ``sla`` (and its ``weights``) or dense."""
     with torch.no_grad():
         if not sla:
-            return pipe.transformer(**inputs, return_dict=False)[0]
+            return _velocity(pipe.transformer, batch, CALL["guidance_scale"])
         with dit_accel.apply(pipe, "sla", **OPTIONS, weights=weights):
-            return pipe.transformer(**inputs, return_dict=False)[0]
+            return _velocity(pipe.transformer, batch, CALL["guidance_scale"])
 
 
 def training_inputs(out, steps):
@@ -43,8 +56,7 @@ def training_inputs(out, steps):
     generalise from: the test is that fitting them works)."""
     pool = TeacherPool(**torch.load(out / POOL_FILE, weights_only=True))
     parts = [_batch(pool, step, 0, 1, torch.device("cpu"), torch.float32) for step in range(steps)]
-    names = ("hidden_states", "timestep", "encoder_hidden_states")
-    return {name: torch.cat([part[i] for part in parts]) for i, name in enumerate(names)}
+    return TrainingBatch(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(TrainingBatch)))
 
 
 def test_projections_learn_load_and_resume_exactly(tmp_path):
@@ -69,7 +81,7 @@ def test_projections_learn_load_and_resume_exactly(tmp_path):
     trained = velocity(pipe, inputs, weights=tmp_path / "straight")
     error_before = float((untrained - dense).pow(2).mean())
     error_after = float((trained - dense).pow(2).mean())
-    assert error_after < 0.98 * error_before, (error_before, error_after)  # deterministic: 0.962 measured
+    assert error_after < 0.9 * error_before, (error_before, error_after)  # deterministic: 0.813 measured
     torch.testing.assert_close(velocity(tiny_wan_pipeline(), inputs, weights=tmp_path / "straight"), trained,
                                rtol=0, atol=0)  # fmt: skip
     assert torch.equal(velocity(pipe, inputs, sla=False), dense)  # remove() left the pipeline as it was
@@ -84,7 +96,7 @@ def test_lora_adapters_save_load_and_leave_with_remove(tmp_path):
     with dit_accel.apply(pipe, "sla", **OPTIONS, weights=result.out_dir):
         assert any("lora_A" in name for name, _ in pipe.transformer.named_parameters())
         with torch.no_grad():
-            with_lora = pipe.transformer(**inputs, return_dict=False)[0]
+            with_lora = _velocity(pipe.transformer, inputs, CALL["guidance_scale"])
     assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())
     assert torch.equal(velocity(pipe, inputs, sla=False), dense)
     assert torch.equal(velocity(tiny_wan_pipeline(), inputs, weights=result.out_dir), with_lora)
@@ -120,3 +132,58 @@ def test_weights_errors_name_the_problem(tmp_path):
         dit_accel.apply(pipe, "sla", **OPTIONS, weights=tmp_path)
     with pytest.raises(ValueError, match="train must be one of projections, lora, all"):
         finetune_sla(pipe, tmp_path, train="everything")
+
+
+def test_the_pool_keeps_the_latents_of_every_sampling_step(tmp_path):
+    finetune(tmp_path, steps=1)
+    pool = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
+    steps = CALL["num_inference_steps"]
+    assert pool.states.shape == (2, steps, *pool.latents.shape[1:]) and pool.states.dtype == torch.bfloat16
+    embeds, negative = prompt_embeddings()
+    after_step = []  # the generation of pool item 1 again, its latents after each step taken by a callback
+
+    def keep(pipe, index, timestep, tensors):
+        after_step.append(tensors["latents"].clone())
+        return {}
+
+    tiny_wan_pipeline()(prompt_embeds=embeds[1:2], negative_prompt_embeds=negative[1:2], output_type="latent",
+                        generator=torch.Generator().manual_seed(1), callback_on_step_end=keep, **CALL)  # fmt: skip
+    assert len(after_step) == steps
+    for step in range(1, steps):  # state j is what step j - 1 left
+        torch.testing.assert_close(pool.states[1, step], after_step[step - 1][0].bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(pool.latents[1], after_step[-1][0], rtol=1e-6, atol=1e-6)
+    assert (pool.states[1, 0].float() - pool.states[1, 1].float()).abs().max() > 1e-2
+
+
+def test_the_loss_is_on_the_velocity_the_sampler_steps_with():
+    pipe = tiny_wan_pipeline()
+    gen = torch.Generator().manual_seed(11)
+    batch = TrainingBatch(torch.randn(2, 4, 3, 12, 16, generator=gen), torch.tensor([900.0, 300.0]),
+                          *torch.randn(2, 2, 7, 8, generator=gen))  # fmt: skip
+    model = pipe.transformer
+    with torch.no_grad():
+        guided = _velocity(model, batch, 5.0)
+        conditional_only = _velocity(model, batch, 1.0)
+        c, u = (model(hidden_states=batch.latents, timestep=batch.timesteps, encoder_hidden_states=embeds,
+                      return_dict=False)[0] for embeds in (batch.conditional, batch.unconditional))  # fmt: skip
+    torch.testing.assert_close(guided, u + 5.0 * (c - u))
+    torch.testing.assert_close(conditional_only, c)
+    assert _guidance_scale(pipe, {}) == 5.0  # WanPipeline's default
+    assert _guidance_scale(pipe, {"guidance_scale": 1.5}) == 1.5
+
+
+def test_noised_states_and_a_pool_without_paths(tmp_path):
+    finetune(tmp_path, steps=1)
+    pool = torch.load(tmp_path / POOL_FILE, weights_only=True)
+    torch.save({**pool, "states": None}, tmp_path / POOL_FILE)  # as an older version wrote it
+    with pytest.raises(ValueError, match="no sampling-path states"):
+        finetune(tmp_path, steps=2, resume=True)
+    assert finetune(tmp_path, steps=2, resume=True, states="noised").step == 2
+    noised = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
+    batch = _batch(noised, 0, 0, 2, torch.device("cpu"), torch.float32, states="noised")
+    paths = TeacherPool(**pool)
+    on_path = _batch(paths, 0, 0, 2, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(batch.timesteps, on_path.timesteps)  # the same draw of samples and steps ...
+    assert (batch.latents - on_path.latents).abs().max() > 0.1  # ... but fresh noise instead of the path
+    with pytest.raises(ValueError, match="states must be one of trajectory, noised"):
+        finetune(tmp_path / "bad", steps=1, states="replayed")
