@@ -6,8 +6,8 @@
 # MINUTES of training (default 4; the teacher's pool of POOL generations (default 32) comes first,
 # about a second each on an H200), TRAIN one of projections | lora | all (default all: the paper
 # fine-tunes every weight, and the tiny transformer has about 9 M), RUNS one run or several, each a
-# learning rate or STATES:LR with STATES trajectory | noised (finetune-sla --states; default
-# "5e-5": trajectory states at lr 5e-5; several runs go side by side on the GPU), BATCH samples a
+# learning rate or STATES:LR with STATES noised | trajectory (finetune-sla --states; default
+# "5e-5": noised states at lr 5e-5; several runs go side by side on the GPU), BATCH samples a
 # step (default 2; each costs a conditional and an unconditional call under guidance). k_high 0.05
 # (95% sparsity), k_low 0.1.
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
@@ -28,7 +28,7 @@ variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
 pids=()
 for run in "${RUNS[@]}"; do
     lr=${run##*:}
-    states=trajectory
+    states=noised
     [ "$run" = "$lr" ] || states=${run%%:*}
     name=${run//:/-}
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \

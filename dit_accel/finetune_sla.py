@@ -6,10 +6,12 @@ the teacher first generates a pool of videos (``pool_size`` prompt/seed pairs, t
 sampler, ``output_type="latent"``) and keeps the latents its transformer was called on at every
 sampling step. Each training step then takes, by ``states``:
 
-* ``"trajectory"`` (default): latents of the teacher's own sampling paths at one of their steps, the
-  inputs the student meets when it replaces the teacher in the same sampler;
-* ``"noised"``: the pool's clean latents noised to a random step of the schedule
-  (``x_t = (1 - σ) x_0 + σ ε``, fresh noise), which leaves the sampling paths.
+* ``"noised"`` (default): the pool's clean latents noised to a random step of the schedule
+  (``x_t = (1 - σ) x_0 + σ ε``, fresh noise every time);
+* ``"trajectory"``: latents of the teacher's own sampling paths at one of their steps, the inputs
+  the student meets when it replaces the teacher in the same sampler. A pool holds only
+  ``pool_size x steps`` of them: on the tiny model (pool 48) they gave 0.3-0.4 dB less than fresh
+  noise after the same 11 minutes (``benchmarks/results/quality/sla_finetune_h200_s20``).
 
 The loss is the MSE between the student's and the teacher's velocity as the sampler uses it: with
 classifier-free guidance (``guidance_scale > 1`` in the sampling arguments) the guided combination
@@ -44,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from dit_accel.methods.sla import SLAConfig
 
 TRAIN_MODES = ("projections", "lora", "all")
-STATE_SOURCES = ("trajectory", "noised")
+STATE_SOURCES = ("noised", "trajectory")
 DEFAULT_LR = {"projections": 1e-3, "lora": 1e-4, "all": 1e-5}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 POOL_FILE = "teacher_pool.pt"
@@ -249,9 +251,9 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any) -> in
 
 
 def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype,
-           states: str = "trajectory") -> TrainingBatch:  # fmt: skip
+           states: str = "noised") -> TrainingBatch:  # fmt: skip
     """Step ``step``'s inputs (drawn from a generator seeded by the step): pool samples at random sampling
-    steps, as the teacher's sampler met them (``"trajectory"``) or their clean latents freshly noised."""
+    steps, their clean latents freshly noised (``"noised"``) or as the teacher's sampler met them."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     pick = torch.randint(0, pool.latents.shape[0], (batch_size,), generator=gen)
     when = torch.randint(0, pool.timesteps.numel(), (batch_size,), generator=gen)
@@ -292,7 +294,7 @@ def finetune_sla(
     *,
     sla_options: dict[str, Any] | None = None,
     train: str = "projections",
-    states: str = "trajectory",
+    states: str = "noised",
     steps: int = 1000,
     lr: float | None = None,
     batch_size: int = 1,
@@ -317,8 +319,8 @@ def finetune_sla(
         sla_options: options of ``sla`` (``k_high``, ``k_low``, ``feature_map``, ``block_size`` ...).
         train: ``"projections"`` (the SLA projections only), ``"lora"`` (and LoRA adapters of rank
             ``lora_rank`` on to_q/to_k/to_v/to_out) or ``"all"`` (and every transformer weight).
-        states: the training latents: ``"trajectory"`` (the teacher's sampling paths) or ``"noised"``
-            (its clean latents, freshly noised).
+        states: the training latents: ``"noised"`` (the pool's clean latents, freshly noised) or
+            ``"trajectory"`` (the teacher's sampling paths).
         steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
         lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
         prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
@@ -448,7 +450,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="sla option, e.g. k_high=0.05 k_low=0.1 feature_map=softmax")  # fmt: skip
     parser.add_argument("--train", choices=TRAIN_MODES, default="projections")
-    parser.add_argument("--states", choices=STATE_SOURCES, default="trajectory",
+    parser.add_argument("--states", choices=STATE_SOURCES, default="noised",
                         help="training latents: the teacher's sampling paths or its noised latents")  # fmt: skip
     parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")

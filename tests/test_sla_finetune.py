@@ -23,7 +23,7 @@ from dit_accel.finetune_sla import (
     _velocity,
     finetune_sla,
 )
-from dit_accel.sla_weights import LORA_FILE, PROJECTIONS_FILE, TRANSFORMER_FILE
+from dit_accel.sla_weights import INFO_FILE, LORA_FILE, PROJECTIONS_FILE, TRANSFORMER_FILE
 
 CALL = {"height": 96, "width": 128, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 5.0}
 # 144 video tokens in 16-token blocks: 9 key blocks, 2 critical, 1 negligible, 6 marginal.
@@ -81,7 +81,7 @@ def test_projections_learn_load_and_resume_exactly(tmp_path):
     trained = velocity(pipe, inputs, weights=tmp_path / "straight")
     error_before = float((untrained - dense).pow(2).mean())
     error_after = float((trained - dense).pow(2).mean())
-    assert error_after < 0.9 * error_before, (error_before, error_after)  # deterministic: 0.813 measured
+    assert error_after < 0.98 * error_before, (error_before, error_after)  # deterministic: 0.936 measured
     torch.testing.assert_close(velocity(tiny_wan_pipeline(), inputs, weights=tmp_path / "straight"), trained,
                                rtol=0, atol=0)  # fmt: skip
     assert torch.equal(velocity(pipe, inputs, sla=False), dense)  # remove() left the pipeline as it was
@@ -177,13 +177,15 @@ def test_noised_states_and_a_pool_without_paths(tmp_path):
     pool = torch.load(tmp_path / POOL_FILE, weights_only=True)
     torch.save({**pool, "states": None}, tmp_path / POOL_FILE)  # as an older version wrote it
     with pytest.raises(ValueError, match="no sampling-path states"):
-        finetune(tmp_path, steps=2, resume=True)
-    assert finetune(tmp_path, steps=2, resume=True, states="noised").step == 2
+        finetune(tmp_path, steps=2, resume=True, states="trajectory")
+    assert finetune(tmp_path, steps=2, resume=True).step == 2  # the default, noised, needs no paths
     noised = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
-    batch = _batch(noised, 0, 0, 2, torch.device("cpu"), torch.float32, states="noised")
+    batch = _batch(noised, 0, 0, 2, torch.device("cpu"), torch.float32)
     paths = TeacherPool(**pool)
-    on_path = _batch(paths, 0, 0, 2, torch.device("cpu"), torch.float32)
+    on_path = _batch(paths, 0, 0, 2, torch.device("cpu"), torch.float32, states="trajectory")
     torch.testing.assert_close(batch.timesteps, on_path.timesteps)  # the same draw of samples and steps ...
     assert (batch.latents - on_path.latents).abs().max() > 0.1  # ... but fresh noise instead of the path
-    with pytest.raises(ValueError, match="states must be one of trajectory, noised"):
+    with pytest.raises(ValueError, match="states must be one of noised, trajectory"):
         finetune(tmp_path / "bad", steps=1, states="replayed")
+    trajectory = finetune(tmp_path / "paths", steps=2, states="trajectory")
+    assert json.loads((trajectory.out_dir / INFO_FILE).read_text())["states"] == "trajectory"
