@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from dit_accel.pipelines import ModelAdapter, find_adapter, supported_model_names
+from dit_accel.pipelines.feed_forward import fuse_feed_forwards
 
 from .block_map import BlockMap, BlockMapRequest
 from .config import MethodConfig
@@ -148,6 +149,8 @@ def _install(model: torch.nn.Module, config: MethodConfig, tracker: StepTracker,
         processor._parallel_config = getattr(module.processor, "_parallel_config", None)
         module.set_processor(processor)
     installed.module_hooks = adapter.install_reorder_hooks(model, tracker)
+    if not method.reproduces_stock():  # the output changes anyway: fuse the feed-forwards' product and GELU
+        installed.module_hooks += fuse_feed_forwards(model)
     return installed
 
 

@@ -14,19 +14,17 @@ from dit_accel.kernels.rotary_ops import norm_rotary, wan_rotary
 from dit_accel.layout import TokenLayout, video_only_layout
 
 from .base import BoundProcessor, InfoSource, ModelAdapter, reorder_argument, reorder_output, video_forward_info
+from .module_hooks import needs_grad, runs_own_forward
 
 
 def _plain_rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether the fused op may stand in for ``norm(x)``: a ``torch.nn.RMSNorm`` with an explicit eps,
-    its weight (if any) on x's device, and nothing hooked on its call (accelerate's offload moves
-    the weight in a pre-forward hook: read directly, it would still be on ``meta``)."""
+    its weight (if any) on x's device, running its own forward (see :mod:`.module_hooks`)."""
     return (
         isinstance(norm, torch.nn.RMSNorm)
         and norm.eps is not None
         and (norm.weight is None or norm.weight.device == x.device)
-        and not (norm._forward_hooks or norm._forward_pre_hooks or "forward" in vars(norm))
-        and not hasattr(norm, "_hf_hook")
-        and not hasattr(norm, "_diffusers_hook")
+        and runs_own_forward(norm)
     )
 
 
@@ -39,8 +37,7 @@ def prepare_query_key(attn: torch.nn.Module, x: torch.Tensor, norm: torch.nn.Mod
     when no gradient is wanted; otherwise (training, other norms, a method that must reproduce the
     stock output bit for bit) the stock sequence of differentiable ops.
     """
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in norm.parameters()))
-    if fuse and rotary_emb is not None and not needs_grad and _plain_rms_norm(norm, x):
+    if fuse and rotary_emb is not None and not needs_grad(x, norm) and _plain_rms_norm(norm, x):
         return norm_rotary(x, norm.weight, norm.eps, *rotary_emb, attn.heads)
     x = norm(x).unflatten(2, (attn.heads, -1))
     return wan_rotary(x, *rotary_emb) if rotary_emb is not None else x
