@@ -106,7 +106,7 @@ if [ "$STAGE" = flux-start ]; then
 fi
 if [ "$STAGE" = sla-start ]; then
     background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}" all \
-        "${SLA_RUNS:-5e-5}" "${SLA_POOL:-32}" "${SLA_BATCH:-2}"
+        "${SLA_RUNS:-5e-5}" "${SLA_POOL:-32}" "${SLA_BATCH:-2}"  # PROMPT_COUNT passes through
 fi
 if [ "$STAGE" = flux-collect ]; then
     while pgrep -f tiny_flux.train > /dev/null; do sleep 5; done

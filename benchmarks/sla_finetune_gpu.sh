@@ -9,7 +9,8 @@
 # learning rate or STATES:LR with STATES noised | trajectory (finetune-sla --states; default
 # "5e-5": noised states at lr 5e-5; several runs go side by side on the GPU), BATCH samples a
 # step (default 2; each costs a conditional and an unconditional call under guidance). k_high 0.05
-# (95% sparsity), k_low 0.1.
+# (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
+# tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
 # dense vs topk, untrained sla and each fine-tuned sla at the same density on 8 prompt/seed pairs the
 # training never saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
@@ -25,6 +26,25 @@ K_HIGH=0.05
 mkdir -p "$OUT"
 if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
 variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
+prompt_args=()
+if [ "${PROMPT_COUNT:-0}" -gt 0 ]; then
+    python3 - "$PROMPT_COUNT" > "$OUT/prompts.txt" <<'EOF'
+import sys
+
+import numpy as np
+
+from dit_accel.sweep import DEFAULT_PROMPTS
+from tools.tiny_wan.data import sample_caption
+
+rng, prompts = np.random.default_rng(0), []
+while len(prompts) < int(sys.argv[1]):
+    text = sample_caption(rng).text
+    if text not in prompts and text not in DEFAULT_PROMPTS:
+        prompts.append(text)
+print("\n".join(prompts))
+EOF
+    prompt_args=(--prompts "$OUT/prompts.txt")
+fi
 pids=()
 for run in "${RUNS[@]}"; do
     lr=${run##*:}
@@ -33,7 +53,7 @@ for run in "${RUNS[@]}"; do
     name=${run//:/-}
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \
         --train "$TRAIN" --states "$states" --lr "$lr" --minutes "$MINUTES" --steps 1000000 --batch-size "$BATCH" \
-        --pool-size "$POOL" --save-every 500 > "$OUT/finetune-$name.log" 2>&1 &
+        --pool-size "$POOL" --save-every 500 "${prompt_args[@]}" > "$OUT/finetune-$name.log" 2>&1 &
     pids+=($!)
     variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$name")
 done
