@@ -2,8 +2,9 @@
 
 The compiled Wan-1.3B forward spends ~12 ms (of ~200) in Inductor's stand-alone tanh-GELU over the
 (32760, 8960) hidden activation: one write and one read of 587 MB that cuBLASLt's GELU epilogue
-(``torch._addmm_activation(..., use_gelu=True)``) avoids. Times the first product + GELU three ways
-(eager, ``torch.compile``, the epilogue) and their error against float64.
+(``torch._addmm_activation(..., use_gelu=True)``) avoids. Times the first product + GELU four ways
+(eager, ``torch.compile``, the epilogue, and the custom op the fused feed-forward calls) and their
+error against float64.
 
     python benchmarks/check_ffn_gelu.py --out ffn_gelu.json
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dit_accel.bench import median_ms
+from dit_accel.kernels.ffn_ops import linear_gelu_tanh
 
 
 def main() -> None:
@@ -39,11 +41,14 @@ def main() -> None:
     def epilogue() -> torch.Tensor:
         return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
 
+    def op() -> torch.Tensor:  # what the fused feed-forward calls, on Wan's (B, S, C) activations
+        return linear_gelu_tanh(x.unsqueeze(0), weight, bias).squeeze(0)
+
     compiled = torch.compile(stock)
     reference = F.gelu(F.linear(x.double(), weight.double(), bias.double()), approximate="tanh")
     results = {}
     with torch.no_grad():
-        for name, fn in (("eager", stock), ("compiled", compiled), ("epilogue", epilogue)):
+        for name, fn in (("eager", stock), ("compiled", compiled), ("epilogue", epilogue), ("op", op)):
             out = fn()
             error = float((out.double() - reference).abs().sum() / reference.abs().sum())
             results[name] = {"ms": median_ms(fn, device, warmup_ms=200, rep_ms=1000), "rel_l1_vs_fp64": error}

@@ -50,8 +50,10 @@ def idle_gaps(fn, device: torch.device, threshold_us: float = 20.0) -> dict:
         torch.cuda.synchronize(device)
     kernels = sorted((e for e in prof.events() if e.device_time_total > 0 and e.time_range.elapsed_us() > 0),
                      key=lambda e: e.time_range.start)  # fmt: skip
-    gaps = [(after.time_range.start - before.time_range.end, before.key[:60], after.key[:60])
-            for before, after in itertools.pairwise(kernels)]  # fmt: skip
+    gaps, busy_until = [], kernels[0].time_range.end  # the latest end so far: kernels on other streams overlap
+    for before, after in itertools.pairwise(kernels):
+        gaps.append((after.time_range.start - busy_until, before.key[:60], after.key[:60]))
+        busy_until = max(busy_until, after.time_range.end)
     large = sorted((g for g in gaps if g[0] > threshold_us), reverse=True)
     largest = [{"us": g, "before": b, "after": a} for g, b, a in large[:12]]
     return {"idle_us": sum(g for g, _, _ in gaps if g > 0), "gaps_over_threshold": len(large),

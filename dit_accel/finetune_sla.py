@@ -36,7 +36,7 @@ import inspect
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,10 @@ class FinetuneResult:
 
 
 def _check_pipeline(pipe: Any) -> torch.nn.Module:
+    from diffusers import WanPipeline
+
     transformer = getattr(pipe, "transformer", None)
-    if type(transformer).__name__ != "WanTransformer3DModel" or getattr(pipe, "transformer_2", None) is not None:
+    if not isinstance(pipe, WanPipeline) or getattr(pipe, "transformer_2", None) is not None:
         raise ValueError(
             "finetune-sla trains the transformer of a single-transformer Wan pipeline (WanPipeline); "
             f"got {type(pipe).__name__} with {type(transformer).__name__}"
@@ -128,32 +130,37 @@ def _encode(pipe: Any, prompts: list[str], device: torch.device) -> tuple[torch.
 
 
 class _StepRecorder:
-    """Keeps the latents the transformer is called on, once per sampling step (a guided sampler calls
-    it twice a step, conditional and unconditional, on the same latents and timestep)."""
+    """Keeps the latents the transformer is called on, once per sampling step: a guided sampler calls
+    it twice a step (conditional, unconditional) with the same latents at the same timestep, while
+    two steps differ in their latents even where a scheduler rounds their timesteps to one value."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.states: list[torch.Tensor] = []
-        self.timesteps: list[float] = []
+        self.last: tuple[torch.Tensor, float] | None = None
         self.handle = transformer.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        latents, timestep = kwargs["hidden_states"], kwargs["timestep"]
-        value = float(timestep.flatten()[0])
-        if not self.timesteps or value != self.timesteps[-1]:
-            self.states.append(latents[:1].detach().to("cpu", torch.bfloat16))
-            self.timesteps.append(value)
+        latents, value = kwargs["hidden_states"].detach(), float(kwargs["timestep"].flatten()[0])
+        if latents.shape[0] != 1:
+            raise ValueError(f"the teacher's sampler must make one video a call, it called the transformer on "
+                             f"{latents.shape[0]}")  # fmt: skip
+        if self.last is not None and value == self.last[1] and torch.equal(latents, self.last[0]):
+            return
+        self.states.append(latents.to("cpu", torch.bfloat16))
+        self.last = (latents, value)
 
     def take(self) -> torch.Tensor:
         """This generation's ``(steps, *latent)`` states; the recorder starts over."""
-        states, self.states, self.timesteps = torch.cat(self.states), [], []
+        states, self.states, self.last = torch.cat(self.states), [], None
         return states
 
 
 def build_pool(pipe: Any, pool_size: int, call: dict[str, Any], seed: int, prompts: list[str] | None = None,
-               prompt_embeds: torch.Tensor | None = None,
-               negative_prompt_embeds: torch.Tensor | None = None) -> TeacherPool:  # fmt: skip
+               prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+               keep_states: bool = False) -> TeacherPool:  # fmt: skip
     """``pool_size`` generations of the (dense) pipeline, cycling through the prompts, seeds ``seed + i``;
-    the transformer's input latents at every step are kept as ``states``."""
+    with ``keep_states``, also the transformer's input latents at every step (``pool_size x steps``
+    latents: at Wan-1.3B 480p, 4 MB each)."""
     device = torch.device(pipe._execution_device)
     if prompt_embeds is None:
         texts = list(prompts or DEFAULT_PROMPTS)
@@ -164,25 +171,29 @@ def build_pool(pipe: Any, pool_size: int, call: dict[str, Any], seed: int, promp
     conditional, unconditional = prompt_embeds[pick].to(device), negative_prompt_embeds[pick].to(device)
     call = dict(call)
     steps = call.pop("num_inference_steps", 30)
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps, device="cpu")
+    timesteps = scheduler.timesteps.float()
     latents, states = [], []
-    recorder = _StepRecorder(pipe.transformer)
+    recorder = _StepRecorder(pipe.transformer) if keep_states else None
     try:
         for i in range(pool_size):
             out = pipe(prompt_embeds=conditional[i : i + 1], negative_prompt_embeds=unconditional[i : i + 1],
                        num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i),
                        output_type="latent", **call)  # fmt: skip
+            if out.frames.shape[0] != 1:
+                raise ValueError(f"the teacher's call made {out.frames.shape[0]} videos: one a prompt and seed only")
             latents.append(out.frames.detach().float().cpu())
-            states.append(recorder.take())
+            if recorder is not None:
+                states.append(recorder.take())
+                if states[-1].shape[0] != len(timesteps):  # checked on the first generation, not after all
+                    raise RuntimeError(f"the sampler called the transformer at {states[-1].shape[0]} distinct "
+                                       f"steps, its scheduler has {len(timesteps)}")  # fmt: skip
     finally:
-        recorder.handle.remove()
-    scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(steps, device="cpu")
-    timesteps = scheduler.timesteps.float()
-    if states[0].shape[0] != len(timesteps):
-        raise RuntimeError(f"the sampler called the transformer at {states[0].shape[0]} distinct timesteps, "
-                           f"its scheduler has {len(timesteps)} steps")  # fmt: skip
+        if recorder is not None:
+            recorder.handle.remove()
     return TeacherPool(torch.cat(latents), conditional.cpu(), unconditional.cpu(), timesteps,
-                       scheduler.sigmas[: len(timesteps)].float(), torch.stack(states))  # fmt: skip
+                       scheduler.sigmas[: len(timesteps)].float(), torch.stack(states) if states else None)  # fmt: skip
 
 
 @dataclass
@@ -230,24 +241,31 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").is_file())
 
 
-def _save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: Any) -> None:
+def _save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: Any,
+                     objective: dict[str, Any]) -> None:  # fmt: skip
     folder = out_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     params = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(params, str(folder / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    (folder / "state.json").write_text(json.dumps({"step": step}))
+    (folder / "state.json").write_text(json.dumps({"step": step, **objective}))
     for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old)
 
 
-def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any) -> int:
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, objective: dict[str, Any]) -> int:
+    """Restores the trainable weights and optimizer; refuses a run whose loss or inputs differ."""
+    state = json.loads((folder / "state.json").read_text())
+    saved = {key: state.get(key) for key in objective}
+    if saved != objective:
+        raise ValueError(f"{folder} was trained with {saved}, this run asks for {objective}: resume with the same "
+                         "states and guidance scale, or start in a new folder")  # fmt: skip
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in load_file(str(folder / "trainable.safetensors")).items():
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    return json.loads((folder / "state.json").read_text())["step"]
+    return state["step"]
 
 
 def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype,
@@ -320,7 +338,9 @@ def finetune_sla(
         train: ``"projections"`` (the SLA projections only), ``"lora"`` (and LoRA adapters of rank
             ``lora_rank`` on to_q/to_k/to_v/to_out) or ``"all"`` (and every transformer weight).
         states: the training latents: ``"noised"`` (the pool's clean latents, freshly noised) or
-            ``"trajectory"`` (the teacher's sampling paths).
+            ``"trajectory"`` (the teacher's sampling paths; the pool then keeps every step's latents).
+        batch_size: samples a step; under guidance each costs a conditional and an unconditional call
+            of the student and of the teacher.
         steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
         lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
         prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
@@ -360,12 +380,13 @@ def finetune_sla(
     if resume and (out / POOL_FILE).is_file():
         pool = TeacherPool(**torch.load(out / POOL_FILE, weights_only=True))
         if states == "trajectory" and pool.states is None:
-            raise ValueError(f"{out / POOL_FILE} has no sampling-path states (written by an older version): "
+            raise ValueError(f"{out / POOL_FILE} has no sampling-path states (a noised run, or an older version): "
                              "resume with states='noised' (--states noised) or start in a new folder")  # fmt: skip
     else:
         pipe.set_progress_bar_config(disable=True)
-        pool = build_pool(pipe, pool_size, sampling, seed, prompts, prompt_embeds, negative_prompt_embeds)
-        torch.save(asdict(pool), out / POOL_FILE)
+        pool = build_pool(pipe, pool_size, sampling, seed, prompts, prompt_embeds, negative_prompt_embeds,
+                          keep_states=states == "trajectory")  # fmt: skip
+        torch.save({field.name: getattr(pool, field.name) for field in fields(pool)}, out / POOL_FILE)
 
     base_dtype = transformer.dtype
     teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
@@ -377,7 +398,9 @@ def finetune_sla(
     parameters = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr or DEFAULT_LR[train], weight_decay=0.0)
     model, optimizer = accelerator.prepare(transformer, optimizer)
-    start = _load_checkpoint(_checkpoints(out)[-1], transformer, optimizer) if resume and _checkpoints(out) else 0
+    objective = {"states": states, "guidance_scale": guidance_scale}
+    start = _load_checkpoint(_checkpoints(out)[-1], transformer, optimizer, objective) if resume and _checkpoints(
+        out) else 0  # fmt: skip
 
     losses: list[float] = []
     began = time.monotonic()
@@ -400,13 +423,13 @@ def finetune_sla(
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
             if step % save_every == 0 and accelerator.is_main_process:
-                _save_checkpoint(out, step, transformer, optimizer)
+                _save_checkpoint(out, step, transformer, optimizer, objective)
     bar.close()
 
     named = named_transformers(transformer, [transformer])
     if accelerator.is_main_process:
         if not _checkpoints(out) or json.loads((_checkpoints(out)[-1] / "state.json").read_text())["step"] != step:
-            _save_checkpoint(out, step, transformer, optimizer)
+            _save_checkpoint(out, step, transformer, optimizer, objective)
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
                 "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
                 "pool_size": pool.latents.shape[0], "seed": seed, "states": states,

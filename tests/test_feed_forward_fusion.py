@@ -112,3 +112,51 @@ def test_compiled_blocks_trace_the_op_without_graph_breaks(counted_op):
     traced = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
     assert traced.count(torch.ops.dit_accel.linear_gelu_tanh.default) == len(model.blocks)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+class _Wrapped(torch.Tensor):
+    """A tensor subclass standing in for torchao's quantized weights (the op cannot take them)."""
+
+
+def test_only_plain_calls_fuse(monkeypatch):
+    monkeypatch.setattr(feed_forward, "FUSED_DEVICES", ("cuda", "cpu"))
+    module = GELU(6, 10, approximate="tanh")
+    x = torch.randn(2, 3, 6)
+    with torch.no_grad():
+        assert feed_forward._fusable(module, x)
+        assert not feed_forward._fusable(module, x.double())  # weights in another dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not feed_forward._fusable(module, x)
+        wrapped = GELU(6, 10, approximate="tanh")
+        wrapped.proj.weight = torch.nn.Parameter(module.proj.weight.detach().as_subclass(_Wrapped))
+        assert not feed_forward._fusable(wrapped, x)
+        module.proj.bias = None
+        assert not feed_forward._fusable(module, x)
+    assert not feed_forward._fusable(GELU(6, 10, approximate="tanh"), x.requires_grad_())  # training
+
+
+def test_remove_restores_a_forward_wrapped_since(counted_op):
+    model, inputs = tiny_wan(), wan_inputs()
+    handle = dit_accel.apply(model, "topk", **TOPK)
+    gelu = tanh_gelus(model)[0]
+    fused = gelu.forward
+    gelu._old_forward, gelu.forward = fused, lambda *args: gelu._old_forward(*args)  # as accelerate wraps it
+    handle.remove()
+    assert gelu._old_forward is not fused and gelu._old_forward.__func__ is GELU.forward
+    counted_op.clear()
+    run(model, inputs)
+    assert not counted_op
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt epilogue needs CUDA")
+def test_cuda_op_matches_float64():
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(2, 37, 96, device="cuda", generator=gen).bfloat16()
+    weight = (torch.randn(200, 96, device="cuda", generator=gen) / 10).bfloat16()
+    bias = torch.randn(200, device="cuda", generator=gen).bfloat16()
+    want = torch.nn.functional.gelu(x.double() @ weight.double().T + bias.double(), approximate="tanh")
+    got = linear_gelu_tanh(x, weight, bias)
+    stock = linear_gelu_tanh_reference(x, weight, bias)
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    assert (got.double() - want).abs().mean() <= (stock.double() - want).abs().mean() * 1.05
+    torch.library.opcheck(linear_gelu_tanh, (x, weight, bias))

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tiny_models import tiny_wan_pipeline
 
 import dit_accel
+from dit_accel import finetune_sla as finetune_sla_module
 from dit_accel.finetune_sla import (
     POOL_FILE,
     TeacherPool,
@@ -37,9 +38,9 @@ def prompt_embeddings():
 
 def finetune(out, steps, **kwargs):
     embeds, negative = prompt_embeddings()
-    kwargs = {"lr": 1e-2, "save_every": 2, "pool_size": 2, **kwargs}
+    kwargs = {"lr": 1e-2, "save_every": 2, "pool_size": 2, "call": CALL, **kwargs}
     return finetune_sla(tiny_wan_pipeline(), out, sla_options=OPTIONS, steps=steps, prompt_embeds=embeds,
-                        negative_prompt_embeds=negative, call=CALL, progress=False, **kwargs)  # fmt: skip
+                        negative_prompt_embeds=negative, progress=False, **kwargs)  # fmt: skip
 
 
 def velocity(pipe, batch, sla=True, weights=None):
@@ -135,10 +136,12 @@ def test_weights_errors_name_the_problem(tmp_path):
 
 
 def test_the_pool_keeps_the_latents_of_every_sampling_step(tmp_path):
-    finetune(tmp_path, steps=1)
+    finetune(tmp_path / "noised", steps=1)
+    assert TeacherPool(**torch.load(tmp_path / "noised" / POOL_FILE, weights_only=True)).states is None  # not needed
+    finetune(tmp_path, steps=1, states="trajectory", pool_size=3)
     pool = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
     steps = CALL["num_inference_steps"]
-    assert pool.states.shape == (2, steps, *pool.latents.shape[1:]) and pool.states.dtype == torch.bfloat16
+    assert pool.states.shape == (3, steps, *pool.latents.shape[1:]) and pool.states.dtype == torch.bfloat16
     embeds, negative = prompt_embeddings()
     after_step = []  # the generation of pool item 1 again, its latents after each step taken by a callback
 
@@ -153,6 +156,21 @@ def test_the_pool_keeps_the_latents_of_every_sampling_step(tmp_path):
         torch.testing.assert_close(pool.states[1, step], after_step[step - 1][0].bfloat16(), rtol=0, atol=0)
     torch.testing.assert_close(pool.latents[1], after_step[-1][0], rtol=1e-6, atol=1e-6)
     assert (pool.states[1, 0].float() - pool.states[1, 1].float()).abs().max() > 1e-2
+
+
+def test_training_steps_use_the_guided_velocity(tmp_path, monkeypatch):
+    scales = []
+
+    def spy(model, batch, guidance_scale):
+        scales.append(guidance_scale)
+        return _velocity(model, batch, guidance_scale)
+
+    monkeypatch.setattr(finetune_sla_module, "_velocity", spy)
+    finetune(tmp_path, steps=2)
+    assert scales == [CALL["guidance_scale"]] * 4  # teacher and student, each step
+    scales.clear()
+    finetune(tmp_path / "unguided", steps=1, call={**CALL, "guidance_scale": 1.0})
+    assert scales == [1.0, 1.0]
 
 
 def test_the_loss_is_on_the_velocity_the_sampler_steps_with():
@@ -173,19 +191,29 @@ def test_the_loss_is_on_the_velocity_the_sampler_steps_with():
 
 
 def test_noised_states_and_a_pool_without_paths(tmp_path):
-    finetune(tmp_path, steps=1)
+    finetune(tmp_path, steps=1, states="trajectory", pool_size=3)
     pool = torch.load(tmp_path / POOL_FILE, weights_only=True)
-    torch.save({**pool, "states": None}, tmp_path / POOL_FILE)  # as an older version wrote it
+    paths = TeacherPool(**pool)
+    pool.pop("states")
+    torch.save(pool, tmp_path / POOL_FILE)  # as an older version wrote it
     with pytest.raises(ValueError, match="no sampling-path states"):
         finetune(tmp_path, steps=2, resume=True, states="trajectory")
-    assert finetune(tmp_path, steps=2, resume=True).step == 2  # the default, noised, needs no paths
+    with pytest.raises(ValueError, match="resume with the same states and guidance scale"):
+        finetune(tmp_path, steps=2, resume=True)  # the checkpoint was trained on paths
+    with pytest.raises(ValueError, match="resume with the same states and guidance scale"):
+        finetune(tmp_path / "bad", steps=1, resume=False)  # (a fresh folder trains; then a guidance change is refused)
+        finetune(tmp_path / "bad", steps=2, resume=True, call={**CALL, "guidance_scale": 2.0})
     noised = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
-    batch = _batch(noised, 0, 0, 2, torch.device("cpu"), torch.float32)
-    paths = TeacherPool(**pool)
-    on_path = _batch(paths, 0, 0, 2, torch.device("cpu"), torch.float32, states="trajectory")
-    torch.testing.assert_close(batch.timesteps, on_path.timesteps)  # the same draw of samples and steps ...
-    assert (batch.latents - on_path.latents).abs().max() > 0.1  # ... but fresh noise instead of the path
+    for step in range(3):
+        batch = _batch(noised, step, 0, 2, torch.device("cpu"), torch.float32)
+        on_path = _batch(paths, step, 0, 2, torch.device("cpu"), torch.float32, states="trajectory")
+        gen = torch.Generator().manual_seed(step)  # _batch's draws at seed 0
+        pick = torch.randint(0, 3, (2,), generator=gen)
+        when = torch.randint(0, CALL["num_inference_steps"], (2,), generator=gen)
+        torch.testing.assert_close(on_path.latents, paths.states[pick, when].float(), rtol=0, atol=0)
+        torch.testing.assert_close(batch.timesteps, on_path.timesteps)  # the same draw of samples and steps ...
+        assert (batch.latents - on_path.latents).abs().max() > 0.1  # ... but fresh noise instead of the path
     with pytest.raises(ValueError, match="states must be one of noised, trajectory"):
-        finetune(tmp_path / "bad", steps=1, states="replayed")
+        finetune(tmp_path / "wrong", steps=1, states="replayed")
     trajectory = finetune(tmp_path / "paths", steps=2, states="trajectory")
     assert json.loads((trajectory.out_dir / INFO_FILE).read_text())["states"] == "trajectory"

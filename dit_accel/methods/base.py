@@ -73,7 +73,8 @@ class AttentionMethod:
 
     def reproduces_stock(self) -> bool:
         """True when the method promises the stock processor's output bit for bit: the processor then
-        prepares q/k with the stock ops, not its fused kernels (which round in another order)."""
+        prepares q/k with the stock ops, and ``apply()`` leaves the feed-forwards' product and GELU
+        stock, instead of their fused kernels (which round in another order)."""
         return False
 
 
