@@ -105,6 +105,7 @@ if [ "$STAGE" = flux-start ]; then
     background flux python3 -m tools.tiny_flux.train --out /tmp/tiny-flux --minutes "${FLUX_MINUTES:-13}" --compile
 fi
 if [ "$STAGE" = sla-start ]; then
+    if [ -n "${SLA_LRS:-}" ]; then echo "SLA_LRS is now SLA_RUNS (learning rates or STATES:LR)" >&2; exit 2; fi
     background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}" all \
         "${SLA_RUNS:-5e-5}" "${SLA_POOL:-32}" "${SLA_BATCH:-2}"  # PROMPT_COUNT passes through
 fi

@@ -5,12 +5,14 @@
 CUDA outside autocast, wants no gradient and its ``proj`` is a plain, unhooked ``nn.Linear`` with a
 bias, whose weights are plain tensors in the input's dtype; any other call (CPU, ROCm, training, a
 LoRA-wrapped, offloaded or quantized ``proj``) runs the stock forward.
-``apply()`` installs it for methods that do not promise the stock output bit for bit, and
-``remove()`` takes it away.
+``apply()`` installs it for methods that do not promise the stock output bit for bit (unless
+``DIT_ACCEL_FUSED_FFN=0``: e.g. to let Inductor's max-autotune fuse the GELU into its own GEMMs),
+and ``remove()`` takes it away.
 """
 
 from __future__ import annotations
 
+import os
 import types
 
 import torch
@@ -21,6 +23,7 @@ from dit_accel.kernels.ffn_ops import linear_gelu_tanh
 from .module_hooks import needs_grad, runs_own_forward
 
 FUSED_DEVICES = ("cuda",)  # where the op beats the stock pair (elsewhere it is the same two calls)
+ENV_VAR = "DIT_ACCEL_FUSED_FFN"
 PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not torchao / DTensor subclasses the op cannot take
 
 
@@ -64,7 +67,10 @@ class FusedFeedForward:
 
 
 def fuse_feed_forwards(model: torch.nn.Module) -> list[FusedFeedForward]:
-    """Fuse every unhooked tanh-``GELU`` of ``model``; the returned handles undo it."""
+    """Fuse every unhooked tanh-``GELU`` of ``model`` (none when ``DIT_ACCEL_FUSED_FFN=0``); the returned
+    handles undo it."""
+    if os.environ.get(ENV_VAR) == "0":
+        return []
     return [
         FusedFeedForward(module)
         for module in model.modules()

@@ -78,6 +78,11 @@ def test_stock_promising_methods_hooked_or_wrapped_projections_keep_the_stock_pa
     with dit_accel.apply(model, "dense"):  # promises the stock output bit for bit
         run(model, inputs)
     assert not counted_op and not any("forward" in vars(m) for m in tanh_gelus(model))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(feed_forward.ENV_VAR, "0")  # opted out
+        with dit_accel.apply(model, "topk", **TOPK):
+            run(model, inputs)
+    assert not counted_op
     first = tanh_gelus(model)[0]
     seen = []
     hook = first.proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
