@@ -142,8 +142,8 @@ class _StepRecorder:
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         latents, value = kwargs["hidden_states"].detach(), float(kwargs["timestep"].flatten()[0])
         if latents.shape[0] != 1:
-            raise ValueError(f"the teacher's sampler must make one video a call, it called the transformer on "
-                             f"{latents.shape[0]}")  # fmt: skip
+            raise ValueError(f"the recorder keeps one sample a call; the sampler called the transformer on a batch of "
+                             f"{latents.shape[0]} (batched guidance or several videos)")  # fmt: skip
         if self.last is not None and value == self.last[1] and torch.equal(latents, self.last[0]):
             return
         self.states.append(latents.to("cpu", torch.bfloat16))
@@ -399,8 +399,8 @@ def finetune_sla(
     optimizer = torch.optim.AdamW(parameters, lr=lr or DEFAULT_LR[train], weight_decay=0.0)
     model, optimizer = accelerator.prepare(transformer, optimizer)
     objective = {"states": states, "guidance_scale": guidance_scale}
-    start = _load_checkpoint(_checkpoints(out)[-1], transformer, optimizer, objective) if resume and _checkpoints(
-        out) else 0  # fmt: skip
+    latest = _checkpoints(out)[-1:] if resume else []
+    start = _load_checkpoint(latest[0], transformer, optimizer, objective) if latest else 0
 
     losses: list[float] = []
     began = time.monotonic()
@@ -428,7 +428,8 @@ def finetune_sla(
 
     named = named_transformers(transformer, [transformer])
     if accelerator.is_main_process:
-        if not _checkpoints(out) or json.loads((_checkpoints(out)[-1] / "state.json").read_text())["step"] != step:
+        latest = _checkpoints(out)[-1:]
+        if not latest or json.loads((latest[0] / "state.json").read_text())["step"] != step:
             _save_checkpoint(out, step, transformer, optimizer, objective)
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
                 "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
@@ -449,9 +450,9 @@ def _run(args: argparse.Namespace) -> int:
                                                    "guidance_scale")}  # fmt: skip
     result = finetune_sla(
         args.model, args.out, sla_options=dict(args.option), train=args.train, states=args.states, steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size, lora_rank=args.lora_rank, prompts=[p for p in prompts or [] if p.strip()] or None,
-        pool_size=args.pool_size, call={k: v for k, v in call.items() if v is not None}, save_every=args.save_every,
+        lr=args.lr, batch_size=args.batch_size, lora_rank=args.lora_rank,
+        prompts=[p for p in prompts or [] if p.strip()] or None, pool_size=args.pool_size,
+        call={k: v for k, v in call.items() if v is not None}, save_every=args.save_every,
         resume=args.resume, seed=args.seed, max_minutes=args.minutes, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     tail = result.losses[-10:]
