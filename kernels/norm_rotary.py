@@ -34,34 +34,31 @@ def _norm_rotary(
     stride_xb, stride_xs,
     stride_cb, stride_cs, stride_cd,
     stride_sb, stride_ss, stride_sd,
-    S, PAIRS, HALF_D, eps,
-    BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    S, HIDDEN, HEAD_D, eps,
+    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, HAS_WEIGHT: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row tiles, B). Each program normalises BLOCK_S whole rows and rotates their pairs."""
+    """Grid (row tiles, B). Each program normalises BLOCK_S whole rows and rotates their pairs.
+
+    Rows, weights and tables are read contiguously (vector loads) and split into the (even, odd)
+    halves of each pair in registers; the rotated pairs are joined back for one contiguous store."""
     b = tl.program_id(1).to(tl.int64)
     rows = (tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
-    pairs = tl.arange(0, BLOCK_P)
-    mask = (rows < S)[:, None] & (pairs < PAIRS)[None, :]
-    x_ptr = X + b * stride_xb + rows[:, None] * stride_xs + 2 * pairs[None, :]
-    x1 = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + 1, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * PAIRS) + eps)
-    x1 = x1 * rstd[:, None]
-    x2 = x2 * rstd[:, None]
+    cols = tl.arange(0, BLOCK_H)
+    mask = (rows < S)[:, None] & (cols < HIDDEN)[None, :]
+    x = tl.load(X + b * stride_xb + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HIDDEN + eps)
+    x = x * rstd[:, None]
     if HAS_WEIGHT:
-        pair_ok = pairs < PAIRS
-        x1 = x1 * tl.load(W + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
-        x2 = x2 * tl.load(W + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
-    x1 = x1.to(Out.dtype.element_ty).to(tl.float32)  # RMSNorm's output dtype, as the stock path rounds
-    x2 = x2.to(Out.dtype.element_ty).to(tl.float32)
-    freq = (pairs % HALF_D).to(tl.int64)
-    cos = tl.load(Cos + b * stride_cb + rows[:, None] * stride_cs + 2 * freq[None, :] * stride_cd, mask=mask,
-                  other=0.0).to(tl.float32)  # fmt: skip
-    sin = tl.load(Sin + b * stride_sb + rows[:, None] * stride_ss + (2 * freq[None, :] + 1) * stride_sd, mask=mask,
-                  other=0.0).to(tl.float32)  # fmt: skip
-    out_ptr = Out + (b * S + rows[:, None]) * (2 * PAIRS) + 2 * pairs[None, :]
-    tl.store(out_ptr, (x1 * cos - x2 * sin).to(Out.dtype.element_ty), mask=mask)
-    tl.store(out_ptr + 1, (x1 * sin + x2 * cos).to(Out.dtype.element_ty), mask=mask)
+        x = x * tl.load(W + cols, mask=cols < HIDDEN, other=0.0).to(tl.float32)[None, :]
+    x = x.to(Out.dtype.element_ty).to(tl.float32)  # RMSNorm's output dtype, as the stock path rounds
+    x1, x2 = tl.split(tl.reshape(x, (BLOCK_S, BLOCK_H // 2, 2)))
+    column = (cols % HEAD_D).to(tl.int64)[None, :]  # the table column of each channel
+    cos = tl.load(Cos + b * stride_cb + rows[:, None] * stride_cs + column * stride_cd, mask=mask, other=0.0)
+    sin = tl.load(Sin + b * stride_sb + rows[:, None] * stride_ss + column * stride_sd, mask=mask, other=0.0)
+    cos, _ = tl.split(tl.reshape(cos.to(tl.float32), (BLOCK_S, BLOCK_H // 2, 2)))  # even cosines
+    _, sin = tl.split(tl.reshape(sin.to(tl.float32), (BLOCK_S, BLOCK_H // 2, 2)))  # odd sines
+    out = tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), (BLOCK_S, BLOCK_H))
+    tl.store(Out + (b * S + rows[:, None]) * HIDDEN + cols[None, :], out.to(Out.dtype.element_ty), mask=mask)
 
 
 def unsupported(x: Tensor, weight: Tensor | None, freqs_cos: Tensor, freqs_sin: Tensor, heads: int) -> str | None:
@@ -98,8 +95,8 @@ def norm_rotary_triton(x: Tensor, weight: Tensor | None, eps: float, freqs_cos: 
         x, weight if weight is not None else x, freqs_cos, freqs_sin, out,
         x.stride(0), x.stride(1),
         *_table_strides(freqs_cos), *_table_strides(freqs_sin),
-        s, hidden // 2, head_dim // 2, eps,
-        BLOCK_S=rows_per_program, BLOCK_P=triton.next_power_of_2(hidden // 2), HAS_WEIGHT=weight is not None,
+        s, hidden, head_dim, eps,
+        BLOCK_S=rows_per_program, BLOCK_H=triton.next_power_of_2(hidden), HAS_WEIGHT=weight is not None,
         num_warps=num_warps or default_warps(hidden),
     )  # fmt: skip
     return out

@@ -41,7 +41,7 @@ PYRAMID_POINTERS = {"Lse": "*fp32", "QRows": "*i32", "Idx": "*i32", "LevelCnt": 
 LEVEL_LIST_TYPES = {"Importance": "*fp32", "Indices": "*i32", "LevelCounts": "*i32", "Bounds": "*fp64"}
 NORM_ROTARY_TYPES = {"Cos": "*fp32", "Sin": "*fp32", "eps": "fp32"}
 # Capitalised scalar arguments (sizes), i32 like the lower-case ones.
-SIZES = {"H", "D", "S", "NK", "NQ", "NC", "Sq", "Sk", "Se", "PAIRS", "HALF_D"}
+SIZES = {"H", "D", "S", "NK", "NQ", "NC", "Sq", "Sk", "Se", "HIDDEN", "HEAD_D"}
 KERNELS: dict[str, KernelSpec] = {
     "pyramid_attention": KernelSpec(
         "dit_accel.kernels.pyramid_attention:_pyramid_attn_fwd",
@@ -72,11 +72,11 @@ KERNELS: dict[str, KernelSpec] = {
         num_warps=8,
     ),
     "norm_rotary": KernelSpec(
-        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 1024, "HAS_WEIGHT": True},
+        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_H": 2048, "HAS_WEIGHT": True},
         NORM_ROTARY_TYPES,
     ),
     "norm_rotary_14b": KernelSpec(  # Wan-14B's 5120 channels, at the 8 warps the launcher picks there
-        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_P": 4096, "HAS_WEIGHT": True},
+        "dit_accel.kernels.norm_rotary:_norm_rotary", {"BLOCK_S": 1, "BLOCK_H": 8192, "HAS_WEIGHT": True},
         NORM_ROTARY_TYPES, num_warps=8,
     ),
     "permute_rows": KernelSpec(
