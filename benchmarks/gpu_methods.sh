@@ -5,6 +5,8 @@
 #                                           (BENCHES="topk pisa_o1 ... flashblock": a subset, by name; BENCH_LIMIT: s per bench)
 #   bash benchmarks/gpu_methods.sh e2e      bench e2e: Wan-1.3B (topk, pisa), HunyuanVideo 720p (fewer layers), FLUX 1024 px
 #   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
+#   bash benchmarks/gpu_methods.sh engine   the engine's launch checks (routing, q/k norm+rotary, feed-forward epilogue)
+#                                           and bench kernel of topk at 0.1 / 0.05, 128x128 and the default blocks
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
 set -u
 STAGE=$1
@@ -26,6 +28,21 @@ if [ "$STAGE" = check ]; then
     done
     (cd /tmp && python3 "$REPO/benchmarks/profile_routing.py" --out /tmp/check/routing_profile.json)
     tar -C /tmp -czf "$OUT/check.tgz" check
+fi
+
+if [ "$STAGE" = engine ]; then
+    mkdir -p /tmp/engine
+    for name in check_routing check_norm_rotary check_ffn_gelu; do
+        echo "=== $name"
+        (cd /tmp && timeout 300 python3 "$REPO/benchmarks/$name.py" --out "/tmp/engine/$name.json") || echo "$name FAILED"
+    done
+    for blocks in "(128,128)" "(128,64)"; do
+        echo "=== topk $blocks"
+        (cd /tmp && timeout 200 python3 -m dit_accel.cli bench kernel --shapes wan-1.3b-480p --method topk \
+            -o "block_size=$blocks" --densities 0.1 0.05 --out /tmp/engine --name "topk_${blocks//[^0-9]/_}") \
+            || echo "topk $blocks FAILED"
+    done
+    tar -C /tmp -czf "$OUT/engine.tgz" engine
 fi
 
 if [ "$STAGE" = kernel ]; then

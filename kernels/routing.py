@@ -6,7 +6,7 @@ matmul, select) launches four or more kernels and round-trips the score matrix t
 Here:
     1. one bandwidth-bound launch pools Q and K together (one program per block, rows read in
        vectorised chunks with several loads in flight), writing fp32 means;
-    2. one launch per tile of ``SCORE_ROWS`` score rows computes those rows' scores from q̄ and
+    2. one launch per tile of score rows (:data:`SCORE_LAUNCH`) computes those rows' scores from q̄ and
        all k̄ (fp32, IEEE dot: the ranking must match the reference's), adds ``log n_j`` and selects
        top-k or top-p with an exact radix search over order-preserving integer keys, writing the
        block lists in :func:`select_blocks`' layout. Q and K are not read again.
@@ -22,10 +22,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_selection import empty_block_lists, top_k_keep, top_p_counts
 from .reference import check_query_key_pair, keep_count
 
 POOL_CHUNK = 32
-SCORE_ROWS = 16
+# How the pooling launch walks Q and K (measured on the H200, benchmarks/check_routing.py):
+#   "token_rows": one program per token block of one batch reads whole token rows (every head), so
+#                 consecutive loads are contiguous in Diffusers' (B, S, H, D) layout;
+#   "head_blocks": one program per (block, batch x head), the block index fastest; also serves token rows
+#                  wider than POOL_TILE.
+# H200, Wan-1.3B shape (B=1, 12 heads x 128), 128x128 blocks: token_rows 62.5 us (3.2 TB/s), head_blocks
+# 77 us; 128x64: 62.9 / 69 us (benchmarks/results/kernel/engine_h200_s21/check_routing.json).
+POOL_LAYOUT = "token_rows"
+POOL_TILE = 4096  # elements of one token-rows load (rows x heads x head_dim), 16 fp32 registers a thread
+POOL_WARPS = 8
+# Score+select launch (rows of the score map per program, warps) by the padded row width NK_P2; same
+# measurements: 256 wide, 8 rows on 4 warps 49 us (16 on 8: 62 us); 512 wide, 8 rows on 8 warps 124 us.
+SCORE_LAUNCH = {256: (8, 4), 512: (8, 8)}
 MAX_ROUTED_KEY_BLOCKS = 512  # the score row tile stays in registers (no spills on sm_90) up to here
 
 
@@ -54,7 +67,7 @@ def _pool_qk(
     H, Sq, Sk, NQ, NK, D,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """Grid (NQ + NK, B * H): programs below NQ pool a query block, the rest a key block."""
+    """Grid (NQ + NK, B * H): block ids below NQ pool a query block, the rest a key block."""
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -75,18 +88,50 @@ def _pool_qk(
 
 
 @triton.jit
-def _top_p_counts(s, valid, top_p, min_blocks, NK):
-    """Per row, the size of the smallest set whose softmax mass reaches ``top_p`` (>= min_blocks)."""
-    p = tl.where(valid, tl.exp(s - tl.max(s, 1)[:, None]), 0.0)
-    p = p / tl.sum(p, 1)[:, None]
-    p_key = p.to(tl.int32, bitcast=True)
-    p_prefix = tl.zeros([s.shape[0]], dtype=tl.int32)
-    for bit in tl.static_range(30, -1, -1):
-        cand = p_prefix | (1 << bit)
-        mass = tl.sum(tl.where(p_key >= cand[:, None], p, 0.0), 1)
-        p_prefix = tl.where(mass >= top_p, cand, p_prefix)
-    k_eff = tl.sum((valid & (p_key >= p_prefix[:, None])).to(tl.int32), 1)
-    return tl.minimum(tl.maximum(k_eff, min_blocks), NK)
+def _pool_token_block(
+    X, Mean, x_base, stride_xs, stride_xh, blk, S, H, N, D, bh0,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """fp32 means of every head over rows ``[blk * BLOCK, min(S, (blk + 1) * BLOCK))`` of one batch,
+    ``ROWS`` whole token rows (all heads) per load; means go to ``Mean[bh0 + h, blk]``."""
+    cols = tl.arange(0, HEADS_P2 * HEAD_DIM)
+    h = cols // HEAD_DIM
+    d = cols % HEAD_DIM
+    col_ok = (h < H) & (d < D)
+    col_off = h.to(tl.int64) * stride_xh + d
+    start = blk * BLOCK
+    end = tl.minimum(S, start + BLOCK)
+    acc = tl.zeros([ROWS, HEADS_P2 * HEAD_DIM], dtype=tl.float32)
+    for r0 in tl.static_range(0, BLOCK, ROWS):
+        rows = (start + r0 + tl.arange(0, ROWS)).to(tl.int64)
+        ok = (rows < end)[:, None] & col_ok[None, :]
+        acc += tl.load(X + x_base + rows[:, None] * stride_xs + col_off[None, :], mask=ok, other=0.0).to(tl.float32)
+    n = tl.minimum(S - start, BLOCK).to(tl.float32)
+    out = Mean + ((bh0 + h).to(tl.int64) * N + blk) * D + d
+    tl.store(out, tl.sum(acc, axis=0) / n, mask=col_ok)
+
+
+@triton.jit
+def _pool_qk_token_rows(
+    Q, K, QMean, KMean,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    H, Sq, Sk, NQ, NK, D,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Grid (NQ + NK, B): block ids below NQ pool a query block of every head, the rest a key block."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    if pid < NQ:
+        _pool_token_block(
+            Q, QMean, b * stride_qb, stride_qs, stride_qh, pid, Sq, H, NQ, D, b * H, BLOCK_Q, ROWS, HEADS_P2, HEAD_DIM
+        )
+    else:
+        _pool_token_block(
+            K, KMean, b * stride_kb, stride_ks, stride_kh, pid - NQ, Sk, H, NK, D, b * H, BLOCK_K, ROWS, HEADS_P2,
+            HEAD_DIM,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -115,28 +160,11 @@ def _score_select(
         s = tl.dot(qm, tl.trans(km), s, input_precision="ieee")
     n_j = tl.minimum(Sk - cols * BLOCK_K, BLOCK_K).to(tl.float32)
     s = tl.where(valid[None, :], s * scale + tl.log(tl.where(valid, n_j, 1.0))[None, :], float("-inf"))
-
     if TOP_P:
-        k_eff = _top_p_counts(s, valid[None, :], top_p, min_blocks, NK)
+        k_eff = top_p_counts(s, valid[None, :], top_p, min_blocks, NK)
     else:
         k_eff = tl.full([ROWS], k_fixed, dtype=tl.int32)
-
-    # Order-preserving int32 keys of the fp32 scores (negative floats: flip the magnitude bits);
-    # padding columns get INT32_MIN, below every real score including -inf.
-    bits = s.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    key = tl.where(valid[None, :], key, -2147483648)
-    n_nonneg = tl.sum((key >= 0).to(tl.int32), 1)
-    prefix = tl.where(n_nonneg >= k_eff, 0, -2147483648)
-    for bit in tl.static_range(30, -1, -1):
-        cand = prefix | (1 << bit)
-        count = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
-        prefix = tl.where(count >= k_eff, cand, prefix)
-    above = key > prefix[:, None]
-    at = key == prefix[:, None]
-    n_above = tl.sum(above.to(tl.int32), 1)
-    take = above | (at & (tl.cumsum(at.to(tl.int32), 1) <= (k_eff - n_above)[:, None]))
-    slot = tl.cumsum(take.to(tl.int32), 1) - 1
+    take, slot = top_k_keep(s, valid[None, :], k_eff)
     out_rows = pid_bh * NQ + rows
     tl.store(Indices + out_rows[:, None] * width + slot, cols[None, :], mask=take & row_ok[:, None])
     tl.store(Counts + out_rows, k_eff, mask=row_ok)
@@ -155,15 +183,50 @@ def pool_qk_triton(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int)
     nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
     q_mean = torch.empty(b, h, nq, d, device=q.device, dtype=torch.float32)
     k_mean = torch.empty(b, h, nk, d, device=q.device, dtype=torch.float32)
-    _pool_qk[(nq + nk, b * h)](
-        q, k, q_mean, k_mean,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        h, seq_q, seq_k, nq, nk, d,
-        BLOCK_Q=block_q, BLOCK_K=block_k, HEAD_DIM=max(16, triton.next_power_of_2(d)),
-        CHUNK=min(POOL_CHUNK, block_q, block_k), num_warps=4,
-    )  # fmt: skip
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    head_dim = max(16, triton.next_power_of_2(d))
+    width = triton.next_power_of_2(h) * head_dim  # one token row of every head, padded
+    if POOL_LAYOUT == "token_rows" and width <= POOL_TILE:
+        rows = min(POOL_TILE // width, triton.next_power_of_2(min(block_q, block_k)))
+        _pool_qk_token_rows[(nq + nk, b)](
+            q, k, q_mean, k_mean, *strides, h, seq_q, seq_k, nq, nk, d,
+            BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, HEADS_P2=width // head_dim, HEAD_DIM=head_dim,
+            num_warps=POOL_WARPS,
+        )  # fmt: skip
+    else:
+        _pool_qk[(nq + nk, b * h)](
+            q, k, q_mean, k_mean, *strides, h, seq_q, seq_k, nq, nk, d,
+            BLOCK_Q=block_q, BLOCK_K=block_k, HEAD_DIM=head_dim, CHUNK=min(POOL_CHUNK, block_q, block_k),
+            num_warps=4,
+        )  # fmt: skip
     return q_mean, k_mean
+
+
+def score_select_launch(
+    q_mean: torch.Tensor,
+    k_mean: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    seq_k: int,
+    block_k: int,
+    scale: float,
+    width: int,
+    top_p: float | None,
+    min_blocks: int,
+) -> None:
+    """Fill ``indices`` ``(B, H, NQ, width)`` and ``counts`` from fp32 block means: top-``width`` blocks
+    (``top_p`` None) or the top-``top_p`` mass, ``log n_j`` added, in one launch."""
+    b, h, nq, d = q_mean.shape
+    nk = k_mean.shape[2]
+    head_dim = max(16, triton.next_power_of_2(d))
+    nk_p2 = max(16, triton.next_power_of_2(nk))
+    rows, warps = next(launch for width, launch in sorted(SCORE_LAUNCH.items()) if nk_p2 <= width)
+    _score_select[(triton.cdiv(nq, rows), b * h)](
+        q_mean, k_mean, indices, counts,
+        nq, nk, d, seq_k, scale, width if top_p is None else 0, float(top_p or 0.0), min(min_blocks, nk), width,
+        BLOCK_K=block_k, ROWS=rows, NK_P2=nk_p2, D_CHUNK=min(head_dim, 32 if nk_p2 <= 128 else 16),
+        HEAD_DIM=head_dim, TOP_P=top_p is not None, num_warps=warps,
+    )  # fmt: skip
 
 
 def route_blocks_triton(
@@ -184,22 +247,13 @@ def route_blocks_triton(
     """
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")
-    b, h, seq_q, d = q.shape
+    b, h, seq_q, _ = q.shape
     seq_k = k.shape[2]
     nq, nk = math.ceil(seq_q / block_q), math.ceil(seq_k / block_k)
     if nk > MAX_ROUTED_KEY_BLOCKS:
         raise ValueError(f"at most {MAX_ROUTED_KEY_BLOCKS} key blocks are supported, got {nk}")
     q_mean, k_mean = pool_qk_triton(q, k, block_q, block_k)  # checks the layouts and shapes of q and k
-    head_dim = max(16, triton.next_power_of_2(d))
     width = keep_count(nk, density, min_blocks) if density is not None else nk
-    indices = torch.full((b, h, nq, width), -1, device=q.device, dtype=torch.int32)
-    counts = torch.empty(b, h, nq, device=q.device, dtype=torch.int32)
-    nk_p2 = max(16, triton.next_power_of_2(nk))
-    _score_select[(triton.cdiv(nq, SCORE_ROWS), b * h)](
-        q_mean, k_mean, indices, counts,
-        nq, nk, d, seq_k, scale, width if density is not None else 0, float(top_p or 0.0), min(min_blocks, nk), width,
-        BLOCK_K=block_k, ROWS=SCORE_ROWS, NK_P2=nk_p2, D_CHUNK=min(head_dim, 32 if nk_p2 <= 128 else 16),
-        HEAD_DIM=head_dim, TOP_P=top_p is not None,
-        num_warps=16 if nk_p2 >= 512 else 8 if nk_p2 >= 128 else 4,
-    )  # fmt: skip
+    indices, counts = empty_block_lists((b, h, nq), width, density is not None, q.device)
+    score_select_launch(q_mean, k_mean, indices, counts, seq_k, block_k, scale, width, top_p, min_blocks)
     return indices, counts, q_mean, k_mean

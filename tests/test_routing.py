@@ -106,6 +106,42 @@ def test_both_block_means_in_one_launch_match_pooling_each():
                 pool(q, wrong, 16, 8)
 
 
+@pytest.mark.parametrize(
+    ("layout", "tile"),
+    [("token_rows", 4096), ("token_rows", 64), ("head_blocks", 4096)],
+)
+def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
+    """Each launch layout of the fused pooling (interpreter) on Diffusers-strided q and a key slice, odd
+    sizes and partial last blocks; a token row wider than the tile (tile 64 < 4 heads x 16) falls back
+    to one program per head."""
+    from dit_accel.kernels import routing
+
+    monkeypatch.setattr(routing, "POOL_LAYOUT", layout)
+    monkeypatch.setattr(routing, "POOL_TILE", tile)
+    gen = torch.Generator().manual_seed(7)
+    q, k = random_qk(2, 3, 45, 61, 16, gen)
+    keys = k[:, :, :53]
+    got = routing.pool_qk_triton(q.to(torch.bfloat16), keys.to(torch.bfloat16), 16, 8)
+    for mean, x, block in zip(got, (q, keys), (16, 8), strict=True):
+        want = reference.pool_blocks_reference(x.to(torch.bfloat16).double(), block)
+        torch.testing.assert_close(mean.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_select_programs_of_several_rows_match_one_row_each(monkeypatch):
+    """The select kernel with 2 rows a program (odd row count: a partial last program) keeps the same
+    blocks as the reference, top-k and top-p."""
+    from dit_accel.kernels import block_selection
+
+    monkeypatch.setattr(block_selection, "SELECT_ROWS", 2)
+    gen = torch.Generator().manual_seed(8)
+    scores = torch.randn(1, 3, 5, 37, generator=gen) * 3
+    log_counts = torch.rand(37, generator=gen).log()
+    for select in ({"density": 0.2}, {"top_p": 0.8, "min_blocks": 2}):
+        got = block_selection.select_blocks_triton(scores, log_counts=log_counts, **select)
+        want = reference.select_blocks_reference(scores, log_counts=log_counts, **select)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
 def test_scores_pool_queries_and_keys_together_unless_queries_are_gathered(monkeypatch):
     from dit_accel import kernels
     from dit_accel.methods.base import Routing

@@ -21,6 +21,9 @@ from dit_accel.forward_info import ForwardInfo
 from dit_accel.tiling import Tile, default_tile
 
 KINDS = ("accelerate", "edit", "wrap")
+# Top-k (``density``) routing through the one-read kernel (pool, then score+select in one launch)
+# rather than pool + cuBLAS scores + select; chosen by benchmarks/check_routing.py on the H200.
+ONE_READ_TOP_K = False
 Tensor = torch.Tensor
 
 
@@ -154,12 +157,13 @@ class Routing:
 
         Measured on the H200 at the Wan-1.3B shape (GPU time): for ``top_p`` the one-read routing
         kernel (``kernels.route_blocks``) takes 0.25 ms against 0.32 ms for pool + score + select, so
-        block-ordered tokens take it; for ``density`` the composed kernels are faster (0.15 vs 0.21 ms).
+        block-ordered tokens take it; for ``density`` it does where :data:`ONE_READ_TOP_K` says
+        (``benchmarks/check_routing.py`` measures both).
         """
         from dit_accel import kernels
         from dit_accel.kernels.block_list import BlockList
 
-        one_read = top_p is not None and self.q_rows is None and self.known_k_mean is None
+        one_read = (top_p is not None or ONE_READ_TOP_K) and self.q_rows is None and self.known_k_mean is None
         if one_read and self.k.shape[2] == self.key_len:
             indices, counts, self.known_q_mean, self.known_k_mean = kernels.route_blocks(
                 self.q, self.k, self.block_q, self.block_k, self.scale, density, top_p, min_blocks
