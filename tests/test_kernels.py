@@ -54,6 +54,9 @@ KERNEL_CONFIGS = {
     "pointers": KernelConfig(kv_mode=0),
     "host-tma": KernelConfig(kv_mode=1),
     "device-tma-lazy": KernelConfig(kv_mode=2, lazy_rescale=True),
+    # lists of 32-key blocks run as 16-key blocks (the lists split), as 128-key blocks do on the GPU
+    "pointers-split-blocks": KernelConfig(kv_mode=0, max_block_n=16),
+    "host-tma-split-blocks": KernelConfig(kv_mode=1, max_block_n=16),
 }
 
 
