@@ -140,8 +140,8 @@ def main() -> None:
         entry["pooling"] = pooling_records(qh, kh, block_q, block_k, device)
         entry["selection"] = selection_records(qh, kh, block_q, block_k, scale, device)
         run = MethodRun("topk", {"density": DENSITY, "block_size": (block_q, block_k)}, shape.layout(), q, k, v)
-        for one_read in (False, True):  # the method's whole routing step, each top-k path
-            previous = with_settings(method_base, ONE_READ_TOP_K=one_read)
+        for one_read in (False, True):  # the method's whole routing step, each path
+            previous = with_settings(method_base, ONE_READ_ROUTING=one_read)
             ms = entry[f"topk_routing_ms_one_read_{one_read}"] = graph_ms(run.route_and_select, device)
             with_settings(method_base, **previous)
             print(f"  topk routing step, one-read top-k {one_read}: {ms:.4f} ms")

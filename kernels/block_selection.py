@@ -23,7 +23,7 @@ MAX_KEY_BLOCKS = 16384
 # Launch of the select kernel: rows per program and warps per program, by the row width (next power
 # of two of NK). One warp per row keeps every reduction of the radix search inside the warp: H200,
 # 3072 rows, scores included, 256 wide 27.9 us (4 warps 39.3 us), 512 wide 39.2 us (4 warps 47.1 us).
-# Wider rows take more warps so that a row stays within 32 registers a thread (not measured).
+# Wider rows (not measured) take more warps to bound the elements each thread holds.
 SELECT_ROWS = 1
 SELECT_WARPS = {512: 1, 2048: 2, 4096: 4, MAX_KEY_BLOCKS: 8}
 

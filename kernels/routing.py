@@ -1,15 +1,15 @@
 """Block routing in one read of Q and K: pool, score and select in two launches (Triton).
 
 For q, k ``(B, H, S, D)`` whose tokens are already in block order, routing is
-``top-k_j(scale * q̄_i k̄_jᵀ + log n_j)`` over block means. The composed path (pool Q, pool K,
-matmul, select) launches four or more kernels and round-trips the score matrix through memory.
-Here:
-    1. one bandwidth-bound launch pools Q and K together (one program per block, rows read in
-       vectorised chunks with several loads in flight), writing fp32 means;
-    2. one launch per tile of score rows (:data:`SCORE_LAUNCH`) computes those rows' scores from q̄ and
-       all k̄ (fp32, IEEE dot: the ranking must match the reference's), adds ``log n_j`` and selects
-       top-k or top-p with an exact radix search over order-preserving integer keys, writing the
-       block lists in :func:`select_blocks`' layout. Q and K are not read again.
+``top-k_j(scale * q̄_i k̄_jᵀ + log n_j)`` over block means.
+    1. one bandwidth-bound launch pools Q and K together (:data:`POOL_LAYOUT`: by default one
+       program per token block reads whole token rows of every head), writing fp32 means;
+       :func:`pool_qk_triton` is also the first step of the methods' composed routing (pool, cuBLAS
+       scores, the select kernel of ``block_selection``), which is the faster path on the H200;
+    2. :func:`route_blocks_triton` adds one launch per tile of score rows (:data:`SCORE_LAUNCH`) that
+       computes those rows' scores from q̄ and all k̄ (fp32, IEEE dot: the ranking must match the
+       reference's), adds ``log n_j`` and selects top-k or top-p with an exact radix search over
+       order-preserving integer keys, writing the block lists in :func:`select_blocks`' layout.
 
 Reference: :func:`dit_accel.kernels.reference.route_blocks_reference`.
 """
@@ -32,14 +32,16 @@ POOL_CHUNK = 32
 #   "head_blocks": one program per (block, batch x head), the block index fastest; also serves token rows
 #                  wider than POOL_TILE.
 # H200, Wan-1.3B shape (B=1, 12 heads x 128), 128x128 blocks: token_rows 62.5 us (3.2 TB/s), head_blocks
-# 77 us; 128x64: 62.9 / 69 us (benchmarks/results/kernel/engine_h200_s21/check_routing.json).
+# 77 us; 128x64: 62.9 / 69 us (benchmarks/results/kernel/engine_h200_s21/check_routing.json). Wider rows
+# (24 heads: HunyuanVideo, FLUX) load one row at a time; not timed yet.
 POOL_LAYOUT = "token_rows"
-POOL_TILE = 4096  # elements of one token-rows load (rows x heads x head_dim), 16 fp32 registers a thread
+POOL_TILE = 4096  # elements of one token-rows load (rows x heads x head_dim)
 POOL_WARPS = 8
-# Score+select launch (rows of the score map per program, warps) by the padded row width NK_P2; same
-# measurements: 256 wide, 8 rows on 4 warps 49 us (16 on 8: 62 us); 512 wide, 8 rows on 8 warps 124 us.
-SCORE_LAUNCH = {256: (8, 4), 512: (8, 8)}
-MAX_ROUTED_KEY_BLOCKS = 512  # the score row tile stays in registers (no spills on sm_90) up to here
+# Score+select launch (rows of the score map per program, warps) by the padded row width NK_P2. Top-k,
+# same measurements: 256 wide, 8 rows on 4 warps 49 us (16 on 8: 62 us). 512 wide keeps the earlier
+# 16 rows on 16 warps: 8 on 8 took top-p from 0.25 to 0.30 ms (gpu_check_split_lists.json).
+SCORE_LAUNCH = {256: (8, 4), 512: (16, 16)}
+MAX_ROUTED_KEY_BLOCKS = 512  # widest score row the fused kernel takes
 
 
 @triton.jit
@@ -242,8 +244,8 @@ def route_blocks_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(indices, counts, q_mean, k_mean)`` for block-ordered q, k ``(B, H, S, D)`` (last dim contiguous).
 
-    ``indices`` ``(B, H, NQ, W)`` int32 ascending, -1 padded (``W`` = keep count for ``density``,
-    NK for ``top_p``), ``counts`` ``(B, H, NQ)`` int32, means fp32 ``(B, H, N, D)``.
+    ``indices`` ``(B, H, NQ, W)`` int32 ascending (``W`` = keep count for ``density``, every slot
+    written; NK for ``top_p``, -1 past each row's count), ``counts`` ``(B, H, NQ)`` int32, means fp32 ``(B, H, N, D)``.
     """
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")

@@ -1,4 +1,4 @@
-"""The listed kernels (PSA's, svg_ear's, Wan's q/k norm + rotary) compile for Hopper (sm90a) with the
+"""The listed kernels (PSA's, svg_ear's, Wan's q/k norm + rotary, routing's) compile for Hopper (sm90a) with the
 installed Triton, no GPU needed: the CPU tests' interpreter accepts code the GPU compiler rejects (a
 reassigned constexpr did, once), and the multi-level kernel's register spills are what made it slow
 on the H200 (1.4 KB per thread then)."""
@@ -26,7 +26,10 @@ def test_kernels_compile_for_hopper_without_heavy_spills():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert set(reports) == {"pyramid_attention", "pyramid", "pyramid_block128", "pyramid_block8",
                             "level_lists_thresholds", "level_lists_quotas", "norm_rotary", "norm_rotary_14b",
-                            "permute_rows", "kmeans_assign", "centroid_attention", "uncovered_counts"}  # fmt: skip
-    for name in ("pyramid_attention", "pyramid_block128", "norm_rotary", "norm_rotary_14b"):
+                            "permute_rows", "kmeans_assign", "centroid_attention", "uncovered_counts",
+                            "pool_qk_token_rows", "select_blocks_row", "score_select_top_p"}  # fmt: skip
+    # pool_qk_token_rows spills (~9.7 KB with Triton 3.9) yet measured fastest (62.5 us, check_routing.json)
+    for name in ("pyramid_attention", "pyramid_block128", "norm_rotary", "norm_rotary_14b", "select_blocks_row",
+                 "score_select_top_p"):  # fmt: skip
         spilled = int(re.search(r"(\d+) bytes spilled", reports[name]).group(1))
         assert spilled <= 256, reports[name]

@@ -57,7 +57,24 @@ KERNEL_CONFIGS = {
     # lists of 32-key blocks run as 16-key blocks (the lists split), as 128-key blocks do on the GPU
     "pointers-split-blocks": KernelConfig(kv_mode=0, max_block_n=16),
     "host-tma-split-blocks": KernelConfig(kv_mode=1, max_block_n=16),
+    "device-tma-split-blocks": KernelConfig(kv_mode=2, max_block_n=16),
 }
+
+
+def test_split_key_blocks_keeps_the_keys_of_every_list():
+    """Split lists name the same keys, ascending; -1 padding past a row's count stays unread."""
+    from dit_accel.kernels.block_sparse_attention import split_key_blocks
+
+    indices = torch.tensor([[[[0, 3, -1], [2, -1, -1]]]], dtype=torch.int32)
+    counts = torch.tensor([[[2, 1]]], dtype=torch.int32)
+    bias = torch.tensor([[[0.5, 1.0, 1.5, 2.0]]])
+    split, split_counts, split_bias = split_key_blocks(indices, counts, bias, 64, 32)
+    assert split_counts.tolist() == [[[4, 2]]]
+    assert split[0, 0, 0, :4].tolist() == [0, 1, 6, 7] and split[0, 0, 1, :2].tolist() == [4, 5]
+    assert split_bias.tolist() == [[[0.5, 0.5, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0]]]
+    assert split_key_blocks(indices, counts, None, 64, 32)[2] is None
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_key_blocks(indices, counts, None, 64, 48)
 
 
 @pytest.mark.parametrize("config", sorted(KERNEL_CONFIGS))

@@ -108,14 +108,18 @@ def test_both_block_means_in_one_launch_match_pooling_each():
 
 @pytest.mark.parametrize(
     ("layout", "tile"),
-    [("token_rows", 4096), ("token_rows", 64), ("head_blocks", 4096)],
+    [("token_rows", 4096), ("token_rows", 64), ("token_rows", 32), ("head_blocks", 4096)],
 )
 def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
     """Each launch layout of the fused pooling (interpreter) on Diffusers-strided q and a key slice, odd
-    sizes and partial last blocks; a token row wider than the tile (tile 64 < 4 heads x 16) falls back
-    to one program per head."""
+    sizes and partial last blocks: token rows 4 rows a load (tile 4096), one row a load (64 = 4 heads
+    padded x 16), and wider than the tile (32), which falls back to one program per head."""
     from dit_accel.kernels import routing
 
+    launched = []
+    for name in ("_pool_qk", "_pool_qk_token_rows"):
+        kernel = getattr(routing, name)
+        monkeypatch.setattr(routing, name, _LaunchSpy(kernel, name, launched))
     monkeypatch.setattr(routing, "POOL_LAYOUT", layout)
     monkeypatch.setattr(routing, "POOL_TILE", tile)
     gen = torch.Generator().manual_seed(7)
@@ -125,6 +129,45 @@ def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
     for mean, x, block in zip(got, (q, keys), (16, 8), strict=True):
         want = reference.pool_blocks_reference(x.to(torch.bfloat16).double(), block)
         torch.testing.assert_close(mean.double(), want, rtol=1e-6, atol=1e-6)
+    assert launched == ["_pool_qk_token_rows" if layout == "token_rows" and tile >= 64 else "_pool_qk"]
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel: records its name at launch (``kernel[grid](...)``), then launches it."""
+
+    def __init__(self, kernel, name: str, launched: list[str]) -> None:
+        self.kernel, self.name, self.launched = kernel, name, launched
+
+    def __getitem__(self, grid):
+        self.launched.append(self.name)
+        return self.kernel[grid]
+
+
+def test_methods_route_through_either_path_alike(monkeypatch):
+    """``Routing.top_blocks`` gives the same lists through the composed path and the one-read op."""
+    from dit_accel.methods import base
+    from dit_accel.methods.base import Routing
+
+    gen = torch.Generator().manual_seed(9)
+    q, k = random_qk(1, 2, 64, 70, 16, gen)
+    log_counts = reference.block_counts(64, 8).float().log()
+    common = dict(q=q, q_rows=None, k=k[:, :, :64], v=k[:, :, :64], key_rows=torch.arange(64), key_len=64,
+                  scale=0.25, block_q=16, block_k=8, log_counts=log_counts)  # fmt: skip
+    from dit_accel import kernels
+
+    calls = []
+    one_read_op = kernels.route_blocks
+    monkeypatch.setattr(kernels, "route_blocks", lambda *args: calls.append(args) or one_read_op(*args))
+    lists = {}
+    for one_read in (False, True):
+        monkeypatch.setattr(base, "ONE_READ_ROUTING", one_read)
+        for select in ((0.3, None), (None, 0.8)):
+            blocks = Routing(**common).top_blocks(*select)
+            lists[one_read, select] = (blocks.indices, blocks.counts)
+        assert len(calls) == (2 if one_read else 0), "the flag picks the path"
+    for select in ((0.3, None), (None, 0.8)):
+        for got, want in zip(lists[True, select], lists[False, select], strict=True):
+            assert torch.equal(got, want)
 
 
 def test_select_programs_of_several_rows_match_one_row_each(monkeypatch):

@@ -97,6 +97,23 @@ KERNELS: dict[str, KernelSpec] = {
         {"BLOCK_M": 128, "BLOCK_C": 32, "BLOCK_D": 128, "DOT_PRECISION": "tf32"},
         {"LogW": "*fp32", "Lse": "*fp32", "qk_scale": "fp32"},
     ),
+    "pool_qk_token_rows": KernelSpec(  # Wan-1.3B's 12 heads x 128 (padded to 16), 128-row blocks, 2 rows a load
+        "dit_accel.kernels.routing:_pool_qk_token_rows",
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128},
+        {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
+    ),
+    "select_blocks_row": KernelSpec(  # one 256-wide row a warp, top-k
+        "dit_accel.kernels.block_selection:_select_blocks",
+        {"ROWS": 1, "NK_P2": 256, "TOP_P": False, "HAS_LOGCOUNT": True},
+        {"Scores": "*fp32", "LogCount": "*fp32", "Indices": "*i32", "Counts": "*i32", "R": "i32", "top_p": "fp32"},
+        num_warps=1,
+    ),
+    "score_select_top_p": KernelSpec(  # the fused kernel's 512-wide launch
+        "dit_accel.kernels.routing:_score_select",
+        {"BLOCK_K": 64, "ROWS": 16, "NK_P2": 512, "D_CHUNK": 16, "HEAD_DIM": 128, "TOP_P": True},
+        {"QMean": "*fp32", "KMean": "*fp32", "Indices": "*i32", "Counts": "*i32", "scale": "fp32", "top_p": "fp32"},
+        num_warps=16,
+    ),
 }  # fmt: skip
 
 

@@ -21,9 +21,11 @@ from dit_accel.forward_info import ForwardInfo
 from dit_accel.tiling import Tile, default_tile
 
 KINDS = ("accelerate", "edit", "wrap")
-# Top-k (``density``) routing through the one-read kernel (pool, then score+select in one launch)
-# rather than pool + cuBLAS scores + select; chosen by benchmarks/check_routing.py on the H200.
-ONE_READ_TOP_K = False
+# Routing through the one-read kernel (pool, then score+select in one launch) rather than pool + cuBLAS
+# scores + the select kernel. H200, Wan-1.3B shape, stop 21: the composed path is faster for top-k
+# (0.103 vs 0.138 ms at 128x128, benchmarks/results/kernel/engine_h200_s21/check_routing.json) and for
+# top-p (0.191 vs 0.302 ms at 128x64, gpu_check_split_lists.json; the fused kernel's best earlier: 0.253).
+ONE_READ_ROUTING = False
 Tensor = torch.Tensor
 
 
@@ -155,15 +157,13 @@ class Routing:
     def top_blocks(self, density: float | None, top_p: float | None = None, min_blocks: int = 1):
         """The :class:`BlockList` of the top ``density`` (or ``top_p`` mass) of ``scores + log n_j``.
 
-        Measured on the H200 at the Wan-1.3B shape (GPU time): for ``top_p`` the one-read routing
-        kernel (``kernels.route_blocks``) takes 0.25 ms against 0.32 ms for pool + score + select, so
-        block-ordered tokens take it; for ``density`` it does where :data:`ONE_READ_TOP_K` says
-        (``benchmarks/check_routing.py`` measures both).
+        Pool (one read of Q and K) + scores + the select kernel; the one-read routing kernel
+        (``kernels.route_blocks``) where :data:`ONE_READ_ROUTING` says (off: slower on the H200).
         """
         from dit_accel import kernels
         from dit_accel.kernels.block_list import BlockList
 
-        one_read = (top_p is not None or ONE_READ_TOP_K) and self.q_rows is None and self.known_k_mean is None
+        one_read = ONE_READ_ROUTING and self.q_rows is None and self.known_k_mean is None
         if one_read and self.k.shape[2] == self.key_len:
             indices, counts, self.known_q_mean, self.known_k_mean = kernels.route_blocks(
                 self.q, self.k, self.block_q, self.block_k, self.scale, density, top_p, min_blocks
