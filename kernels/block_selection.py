@@ -13,6 +13,8 @@ kernel (``routing.py``). Reference: :func:`dit_accel.kernels.reference.select_bl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -115,9 +117,9 @@ def empty_block_lists(
     return indices, torch.empty(lead, dtype=torch.int32, device=device)
 
 
-def select_warps(nk_p2: int) -> int:
-    """Warps per select program for rows ``nk_p2`` wide (:data:`SELECT_WARPS`)."""
-    return next(warps for width, warps in sorted(SELECT_WARPS.items()) if nk_p2 <= width)
+def launch_for(table: dict[int, Any], nk_p2: int) -> Any:
+    """The launch a table keyed by the widest padded row width it serves gives rows ``nk_p2`` wide."""
+    return next(launch for width, launch in sorted(table.items()) if nk_p2 <= width)
 
 
 def select_blocks_triton(
@@ -140,6 +142,6 @@ def select_blocks_triton(
         rows.stride(0), indices.stride(0),
         rows.shape[0], nk, width if density is not None else 0, float(top_p or 0.0), min(min_blocks, nk),
         ROWS=SELECT_ROWS, NK_P2=nk_p2, TOP_P=top_p is not None, HAS_LOGCOUNT=log_counts is not None,
-        num_warps=select_warps(nk_p2),
+        num_warps=launch_for(SELECT_WARPS, nk_p2),
     )  # fmt: skip
     return indices.view(*lead, width), counts.view(*lead)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_selection import empty_block_lists, top_k_keep, top_p_counts
+from .block_selection import empty_block_lists, launch_for, top_k_keep, top_p_counts
 from .reference import check_query_key_pair, keep_count
 
 POOL_CHUNK = 32
@@ -222,7 +222,7 @@ def score_select_launch(
     nk = k_mean.shape[2]
     head_dim = max(16, triton.next_power_of_2(d))
     nk_p2 = max(16, triton.next_power_of_2(nk))
-    rows, warps = next(launch for width, launch in sorted(SCORE_LAUNCH.items()) if nk_p2 <= width)
+    rows, warps = launch_for(SCORE_LAUNCH, nk_p2)
     _score_select[(triton.cdiv(nq, rows), b * h)](
         q_mean, k_mean, indices, counts,
         nq, nk, d, seq_k, scale, width if top_p is None else 0, float(top_p or 0.0), min(min_blocks, nk), width,
