@@ -26,6 +26,7 @@ import torch
 from dit_accel.bench import SHAPES, MethodRun, environment, graph_ms, random_qkv
 from dit_accel.kernels import block_selection, reference, routing
 from dit_accel.methods import base as method_base
+from dit_accel.methods.routing import key_log_counts
 
 SHAPE = "wan-1.3b-480p"
 DENSITY = 0.1
@@ -76,7 +77,7 @@ def pooling_records(q, k, block_q, block_k, device) -> list[dict]:
 def selection_records(q, k, block_q, block_k, scale, device) -> list[dict]:
     """Composed (cuBLAS scores + select) and fused (score+select) top-k, per launch size."""
     q_mean, k_mean = routing.pool_qk_triton(q, k, block_q, block_k)
-    log_counts = reference.block_counts(k.shape[2], block_k, device).float().log()
+    log_counts = key_log_counts(k.shape[2], block_k, device)
     scores = reference.routing_scores(q_mean, k_mean, scale)
     want = reference.select_blocks_reference(scores, density=DENSITY, log_counts=log_counts)
     width = want[0].shape[-1]

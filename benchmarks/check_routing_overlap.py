@@ -25,6 +25,7 @@ from dit_accel.kernels import reference
 from dit_accel.kernels.block_selection import select_blocks_triton
 from dit_accel.kernels.fa4 import _sparse_tensors
 from dit_accel.kernels.routing import pool_qk_triton
+from dit_accel.methods.routing import key_log_counts
 
 BLOCK = 128
 DENSITY = 0.1
@@ -33,7 +34,7 @@ DENSITY = 0.1
 def route(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """topk's routing of (B, S, h, D) head slices: block means, scores + log n_j, top-k lists."""
     q_mean, k_mean = pool_qk_triton(q.transpose(1, 2), k.transpose(1, 2), BLOCK, BLOCK)
-    log_counts = reference.block_counts(k.shape[1], BLOCK, k.device).float().log()
+    log_counts = key_log_counts(k.shape[1], BLOCK, k.device)  # cached, as the methods have it
     scores = reference.routing_scores(q_mean, k_mean, scale)
     return select_blocks_triton(scores, density=DENSITY, log_counts=log_counts)
 
