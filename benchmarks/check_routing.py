@@ -7,9 +7,11 @@ block-sparse call, about one read of Q and K. This times, as CUDA-graph replays 
 (a) the pooling launch in each layout of ``routing.POOL_LAYOUT`` (and launch sizes), against the
     bytes it must read (achieved TB/s), PASS/FAIL against the fp32 block means (a third layout, one
     program per block and head with the head index fastest, measured 79 us against 77 us for
-    ``head_blocks`` in stop 21's record and was dropped);
-(b) top-k selection: the composed path (cuBLAS scores + the select kernel, per launch size) and the
-    fused score+select kernel (per launch size), PASS/FAIL against the reference selection;
+    ``head_blocks`` in stop 21's record and was dropped; so did token rows in power-of-two head groups,
+    12 heads as 3 programs of 4 without padded lanes: 61.9-62.7 us against 62.3 us in stop 22's);
+(b) top-k selection: the composed path (scores from cuBLAS or from ``block_scores``' tiled kernel, per
+    tile, + the select kernel, per launch size) and the fused score+select kernel (per launch size),
+    PASS/FAIL against the reference selection;
 (c) the whole ``topk`` routing step as the method runs it (``MethodRun.route_and_select``).
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dit_accel.bench import SHAPES, MethodRun, environment, graph_ms, random_qkv
-from dit_accel.kernels import block_selection, reference, routing
+from dit_accel.kernels import block_scores, block_selection, reference, routing
 from dit_accel.methods import base as method_base
 from dit_accel.methods.routing import key_log_counts
 
@@ -69,13 +71,14 @@ def pooling_records(q, k, block_q, block_k, device) -> list[dict]:
     launches = [{"POOL_LAYOUT": "head_blocks"}]
     launches += [
         {"POOL_LAYOUT": "token_rows", "POOL_TILE": tile, "POOL_WARPS": warps}
-        for tile, warps in [*itertools.product((4096, 8192), (4, 8)), (16384, 8)]
+        for tile, warps in itertools.product((4096, 8192), (4, 8))
     ]
     return [measure_launch(routing, launch, f"pool {block_q}x{block_k}", measure) for launch in launches]
 
 
 def selection_records(q, k, block_q, block_k, scale, device) -> list[dict]:
-    """Composed (cuBLAS scores + select) and fused (score+select) top-k, per launch size."""
+    """Composed (scores + select; scores by cuBLAS or by the tiled Triton kernel) and fused (score+select)
+    top-k, per launch size."""
     q_mean, k_mean = routing.pool_qk_triton(q, k, block_q, block_k)
     log_counts = key_log_counts(k.shape[2], block_k, device)
     scores = reference.routing_scores(q_mean, k_mean, scale)
@@ -83,10 +86,9 @@ def selection_records(q, k, block_q, block_k, scale, device) -> list[dict]:
     width = want[0].shape[-1]
     label = f"select {block_q}x{block_k}"
 
-    def composed():
-        return block_selection.select_blocks_triton(
-            reference.routing_scores(q_mean, k_mean, scale), density=DENSITY, log_counts=log_counts
-        )
+    def composed(score=block_scores.block_scores_triton):
+        scores = score(q_mean, k_mean, scale)
+        return block_selection.select_blocks_triton(scores, density=DENSITY, log_counts=log_counts)
 
     def fused():
         indices, counts = block_selection.empty_block_lists(q_mean.shape[:3], width, True, device)
@@ -100,14 +102,24 @@ def selection_records(q, k, block_q, block_k, scale, device) -> list[dict]:
         ok = mismatched_rows < 0.01 and bool(torch.equal(counts, want[1]))
         return {"path": path, "ms": graph_ms(select, device), "mismatched_rows": mismatched_rows, "check": _verdict(ok)}
 
+    cublas = functools.partial(composed, reference.routing_scores)
     records = [
         measure_launch(
             block_selection,
             {"SELECT_ROWS": rows, "SELECT_WARPS": {block_selection.MAX_KEY_BLOCKS: warps}},
             label,
-            functools.partial(measure, "composed", composed),
+            functools.partial(measure, "composed_cublas_scores", cublas),
         )
-        for rows, warps in itertools.product((1, 2), (1, 2, 4))
+        for rows, warps in itertools.product((1, 2), (1, 2))
+    ]
+    records += [
+        measure_launch(
+            block_scores,
+            {"SCORE_TILE": tile, "SCORE_WARPS": warps, "SCORE_PRECISION": precision},
+            label,
+            functools.partial(measure, "composed_triton_scores", composed),
+        )
+        for tile, warps, precision in itertools.product((32, 64), (2, 4), ("ieee", "tf32x3"))
     ]
     records += [
         measure_launch(
@@ -116,7 +128,7 @@ def selection_records(q, k, block_q, block_k, scale, device) -> list[dict]:
             label,
             functools.partial(measure, "fused", fused),
         )
-        for rows, warps in itertools.product((4, 8, 16), (4, 8))
+        for rows, warps in ((8, 4), (16, 8))
     ]
     return records
 

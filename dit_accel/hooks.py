@@ -52,10 +52,11 @@ class StepTrackingHook(ModelHook):
         step_index = getattr(context, "step_index", None)
         num_steps = getattr(context, "num_inference_steps", None)
         timestep = arguments.get("timestep")
-        self.tracker.observe(timestep, step_index=step_index, num_steps=num_steps)
+        t = None if timestep is None else timestep_value(timestep)
+        self.tracker.observe(t, step_index=step_index, num_steps=num_steps)
         info = self.adapter.capture(module, arguments)
         info.step_index, info.num_steps = self.tracker.step_index, self.tracker.num_steps
-        info.timestep = None if timestep is None else timestep_value(timestep)
+        info.timestep = t
         # Under context parallelism the reorder hooks would see one rank's shard: methods order per call.
         reorder = self.adapter.can_reorder(module, arguments) and not context_parallel.is_enabled(module)
         tile = self.method.token_tile(info) if reorder else None

@@ -23,14 +23,18 @@ import torch
 from .block_map import BlockMap, BlockMapRequest
 from .config import MethodConfig, resolve_count
 from .forward_info import ForwardInfo
+from .host_mirror import host_copy
 
 logger = logging.getLogger("dit_accel")
 
 
 def timestep_value(timestep: Any) -> float:
-    """The noise level of a call as a float (the largest entry of a per-token timestep tensor)."""
+    """The noise level of a call as a float (the largest entry of a per-token timestep tensor).
+
+    Read through :func:`host_copy`: a timestep whose storage was read before costs no GPU sync.
+    """
     if isinstance(timestep, torch.Tensor):
-        return float(timestep.detach().float().max())
+        return float(host_copy(timestep).float().max())
     return float(timestep)
 
 
@@ -80,7 +84,7 @@ class StepTracker:
         timesteps = getattr(self.scheduler, "timesteps", None)
         if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
             return None
-        table = timesteps.detach().double().cpu()
+        table = host_copy(timesteps).double()
         train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
         best: tuple[float, int] | None = None
         for scale in (1.0, float(train_steps or 1.0)):

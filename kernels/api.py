@@ -10,11 +10,12 @@ from .ops import (
     pool_blocks,
     pool_blocks_qk,
     route_blocks,
+    routing_scores,
     select_blocks,
     use_triton,
 )
 from .pisa_ops import pisa_block_stats, pisa_tail
-from .reference import block_counts, keep_count, routing_scores
+from .reference import block_counts, keep_count
 
 __all__ = [
     "HAS_TRITON",

@@ -16,6 +16,7 @@ from . import reference
 
 try:
     from .block_pooling import gather_blocks_triton, pool_blocks_triton
+    from .block_scores import block_scores_triton
     from .block_selection import MAX_KEY_BLOCKS, select_blocks_triton
     from .block_sparse_attention import block_sparse_attention_triton
     from .block_sparse_attention_bwd import block_sparse_attention_backward_triton
@@ -89,6 +90,21 @@ def _(k: Tensor, v: Tensor, rows: Tensor, block: int) -> tuple[Tensor, Tensor, T
     return tiled, torch.empty_like(tiled), k.new_empty(b, h, n, d, dtype=_mean_dtype(k))
 
 
+@torch.library.custom_op("dit_accel::routing_scores", mutates_args=())
+def routing_scores(q_mean: Tensor, k_mean: Tensor, scale: float) -> Tensor:
+    """Pooled logits ``scale * q̄ k̄ᵀ`` (fp32 ``(B, H, NQ, NK)``; fp64 for fp64 means) of block means."""
+    tiled = q_mean.dim() == k_mean.dim() == 4 and q_mean.shape[:2] == k_mean.shape[:2]
+    if use_triton(q_mean) and tiled and q_mean.dtype == k_mean.dtype == torch.float32:
+        return block_scores_triton(q_mean, k_mean, scale)
+    return reference.routing_scores(q_mean, k_mean, scale)
+
+
+@routing_scores.register_fake
+def _(q_mean: Tensor, k_mean: Tensor, scale: float) -> Tensor:
+    dtype = torch.float64 if q_mean.dtype == torch.float64 else torch.float32
+    return q_mean.new_empty(*q_mean.shape[:-1], k_mean.shape[-2], dtype=dtype)
+
+
 def _selection_width(num_blocks: int, density: float | None, min_blocks: int) -> int:
     return reference.keep_count(num_blocks, density, min_blocks) if density is not None else num_blocks
 
@@ -148,7 +164,7 @@ def route_blocks(
         return route_blocks_triton(q, k, block_q, block_k, scale, **kwargs)
     q_mean, k_mean = pool_blocks(q, block_q), pool_blocks(k, block_k)
     log_counts = reference.block_counts(k.shape[2], block_k, k.device).float().log()
-    indices, counts = select_blocks(reference.routing_scores(q_mean, k_mean, scale), log_counts=log_counts, **kwargs)
+    indices, counts = select_blocks(routing_scores(q_mean, k_mean, scale), log_counts=log_counts, **kwargs)
     return indices, counts, q_mean, k_mean
 
 

@@ -132,6 +132,29 @@ def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
     assert launched == ["_pool_qk_token_rows" if layout == "token_rows" and tile >= 64 else "_pool_qk"]
 
 
+@pytest.mark.parametrize(("batch", "heads", "nq", "nk", "dim", "tile"), [(2, 3, 70, 5, 24, 64), (1, 2, 9, 67, 160, 32)])
+def test_tiled_scores_match_the_float64_reference(monkeypatch, batch, heads, nq, nk, dim, tile):
+    """Score tiles past both edges, a head dim below one dot step (24) and over two (160, in 64-wide steps)."""
+    from dit_accel.kernels import block_scores
+    from dit_accel.kernels.ops import routing_scores
+
+    monkeypatch.setattr(block_scores, "SCORE_TILE", tile)
+    gen = torch.Generator().manual_seed(nq + nk)
+    q_mean = torch.randn(batch, heads, nq, dim, generator=gen)
+    k_mean = torch.randn(batch, heads, nk, dim, generator=gen)
+    got = block_scores.block_scores_triton(q_mean, k_mean, 0.3)
+    want = reference.routing_scores(q_mean.double(), k_mean.double(), 0.3)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(routing_scores(q_mean, k_mean, 0.3), want.float())  # the op on CPU: the reference
+    fake = torch._subclasses.fake_tensor.FakeTensorMode()
+    with fake:
+        shape = routing_scores(fake.from_tensor(q_mean), fake.from_tensor(k_mean), 0.3).shape
+    assert shape == want.shape
+    with pytest.raises(ValueError, match="fp32"):
+        block_scores.block_scores_triton(q_mean.double(), k_mean.double(), 0.3)
+
+
 class _LaunchSpy:
     """Stands in for a Triton kernel: records its name at launch (``kernel[grid](...)``), then launches it."""
 

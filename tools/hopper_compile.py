@@ -102,6 +102,11 @@ KERNELS: dict[str, KernelSpec] = {
         {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128},
         {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
     ),
+    "block_scores": KernelSpec(  # 64x64 score tiles of fp32 means, D = 128 in two tf32x3 dot steps
+        "dit_accel.kernels.block_scores:_block_scores",
+        {"TILE": 64, "HEAD_DIM": 128, "D_CHUNK": 64, "PRECISION": "tf32x3"},
+        {"QMean": "*fp32", "KMean": "*fp32", "Scores": "*fp32", "scale": "fp32"},
+    ),
     "select_blocks_row": KernelSpec(  # one 256-wide row a warp, top-k
         "dit_accel.kernels.block_selection:_select_blocks",
         {"ROWS": 1, "NK_P2": 256, "TOP_P": False, "HAS_LOGCOUNT": True},

@@ -8,6 +8,7 @@ views that :class:`~dit_accel.methods.base.BlockSparseMethod` hands to ``select(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -37,15 +38,25 @@ def dense_fallback_reason(ctx: AttentionContext, block_q: int, block_k: int) -> 
     return None
 
 
-_LOG_COUNT_CACHE: dict[tuple, Tensor] = {}
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def _constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
+    """A per-shape constant tensor, made once (by :func:`warm_caches` before compiled code reads it)."""
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
 
 
 def key_log_counts(length: int, block: int, device: torch.device) -> Tensor:
     """``log n_j`` of each key block (cached per length and device)."""
-    key = (length, block, str(device))
-    if key not in _LOG_COUNT_CACHE:
-        _LOG_COUNT_CACHE[key] = kernels.block_counts(length, block, device).float().log()
-    return _LOG_COUNT_CACHE[key]
+    return _constant(("log_counts", length, block, str(device)),
+                     lambda: kernels.block_counts(length, block, device).float().log())  # fmt: skip
+
+
+def sequence_rows(start: int, end: int, device: torch.device) -> Tensor:
+    """``arange(start, end)`` (cached: a launch per attention call otherwise)."""
+    return _constant(("rows", start, end, str(device)), lambda: torch.arange(start, end, device=device))
 
 
 def video_rows(video_start: int, video_len: int, grid: Tile | None, token_tile: Tile | None, tile: Tile,
@@ -70,6 +81,7 @@ def warm_caches(info: ForwardInfo, tile: Tile, block_k: int) -> None:
     """Fill the caches :func:`route_video_attention` reads for this forward (outside compiled code)."""
     video_rows(info.video_start, info.video_len, info.grid, info.token_tile, tile, info.device)
     key_log_counts(info.video_len, block_k, info.device)
+    sequence_rows(info.video_start, info.video_start + info.video_len, info.device)
 
 
 def route_video_attention(
@@ -96,7 +108,7 @@ def route_video_attention(
         video = layout.video_slice
         q_video, k_video, v_video = qh[:, :, video], kh[:, :, video], vh[:, :, video]
         k_mean = None
-        key_rows = torch.arange(layout.video_start, layout.video_end, device=q.device)
+        key_rows = sequence_rows(layout.video_start, layout.video_end, q.device)
     else:
         rows = rows if rows is not None else tiled_rows(layout.video_start, layout.video_len, None, tile, q.device)
         key_rows = torch.cat([rows, appended_rows(layout, rows, tile)]) if appended else rows
