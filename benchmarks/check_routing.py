@@ -70,8 +70,11 @@ def pooling_records(q, k, block_q, block_k, device) -> list[dict]:
 
     launches = [{"POOL_LAYOUT": "head_blocks"}]
     launches += [
-        {"POOL_LAYOUT": "token_rows", "POOL_TILE": tile, "POOL_WARPS": warps}
-        for tile, warps in itertools.product((4096, 8192), (4, 8))
+        {"POOL_LAYOUT": "token_rows", "POOL_TILE": tile, "POOL_WARPS": warps, "POOL_STAGES": stages}
+        for tile, warps, stages in [
+            *itertools.product((4096, 8192), (4, 8), (None,)),
+            *itertools.product((4096, 8192, 16384), (4, 8), (2, 4)),
+        ]
     ]
     return [measure_launch(routing, launch, f"pool {block_q}x{block_k}", measure) for launch in launches]
 

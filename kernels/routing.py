@@ -36,7 +36,12 @@ POOL_CHUNK = 32
 # (24 heads: HunyuanVideo, FLUX) load one row at a time; not timed yet.
 POOL_LAYOUT = "token_rows"
 POOL_TILE = 4096  # elements of one token-rows load (rows x heads x head_dim)
-POOL_WARPS = 8
+POOL_WARPS = 4
+# The token-rows loop: None unrolls it (every load of a block issued up front: 128 registers and
+# spills at the Wan shape); an int runs it as a loop software-pipelined over that many loads (48-88
+# registers, no spills). Stop 22, 128x128 / 128x64 blocks: unrolled on 8 warps 62.4 / 62.7 us, a
+# 4-stage loop on 4 warps 60.6 / 62.0 us, 2 stages 72-73 us (engine_h200_s22/check_routing.json).
+POOL_STAGES: int | None = 4
 # Score+select launch (rows of the score map per program, warps) by the padded row width NK_P2. Top-k,
 # same measurements: 256 wide, 8 rows on 4 warps 49 us (16 on 8: 62 us). 512 wide keeps the earlier
 # 16 rows on 16 warps: 8 on 8 took top-p from 0.25 to 0.30 ms (gpu_check_split_lists.json).
@@ -90,12 +95,22 @@ def _pool_qk(
 
 
 @triton.jit
+def _add_token_rows(acc, X, x_base, stride_xs, col_off, col_ok, first, end, ROWS: tl.constexpr):
+    """``acc`` plus ``ROWS`` token rows from ``first`` (rows from ``end`` on read as zeros)."""
+    rows = (first + tl.arange(0, ROWS)).to(tl.int64)
+    ok = (rows < end)[:, None] & col_ok[None, :]
+    return acc + tl.load(X + x_base + rows[:, None] * stride_xs + col_off[None, :], mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pool_token_block(
     X, Mean, x_base, stride_xs, stride_xh, blk, S, H, N, D, bh0,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    UNROLL: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """fp32 means of every head over rows ``[blk * BLOCK, min(S, (blk + 1) * BLOCK))`` of one batch,
-    ``ROWS`` whole token rows (all heads) per load; means go to ``Mean[bh0 + h, blk]``."""
+    ``ROWS`` whole token rows (all heads) per load, the loop unrolled or software-pipelined over
+    ``STAGES`` loads; means go to ``Mean[bh0 + h, blk]``."""
     cols = tl.arange(0, HEADS_P2 * HEAD_DIM)
     h = cols // HEAD_DIM
     d = cols % HEAD_DIM
@@ -104,10 +119,12 @@ def _pool_token_block(
     start = blk * BLOCK
     end = tl.minimum(S, start + BLOCK)
     acc = tl.zeros([ROWS, HEADS_P2 * HEAD_DIM], dtype=tl.float32)
-    for r0 in tl.static_range(0, BLOCK, ROWS):
-        rows = (start + r0 + tl.arange(0, ROWS)).to(tl.int64)
-        ok = (rows < end)[:, None] & col_ok[None, :]
-        acc += tl.load(X + x_base + rows[:, None] * stride_xs + col_off[None, :], mask=ok, other=0.0).to(tl.float32)
+    if UNROLL:
+        for r0 in tl.static_range(0, BLOCK, ROWS):
+            acc = _add_token_rows(acc, X, x_base, stride_xs, col_off, col_ok, start + r0, end, ROWS)
+    else:
+        for r0 in tl.range(0, BLOCK, ROWS, num_stages=STAGES):
+            acc = _add_token_rows(acc, X, x_base, stride_xs, col_off, col_ok, start + r0, end, ROWS)
     n = tl.minimum(S - start, BLOCK).to(tl.float32)
     out = Mean + ((bh0 + h).to(tl.int64) * N + blk) * D + d
     tl.store(out, tl.sum(acc, axis=0) / n, mask=col_ok)
@@ -120,19 +137,20 @@ def _pool_qk_token_rows(
     stride_kb, stride_kh, stride_ks,
     H, Sq, Sk, NQ, NK, D,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """Grid (NQ + NK, B): block ids below NQ pool a query block of every head, the rest a key block."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     if pid < NQ:
         _pool_token_block(
-            Q, QMean, b * stride_qb, stride_qs, stride_qh, pid, Sq, H, NQ, D, b * H, BLOCK_Q, ROWS, HEADS_P2, HEAD_DIM
-        )
+            Q, QMean, b * stride_qb, stride_qs, stride_qh, pid, Sq, H, NQ, D, b * H, BLOCK_Q, ROWS, HEADS_P2, HEAD_DIM,
+            UNROLL, STAGES,
+        )  # fmt: skip
     else:
         _pool_token_block(
             K, KMean, b * stride_kb, stride_ks, stride_kh, pid - NQ, Sk, H, NK, D, b * H, BLOCK_K, ROWS, HEADS_P2,
-            HEAD_DIM,
+            HEAD_DIM, UNROLL, STAGES,
         )  # fmt: skip
 
 
@@ -193,7 +211,7 @@ def pool_qk_triton(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int)
         _pool_qk_token_rows[(nq + nk, b)](
             q, k, q_mean, k_mean, *strides, h, seq_q, seq_k, nq, nk, d,
             BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, HEADS_P2=width // head_dim, HEAD_DIM=head_dim,
-            num_warps=POOL_WARPS,
+            UNROLL=POOL_STAGES is None, STAGES=POOL_STAGES or 1, num_warps=POOL_WARPS,
         )  # fmt: skip
     else:
         _pool_qk[(nq + nk, b * h)](

@@ -107,13 +107,21 @@ def test_both_block_means_in_one_launch_match_pooling_each():
 
 
 @pytest.mark.parametrize(
-    ("layout", "tile"),
-    [("token_rows", 4096), ("token_rows", 64), ("token_rows", 32), ("head_blocks", 4096)],
+    ("layout", "tile", "stages"),
+    [
+        ("token_rows", 4096, None),
+        ("token_rows", 64, None),
+        ("token_rows", 32, None),
+        ("head_blocks", 4096, None),
+        ("token_rows", 4096, 2),
+        ("token_rows", 64, 3),
+    ],
 )
-def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
+def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile, stages):
     """Each launch layout of the fused pooling (interpreter) on Diffusers-strided q and a key slice, odd
     sizes and partial last blocks: token rows 4 rows a load (tile 4096), one row a load (64 = 4 heads
-    padded x 16), and wider than the tile (32), which falls back to one program per head."""
+    padded x 16), and wider than the tile (32), which falls back to one program per head; the token-rows
+    loop unrolled and pipelined."""
     from dit_accel.kernels import routing
 
     launched = []
@@ -122,6 +130,7 @@ def test_every_pooling_layout_gives_the_block_means(monkeypatch, layout, tile):
         monkeypatch.setattr(routing, name, _LaunchSpy(kernel, name, launched))
     monkeypatch.setattr(routing, "POOL_LAYOUT", layout)
     monkeypatch.setattr(routing, "POOL_TILE", tile)
+    monkeypatch.setattr(routing, "POOL_STAGES", stages)
     gen = torch.Generator().manual_seed(7)
     q, k = random_qk(2, 3, 45, 61, 16, gen)
     keys = k[:, :, :53]

@@ -99,7 +99,12 @@ KERNELS: dict[str, KernelSpec] = {
     ),
     "pool_qk_token_rows": KernelSpec(  # Wan-1.3B's 12 heads x 128 (padded to 16), 128-row blocks, 2 rows a load
         "dit_accel.kernels.routing:_pool_qk_token_rows",
-        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128},
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": True, "STAGES": 1},
+        {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
+    ),
+    "pool_qk_token_rows_loop": KernelSpec(  # the same as a pipelined loop, 4 rows a load
+        "dit_accel.kernels.routing:_pool_qk_token_rows",
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 4, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": False, "STAGES": 2},
         {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
     ),
     "block_scores": KernelSpec(  # 64x64 score tiles of fp32 means, D = 128 in two tf32x3 dot steps
