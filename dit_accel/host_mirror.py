@@ -1,14 +1,15 @@
 """Host copies of the small device tensors read every transformer call (timesteps, the scheduler's
 timestep table), made once per storage and kept until the storage is written.
 
-Reading a CUDA tensor on the host waits for every kernel queued before the read: at the start of a
-transformer forward that drains the GPU, which then idles while Python launches the forward's
-first kernels (3.4 ms of idle GPU per Wan-1.3B-size forward under regional compile on the H200,
-``benchmarks/results/e2e/e2e_gaps_h200_s20.json``). Pipelines pass the same timestep tensor, or
-views of the scheduler's ``timesteps``, call after call, so one copy of the storage serves every later
-read. A copy is keyed by the storage and checked against the tensor's version counter (bumped by
-every in-place write, through any view); the cache holds a reference to the storage, so its memory
-cannot be reused by another tensor while the copy is cached.
+Reading a CUDA tensor on the host waits for every kernel queued before the read. At the start of a
+transformer forward that drains the GPU's queue, and the GPU then idles while Python launches the
+forward's first kernels (the uncompiled embedding code: 3.2 ms of idle GPU at the start of a
+Wan-1.3B-size forward profiled alone on the H200, ``benchmarks/results/e2e/e2e_profile_s22.json``)
+instead of the CPU queuing them while the GPU still runs the previous forward. Pipelines pass the
+same timestep tensor, or views of the scheduler's ``timesteps``, call after call, so one copy of the
+storage serves every later read. A copy is keyed by the storage and checked against the tensor's
+version counter (bumped by every in-place write, through any view); the cache holds a reference to
+the storage, so its memory cannot be reused by another tensor while the copy is cached.
 """
 
 from __future__ import annotations
