@@ -10,7 +10,7 @@ import torch
 from tiny_models import FAMILIES, run, tiny_wan, wan_inputs
 
 import dit_accel
-from dit_accel.kernels import sla_ops
+from dit_accel.kernels import reference, sla_ops
 from dit_accel.kernels.sla_linear import sla_linear_triton
 from dit_accel.kernels.sla_linear_bwd import sla_linear_backward_triton
 from dit_accel.kernels.sla_linear_reference import (
@@ -164,6 +164,13 @@ def test_block_classes_partition_each_row():
     expected = torch.ones_like(marginal).scatter(-1, critical, False).scatter(-1, negligible, False)
     assert torch.equal(marginal, expected)
     assert int(marginal[0, 0, 0].sum()) == nk - 5 - 5
+    tied = Routing(q=None, k=None, v=None, q_rows=None, key_rows=None, key_len=nk * 16, scale=1.0, block_q=16,
+                   block_k=16, log_counts=log_counts, known_scores=scores.round())  # fmt: skip
+    tied_blocks = tied.top_blocks(0.2)
+    tied_marginal = marginal_blocks(tied, tied_blocks, k_low=0.25)
+    tied_critical = reference.block_mask_from_lists(tied_blocks.indices, tied_blocks.counts, nk)
+    assert not (tied_marginal & tied_critical).any(), "ties never make a critical block marginal"
+    assert (tied_marginal.sum(-1) == nk - 5 - 5).all(), "ties still leave exactly floor(k_low * NK) negligible"
 
 
 def check_calls_against_reference(model, inputs, options, seed=0):

@@ -98,15 +98,17 @@ def marginal_blocks(routing: Routing, blocks, k_low: float) -> Tensor:
     """``(B, H, NQ, NK)`` bool: the key blocks neither critical (listed in ``blocks``) nor negligible.
 
     Negligible: the ``floor(k_low * NK)`` lowest-ranked non-critical blocks by ``scores + log n_j``.
+    Critical blocks are the top ranked, so these are the lowest-ranked of all: the marginal blocks are
+    the top ``NK - floor(k_low * NK)`` (the same selection kernel as ``topk``, ties to the lower
+    index) less the critical ones.
     """
-    ranked = routing.scores + routing.log_counts.to(routing.scores.dtype)
-    num_blocks = ranked.shape[-1]
-    marginal = ~reference.block_mask_from_lists(blocks.indices, blocks.counts, num_blocks)
+    num_blocks = routing.scores.shape[-1]
+    critical = reference.block_mask_from_lists(blocks.indices, blocks.counts, num_blocks)
     low = min(math.floor(k_low * num_blocks + 1e-9), num_blocks - blocks.indices.shape[-1])
-    if low > 0:
-        negligible = ranked.masked_fill(~marginal, math.inf).topk(low, dim=-1, largest=False).indices
-        marginal = marginal.scatter(-1, negligible, False)
-    return marginal
+    if low <= 0:
+        return ~critical
+    kept = routing.top_blocks((num_blocks - low) / num_blocks)
+    return reference.block_mask_from_lists(kept.indices, kept.counts, num_blocks) & ~critical
 
 
 class SLAAttention(BlockSparseMethod):
