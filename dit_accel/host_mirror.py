@@ -8,12 +8,15 @@ Wan-1.3B-size forward profiled alone on the H200, ``benchmarks/results/e2e/e2e_p
 instead of the CPU queuing them while the GPU still runs the previous forward. Pipelines pass the
 same timestep tensor, or views of the scheduler's ``timesteps``, call after call, so one copy of the
 storage serves every later read. A copy is keyed by the storage and checked against the tensor's
-version counter (bumped by every in-place write, through any view); the cache holds a reference to
-the storage, so its memory cannot be reused by another tensor while the copy is cached.
+version counter, which every in-place write through the tensor or its views bumps; writes that
+bypass autograd's views (``t.data``, ``set_`` aliases, raw kernels on the pointer) are not seen, which
+no Diffusers scheduler or pipeline does to its timesteps. The cache holds a reference to the
+storage, so its memory cannot be reused by another tensor while the copy is cached.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -24,6 +27,7 @@ MAX_CACHED = 4  # storages kept (a run's timestep tensor and its scheduler table
 MAX_BYTES = 1 << 16  # larger storages are copied per read, not cached
 
 _CACHE: OrderedDict[tuple, tuple[int, torch.UntypedStorage, Tensor]] = OrderedDict()
+_LOCK = threading.Lock()  # pipelines may run in threads: the cache's reads and updates are one step
 
 
 def _on_host(t: Tensor) -> bool:
@@ -48,12 +52,14 @@ def host_copy(t: Tensor) -> Tensor:
     if storage.nbytes() > MAX_BYTES:
         return _to_host(t)
     key = (str(t.device), storage.data_ptr(), storage.nbytes(), t.dtype)
-    entry = _CACHE.get(key)
-    if entry is None or entry[0] != version:
-        whole = t.as_strided((storage.nbytes() // t.element_size(),), (1,), 0)
-        entry = (version, storage, _to_host(whole))
-        _CACHE[key] = entry
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > MAX_CACHED:
-        _CACHE.popitem(last=False)
-    return torch.as_strided(entry[2], t.shape, t.stride(), t.storage_offset())
+    with _LOCK:
+        entry = _CACHE.get(key)
+        if entry is None or entry[0] != version:
+            whole = t.as_strided((storage.nbytes() // t.element_size(),), (1,), 0)
+            entry = (version, storage, _to_host(whole))
+            _CACHE[key] = entry
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > MAX_CACHED:
+            _CACHE.popitem(last=False)
+    # a copy: a caller writing into the result must not change what later reads return
+    return torch.as_strided(entry[2], t.shape, t.stride(), t.storage_offset()).clone()

@@ -32,7 +32,7 @@ SCORE_PRECISION = "tf32x3"
 def _block_scores(
     QMean, KMean, Scores,
     NQ, NK, D, scale,
-    TILE: tl.constexpr, HEAD_DIM: tl.constexpr, D_CHUNK: tl.constexpr, PRECISION: tl.constexpr,
+    TILE: tl.constexpr, D_STEPS: tl.constexpr, D_CHUNK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(NQ, TILE), cdiv(NK, TILE), B * H): one tile of one (batch, head)'s score map."""
     bh = tl.program_id(2).to(tl.int64)
@@ -40,8 +40,8 @@ def _block_scores(
     cols = tl.program_id(1) * TILE + tl.arange(0, TILE)
     row_ok, col_ok = rows < NQ, cols < NK
     s = tl.zeros([TILE, TILE], dtype=tl.float32)
-    for d0 in tl.static_range(0, HEAD_DIM, D_CHUNK):
-        offs_d = d0 + tl.arange(0, D_CHUNK)
+    for step in tl.static_range(D_STEPS):  # D_STEPS x D_CHUNK covers the head dim
+        offs_d = step * D_CHUNK + tl.arange(0, D_CHUNK)
         d_ok = offs_d < D
         q = tl.load(QMean + (bh * NQ + rows[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
                     other=0.0)  # fmt: skip
@@ -61,11 +61,11 @@ def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, scale: float
     b, h, nq, d = q_mean.shape
     nk = k_mean.shape[2]
     q_mean, k_mean = q_mean.contiguous(), k_mean.contiguous()
-    head_dim = max(16, triton.next_power_of_2(d))
+    d_chunk = min(max(16, triton.next_power_of_2(d)), SCORE_D_CHUNK)
     scores = torch.empty(b, h, nq, nk, device=q_mean.device, dtype=torch.float32)
     _block_scores[(triton.cdiv(nq, SCORE_TILE), triton.cdiv(nk, SCORE_TILE), b * h)](
         q_mean, k_mean, scores, nq, nk, d, scale,
-        TILE=SCORE_TILE, HEAD_DIM=head_dim, D_CHUNK=min(head_dim, SCORE_D_CHUNK), PRECISION=SCORE_PRECISION,
+        TILE=SCORE_TILE, D_STEPS=triton.cdiv(d, d_chunk), D_CHUNK=d_chunk, PRECISION=SCORE_PRECISION,
         num_warps=SCORE_WARPS,
     )  # fmt: skip
     return scores

@@ -102,7 +102,8 @@ def routing_scores(q_mean: Tensor, k_mean: Tensor, scale: float) -> Tensor:
 @routing_scores.register_fake
 def _(q_mean: Tensor, k_mean: Tensor, scale: float) -> Tensor:
     dtype = torch.float64 if q_mean.dtype == torch.float64 else torch.float32
-    return q_mean.new_empty(*q_mean.shape[:-1], k_mean.shape[-2], dtype=dtype)
+    lead = torch.broadcast_shapes(q_mean.shape[:-2], k_mean.shape[:-2])  # as the fallback matmul broadcasts
+    return q_mean.new_empty(*lead, q_mean.shape[-2], k_mean.shape[-2], dtype=dtype)
 
 
 def _selection_width(num_blocks: int, density: float | None, min_blocks: int) -> int:

@@ -4,8 +4,8 @@ For q, k ``(B, H, S, D)`` whose tokens are already in block order, routing is
 ``top-k_j(scale * q̄_i k̄_jᵀ + log n_j)`` over block means.
     1. one bandwidth-bound launch pools Q and K together (:data:`POOL_LAYOUT`: by default one
        program per token block reads whole token rows of every head), writing fp32 means;
-       :func:`pool_qk_triton` is also the first step of the methods' composed routing (pool, cuBLAS
-       scores, the select kernel of ``block_selection``), which is the faster path on the H200;
+       :func:`pool_qk_triton` is also the first step of the methods' composed routing (pool, the tiled
+       scores of ``block_scores``, the select kernel of ``block_selection``), the faster path on the H200;
     2. :func:`route_blocks_triton` adds one launch per tile of score rows (:data:`SCORE_LAUNCH`) that
        computes those rows' scores from q̄ and all k̄ (fp32, IEEE dot: the ranking must match the
        reference's), adds ``log n_j`` and selects top-k or top-p with an exact radix search over

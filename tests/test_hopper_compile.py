@@ -29,9 +29,8 @@ def test_kernels_compile_for_hopper_without_heavy_spills():
                             "permute_rows", "kmeans_assign", "centroid_attention", "uncovered_counts",
                             "pool_qk_token_rows", "pool_qk_token_rows_loop", "block_scores", "select_blocks_row",
                             "score_select_top_p"}  # fmt: skip
-    # pool_qk_token_rows spills (~9.7 KB with Triton 3.9) yet measured fastest (62.5 us, check_routing.json);
-    # block_scores' tf32x3 tiles spill ~0.7 KB and measured fastest of the score launches
+    # pool_qk_token_rows (the unrolled pooling loop, no longer the default) spills ~9.7 KB with Triton 3.9
     for name in ("pyramid_attention", "pyramid_block128", "norm_rotary", "norm_rotary_14b", "select_blocks_row",
-                 "score_select_top_p", "pool_qk_token_rows_loop"):  # fmt: skip
+                 "score_select_top_p", "pool_qk_token_rows_loop", "block_scores"):  # fmt: skip
         spilled = int(re.search(r"(\d+) bytes spilled", reports[name]).group(1))
         assert spilled <= 256, reports[name]

@@ -37,6 +37,8 @@ def test_views_of_one_storage_are_copied_once(copies):
     strided = table[1::4]
     assert torch.equal(host_mirror.host_copy(strided), strided)
     assert len(copies) == 1 and copies[0].numel() == 11, "the whole storage, once"
+    host_mirror.host_copy(table[:2]).zero_()  # a caller writing into what it got
+    assert torch.equal(host_mirror.host_copy(table[:2]), table[:2]) and len(copies) == 1
 
 
 def test_a_write_through_any_view_makes_a_fresh_copy(copies):

@@ -26,14 +26,16 @@ from typing import Any
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel launch to compile: ``module:function``, argument types that differ from the rule
-    (capitalised names are bf16 pointers except :data:`SIZES`, the rest i32), constexpr values and
-    launch settings."""
+    (capitalised names are bf16 pointers except :data:`SIZES`, the rest i32), constexpr values,
+    launch settings, and the size arguments a real launch passes as multiples of 16 (Triton
+    specialises on that, e.g. D = 128: it decides whether a loop's loads are pipelined)."""
 
     target: str
     constexprs: dict[str, Any]
     types: dict[str, str] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 2
+    divisible: tuple[str, ...] = ()
 
 
 PYRAMID_POINTERS = {"Lse": "*fp32", "QRows": "*i32", "Idx": "*i32", "LevelCnt": "*i32", "EValid": "*i32",
@@ -102,15 +104,15 @@ KERNELS: dict[str, KernelSpec] = {
         {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": True, "STAGES": 1},
         {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
     ),
-    "pool_qk_token_rows_loop": KernelSpec(  # the same as a pipelined loop, 4 rows a load
+    "pool_qk_token_rows_loop": KernelSpec(  # the default launch: a loop pipelined over 4 loads, 4 warps
         "dit_accel.kernels.routing:_pool_qk_token_rows",
-        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 4, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": False, "STAGES": 2},
-        {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": False, "STAGES": 4},
+        {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=4, divisible=("D",),
     ),
     "block_scores": KernelSpec(  # 64x64 score tiles of fp32 means, D = 128 in two tf32x3 dot steps
         "dit_accel.kernels.block_scores:_block_scores",
-        {"TILE": 64, "HEAD_DIM": 128, "D_CHUNK": 64, "PRECISION": "tf32x3"},
-        {"QMean": "*fp32", "KMean": "*fp32", "Scores": "*fp32", "scale": "fp32"},
+        {"TILE": 64, "D_STEPS": 2, "D_CHUNK": 64, "PRECISION": "tf32x3"},
+        {"QMean": "*fp32", "KMean": "*fp32", "Scores": "*fp32", "scale": "fp32"}, divisible=("D",),
     ),
     "select_blocks_row": KernelSpec(  # one 256-wide row a warp, top-k
         "dit_accel.kernels.block_selection:_select_blocks",
@@ -145,7 +147,7 @@ def compile_for_hopper(spec: KernelSpec) -> dict[str, int]:
     fn = getattr(importlib.import_module(module), name)
     types = signature(fn, spec)
     index = {name: (i,) for i, name in enumerate(fn.arg_names)}
-    aligned = [n for n, t in types.items() if t.startswith("*") or n.startswith("stride_")]
+    aligned = [n for n, t in types.items() if t.startswith("*") or n.startswith("stride_") or n in spec.divisible]
     source = ASTSource(fn, types, constexprs={index[n]: v for n, v in spec.constexprs.items()},
                        attrs={index[n]: [["tt.divisibility", 16]] for n in aligned})  # fmt: skip
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}

@@ -21,10 +21,10 @@ from dit_accel.forward_info import ForwardInfo
 from dit_accel.tiling import Tile, default_tile
 
 KINDS = ("accelerate", "edit", "wrap")
-# Routing through the one-read kernel (pool, then score+select in one launch) rather than pool + cuBLAS
-# scores + the select kernel. H200, Wan-1.3B shape, stop 21: the composed path is faster for top-k
-# (0.103 vs 0.138 ms at 128x128, benchmarks/results/kernel/engine_h200_s21/check_routing.json) and for
-# top-p (0.191 vs 0.302 ms at 128x64, gpu_check_split_lists.json; the fused kernel's best earlier: 0.253).
+# Routing through the one-read kernel (pool, then score+select in one launch) rather than pool + tiled
+# scores + the select kernel. H200, Wan-1.3B shape: the composed path is faster for top-k (stop 22: 0.083
+# vs 0.113 ms at 128x128, benchmarks/results/kernel/engine_h200_s22/check_routing.json) and for top-p
+# (stop 21: 0.191 vs 0.302 ms at 128x64, gpu_check_split_lists.json; the fused kernel's best: 0.253).
 ONE_READ_ROUTING = False
 Tensor = torch.Tensor
 

@@ -98,9 +98,10 @@ def marginal_blocks(routing: Routing, blocks, k_low: float) -> Tensor:
     """``(B, H, NQ, NK)`` bool: the key blocks neither critical (listed in ``blocks``) nor negligible.
 
     Negligible: the ``floor(k_low * NK)`` lowest-ranked non-critical blocks by ``scores + log n_j``.
-    Critical blocks are the top ranked, so these are the lowest-ranked of all: the marginal blocks are
-    the top ``NK - floor(k_low * NK)`` (the same selection kernel as ``topk``, ties to the lower
-    index) less the critical ones.
+    ``blocks`` must be ``routing.top_blocks(...)`` of the same scores (as ``select()`` makes them):
+    then the critical blocks are the top ranked and the negligible ones the lowest-ranked of all, so
+    the marginal blocks are the top ``NK - floor(k_low * NK)`` (the same selection kernel as ``topk``,
+    ties to the lower index) less the critical ones.
     """
     num_blocks = routing.scores.shape[-1]
     critical = reference.block_mask_from_lists(blocks.indices, blocks.counts, num_blocks)
