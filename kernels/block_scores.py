@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import check_query_key_pair
+
 # Tile side (query blocks x key blocks per program), warps, head dims per dot step and the dot's
 # precision. H200, Wan-1.3B shape, scores + the select kernel (benchmarks/check_routing.py, stop 22):
 # cuBLAS 27.9 us (128x128 blocks) / 39.0 us (128x64); 64x64 tiles of "tf32x3" (three TF32 tensor-core
@@ -56,8 +58,7 @@ def block_scores_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, scale: float
     """fp32 ``scale * q̄ k̄ᵀ`` ``(B, H, NQ, NK)`` of fp32 means ``(B, H, NQ, D)``, ``(B, H, NK, D)``."""
     if q_mean.dtype != torch.float32 or k_mean.dtype != torch.float32:
         raise ValueError(f"block means must be fp32, got {q_mean.dtype} and {k_mean.dtype}")
-    if q_mean.shape[:2] != k_mean.shape[:2] or q_mean.shape[-1] != k_mean.shape[-1]:
-        raise ValueError(f"means {tuple(q_mean.shape)} and {tuple(k_mean.shape)} need the same batch, heads, dim")
+    check_query_key_pair(q_mean, k_mean)
     b, h, nq, d = q_mean.shape
     nk = k_mean.shape[2]
     q_mean, k_mean = q_mean.contiguous(), k_mean.contiguous()

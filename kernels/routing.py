@@ -106,11 +106,11 @@ def _add_token_rows(acc, X, x_base, stride_xs, col_off, col_ok, first, end, ROWS
 def _pool_token_block(
     X, Mean, x_base, stride_xs, stride_xh, blk, S, H, N, D, bh0,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
-    UNROLL: tl.constexpr, STAGES: tl.constexpr,
+    STAGES: tl.constexpr,
 ):  # fmt: skip
     """fp32 means of every head over rows ``[blk * BLOCK, min(S, (blk + 1) * BLOCK))`` of one batch,
-    ``ROWS`` whole token rows (all heads) per load, the loop unrolled or software-pipelined over
-    ``STAGES`` loads; means go to ``Mean[bh0 + h, blk]``."""
+    ``ROWS`` whole token rows (all heads) per load, the loop unrolled (``STAGES`` 0) or
+    software-pipelined over ``STAGES`` loads; means go to ``Mean[bh0 + h, blk]``."""
     cols = tl.arange(0, HEADS_P2 * HEAD_DIM)
     h = cols // HEAD_DIM
     d = cols % HEAD_DIM
@@ -119,7 +119,7 @@ def _pool_token_block(
     start = blk * BLOCK
     end = tl.minimum(S, start + BLOCK)
     acc = tl.zeros([ROWS, HEADS_P2 * HEAD_DIM], dtype=tl.float32)
-    if UNROLL:
+    if STAGES == 0:
         for r0 in tl.static_range(0, BLOCK, ROWS):
             acc = _add_token_rows(acc, X, x_base, stride_xs, col_off, col_ok, start + r0, end, ROWS)
     else:
@@ -137,7 +137,7 @@ def _pool_qk_token_rows(
     stride_kb, stride_kh, stride_ks,
     H, Sq, Sk, NQ, NK, D,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, HEADS_P2: tl.constexpr,
-    HEAD_DIM: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr,
+    HEAD_DIM: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """Grid (NQ + NK, B): block ids below NQ pool a query block of every head, the rest a key block."""
     pid = tl.program_id(0)
@@ -145,12 +145,12 @@ def _pool_qk_token_rows(
     if pid < NQ:
         _pool_token_block(
             Q, QMean, b * stride_qb, stride_qs, stride_qh, pid, Sq, H, NQ, D, b * H, BLOCK_Q, ROWS, HEADS_P2, HEAD_DIM,
-            UNROLL, STAGES,
+            STAGES,
         )  # fmt: skip
     else:
         _pool_token_block(
             K, KMean, b * stride_kb, stride_ks, stride_kh, pid - NQ, Sk, H, NK, D, b * H, BLOCK_K, ROWS, HEADS_P2,
-            HEAD_DIM, UNROLL, STAGES,
+            HEAD_DIM, STAGES,
         )  # fmt: skip
 
 
@@ -211,7 +211,7 @@ def pool_qk_triton(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int)
         _pool_qk_token_rows[(nq + nk, b)](
             q, k, q_mean, k_mean, *strides, h, seq_q, seq_k, nq, nk, d,
             BLOCK_Q=block_q, BLOCK_K=block_k, ROWS=rows, HEADS_P2=width // head_dim, HEAD_DIM=head_dim,
-            UNROLL=POOL_STAGES is None, STAGES=POOL_STAGES or 1, num_warps=POOL_WARPS,
+            STAGES=POOL_STAGES or 0, num_warps=POOL_WARPS,
         )  # fmt: skip
     else:
         _pool_qk[(nq + nk, b * h)](

@@ -101,12 +101,12 @@ KERNELS: dict[str, KernelSpec] = {
     ),
     "pool_qk_token_rows": KernelSpec(  # Wan-1.3B's 12 heads x 128 (padded to 16), 128-row blocks, 2 rows a load
         "dit_accel.kernels.routing:_pool_qk_token_rows",
-        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": True, "STAGES": 1},
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "STAGES": 0},
         {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=8,
     ),
     "pool_qk_token_rows_loop": KernelSpec(  # the default launch: a loop pipelined over 4 loads, 4 warps
         "dit_accel.kernels.routing:_pool_qk_token_rows",
-        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "UNROLL": False, "STAGES": 4},
+        {"BLOCK_Q": 128, "BLOCK_K": 128, "ROWS": 2, "HEADS_P2": 16, "HEAD_DIM": 128, "STAGES": 4},
         {"QMean": "*fp32", "KMean": "*fp32"}, num_warps=4, divisible=("D",),
     ),
     "block_scores": KernelSpec(  # 64x64 score tiles of fp32 means, D = 128 in two tf32x3 dot steps
