@@ -3,9 +3,9 @@
 (a) correctness: the block-statistics kernel (v̄, H̄, ‖H_j‖_F) and the tail kernel (order 0 and 1, rows
 gathered or not) against the float64 references, bf16 at the full shape and at a small odd shape; the
 whole method against the same routing composed from the references (exact part + tail + LSE merge).
-(b) times (``dit_accel.bench.median_ms``; GPU time from CUDA graphs where capture works): statistics,
-tail (and a sweep of its launch configurations), merge, tail fused with the merge (what the method
-runs on CUDA), and the whole method (``MethodRun``, tokens
+(b) times (``dit_accel.bench.median_ms``; GPU time from CUDA graphs where capture works): statistics
+(and a sweep of their launch configurations), tail, merge, tail fused with the merge (what the method
+runs on CUDA, and a sweep of its launch configurations), and the whole method (``MethodRun``, tokens
 pretiled as in a model) for ``pisa`` order 0/1 and ``topk`` at each density and block size, against
 cuDNN dense in the same run. (c) everything to the JSON file ``--out``. Exits non-zero on a FAIL.
 
@@ -16,6 +16,7 @@ cuDNN dense in the same run. (c) everything to the JSON file ``--out``. Exits no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -39,7 +40,11 @@ from dit_accel.kernels import merge_attention, reference
 from dit_accel.kernels.pisa_reference import pisa_block_stats_reference, pisa_tail_reference
 
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
-TAIL_SWEEP = [(bn, warps, stages) for bn in (64, 128) for warps in (4, 8) for stages in (2, 3)]
+TAIL_SWEEP = [(bm, bn, warps, stages) for bm in (64, 128) for bn in (32, 64, 128, 256) for warps in (4, 8)
+              for stages in (2, 3, 4)]  # fmt: skip
+STATS_SWEEP = [(programs, sub_k, input_dot, warps, stages) for programs in (128, 256, 512)
+               for sub_k, input_dot in ((64, False), (128, True)) for warps in (4, 8)
+               for stages in (2, 3)]  # fmt: skip
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -62,18 +67,20 @@ def block_inputs(batch, heads, seq, dim, block_q, block_k, density, dtype, devic
 
 def check_kernels(batch, heads, seq, dim, block_q, block_k, dtype, device) -> list[dict]:
     """Triton stats and tail against float64 references at one shape."""
-    from dit_accel.kernels.pisa_stats import pisa_block_stats_triton
+    from dit_accel.kernels.pisa_stats import StatsConfig, pisa_block_stats_triton
     from dit_accel.kernels.pisa_tail import pisa_tail_triton
 
     q, k, v, k_mean, indices, counts, rows = block_inputs(batch, heads, seq, dim, block_q, block_k, 0.125, dtype,
                                                           device)  # fmt: skip
     shape = [batch, heads, seq, dim]
-    got = pisa_block_stats_triton(k, v, k_mean, block_k, seq, True, True)
     want = pisa_block_stats_reference(k.double(), v.double(), k_mean.double(), block_k, seq, True, True)
     records = []
-    for name, g, w in zip(("v_mean", "h_bar", "h_norm"), got, want, strict=True):
-        error = rel_err(g, w)
-        records.append({"check": f"stats.{name}", "shape": shape, "rel_err": error, "ok": error < 1e-2})
+    for input_dot in (False, True):
+        got = pisa_block_stats_triton(k, v, k_mean, block_k, seq, True, True, StatsConfig(input_dot=input_dot))
+        for name, g, w in zip(("v_mean", "h_bar", "h_norm"), got, want, strict=True):
+            error = rel_err(g, w)
+            records.append({"check": f"stats.{name}", "input_dot": input_dot, "shape": shape, "rel_err": error,
+                            "ok": error < 1e-2})  # fmt: skip
     v_mean, h_bar = want[0], want[1]
     log_counts = reference.block_counts(seq, block_k, device).double().log()
     for order in (0, 1):
@@ -126,7 +133,15 @@ def gpu_ms(fn, device) -> dict:
     return record
 
 
-def time_parts(shape, dtype, device, block_q, block_k) -> list[dict]:
+def swept_ms(fn, device) -> dict:
+    """``gpu_ms`` of one launch configuration, or the error of one the compiler rejects (registers, shared memory)."""
+    try:
+        return gpu_ms(fn, device)
+    except Exception as error:
+        return {"ms": None, "error": f"{type(error).__name__}: {str(error)[:200]}"}
+
+
+def time_parts(shape, dtype, device, block_q, block_k, sweeps: tuple[str, ...] = ("stats", "tail")) -> list[dict]:
     """Stats, tail (launch sweep), merge at the shape's video length (rows pretiled: no q_rows)."""
     from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail, pisa_tail_merge
 
@@ -138,28 +153,28 @@ def time_parts(shape, dtype, device, block_q, block_k) -> list[dict]:
         ms = gpu_ms(functools.partial(pisa_block_stats, k, v, k_mean, block_k, s, with_h, with_norms), device)
         records.append({"part": "stats", "with_h": with_h, "with_norms": with_norms, **ms})
     v_mean, h_bar, _ = pisa_block_stats(k, v, k_mean, block_k, s, True, False)
+    tail_args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, d**-0.5, None)
+    exact = pisa_tail(*tail_args)  # stands in for the exact part in the merge timings
     for order in (0, 1):
         h = h_bar if order else None
         ms = gpu_ms(functools.partial(pisa_tail, q, k_mean, v_mean, h, log_counts, indices, counts, block_q, d**-0.5),
                     device)  # fmt: skip
         records.append({"part": "tail", "order": order, **ms})
     if device.type == "cuda":
+        from dit_accel.kernels.pisa_stats import StatsConfig, pisa_block_stats_triton
         from dit_accel.kernels.pisa_tail import TailConfig, pisa_tail_triton
 
-        for bn, warps, stages in TAIL_SWEEP:
-            config = TailConfig(block_m=min(128, block_q), block_n=bn, num_warps=warps, num_stages=stages)
-            try:
-                tail = functools.partial(pisa_tail_triton, q, k_mean, v_mean, h_bar, log_counts, indices, counts,
-                                         block_q, d**-0.5, config=config)  # fmt: skip
-                ms = gpu_ms(tail, device)
-            except Exception as error:  # a config the compiler rejects (registers, shared memory)
-                ms = {"ms": None, "error": f"{type(error).__name__}: {str(error)[:200]}"}
-            records.append({"part": "tail_sweep", "order": 1, "block_n": bn, "num_warps": warps,
-                            "num_stages": stages, **ms})  # fmt: skip
-    tail_args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, d**-0.5, None)
-    out, lse = pisa_tail(*tail_args)
-    records.append({"part": "merge", **gpu_ms(functools.partial(merge_attention, out, lse, out, lse), device)})
-    fused = functools.partial(pisa_tail_merge, *tail_args, out, lse)
+        for programs, sub_k, input_dot, warps, stages in STATS_SWEEP if "stats" in sweeps else ():
+            config = StatsConfig(programs, sub_k, input_dot, warps, stages)
+            stats = functools.partial(pisa_block_stats_triton, k, v, k_mean, block_k, s, True, False, config)
+            records.append({"part": "stats_sweep", **dataclasses.asdict(config), **swept_ms(stats, device)})
+        for bm, bn, warps, stages in TAIL_SWEEP if "tail" in sweeps else ():
+            config = TailConfig(block_m=min(bm, block_q), block_n=bn, num_warps=warps, num_stages=stages)
+            fused = functools.partial(pisa_tail_triton, *tail_args, config=config, merge_into=exact)
+            records.append({"part": "tail_merge_sweep", "order": 1, **dataclasses.asdict(config),
+                            **swept_ms(fused, device)})  # fmt: skip
+    records.append({"part": "merge", **gpu_ms(functools.partial(merge_attention, *exact, *exact), device)})
+    fused = functools.partial(pisa_tail_merge, *tail_args, *exact)
     records.append({"part": "tail_merge_fused", "order": 1, **gpu_ms(fused, device)})
     return [r | {"block_size": [block_q, block_k]} for r in records]
 
@@ -200,11 +215,16 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--shape", default=None, help=f"one of {', '.join(SHAPES)} (default: wan-1.3b-480p on cuda)")
     parser.add_argument("--densities", type=float, nargs="+", default=[0.125, 0.05])
+    parser.add_argument("--block-sizes", nargs="+", default=["128x64", "128x128", "64x64"],
+                        help="QxK block sizes of the part timings and the method timings")  # fmt: skip
+    parser.add_argument("--parts-only", action="store_true", help="skip the whole methods' timings")
+    parser.add_argument("--sweeps", nargs="*", default=["stats", "tail"], choices=("stats", "tail"),
+                        help="launch sweeps to run (none: --sweeps with no value)")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = SHAPES[args.shape or ("wan-1.3b-480p" if device.type == "cuda" else "tiny-cpu")]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    block_sizes = [(128, 64), (128, 128), (64, 64)]
+    block_sizes = [tuple(int(size) for size in text.split("x")) for text in args.block_sizes]
     checks: list[dict] = []
     if device.type == "cuda":
         checks += check_kernels(1, shape.heads, shape.video_len, shape.head_dim, 128, 64, dtype, device)
@@ -214,13 +234,15 @@ def main() -> int:
     for record in checks:
         print(f"{'PASS' if record['ok'] else 'FAIL'} {record['check']} {record.get('shape')} "
               f"rel_err={record['rel_err']:.2e} {record.get('lse_ok', '')}")  # fmt: skip
-    parts = [r for bq, bk in block_sizes for r in time_parts(shape, dtype, device, bq, bk)]
+    parts = [r for bq, bk in block_sizes for r in time_parts(shape, dtype, device, bq, bk, tuple(args.sweeps))]
     for record in parts:
         details = {k: v for k, v in record.items() if k not in ("part", "ms", "ms_eager", "block_size")}
         print(f"{record['part']:10s} {record['block_size']} {record['ms']} ms {details}")
     backends = kernel_backends(device)
-    dense_ms, methods = time_methods(shape, dtype, device, args.densities, block_sizes, backends)
-    print(f"cudnn dense {dense_ms:.3f} ms")
+    dense_ms, methods = (
+        (None, []) if args.parts_only else time_methods(shape, dtype, device, args.densities, block_sizes, backends)
+    )
+    print(f"cudnn dense {dense_ms} ms")
     for record in methods:
         print(f"{record['method']:5s} {record['options']} {record['ms']:.3f} ms {record['speedup_vs_cudnn']:.2f}x "
               f"rel_l1 {record['rel_l1_vs_dense']:.3f}")  # fmt: skip

@@ -13,17 +13,33 @@ Reference: :func:`dit_accel.kernels.pisa_reference.pisa_block_stats_reference`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-# Programs aimed for per launch: enough to fill an H200 (132 SMs) a few times while keeping the
-# D x D partials of H small (each program writes one).
-TARGET_PROGRAMS = 512
-# Keys per sub-tile: two fp32 128 x 128 tiles (K and V of a 128-key block) need 263 KB of shared memory,
-# over the H200's 227 KB (found by bench kernel --method pisa -o block_size=128,128 on the H200).
-MAX_SUB_K = 64
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Launch configuration of the statistics kernel (swept on the GPU by ``benchmarks/check_pisa.py``).
+
+    Attributes:
+        programs: programs aimed for per launch: enough to fill an H200 (132 SMs) a few times while
+            keeping the ``D×D`` partials of H few (each program writes one).
+        sub_k: most keys per sub-tile. Two fp32 128 x 128 tiles (K and V of a 128-key block) need 263 KB
+            of shared memory, over the H200's 227 KB; 16-bit operands (``input_dot``) need half.
+        input_dot: the centred keys are rounded to the inputs' dtype for the ``H`` product (16-bit
+            inputs: tensor cores at full rate, fp32 accumulation, relative error ~2^-9 per term instead
+            of TF32's ~2^-11); False: fp32 operands.
+        num_warps, num_stages: Triton launch parameters.
+    """
+
+    programs: int = 256
+    sub_k: int = 128
+    input_dot: bool = True
+    num_warps: int = 4
+    num_stages: int = 2
 
 
 @triton.jit
@@ -34,7 +50,7 @@ def _pisa_block_stats(
     stride_mb, stride_mh, stride_mn,
     H, key_len, num_blocks, blocks_per_program, num_programs,
     HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, WITH_H: tl.constexpr,
-    WITH_NORMS: tl.constexpr,
+    WITH_NORMS: tl.constexpr, INPUT_DOT: tl.constexpr,
 ):  # fmt: skip
     """Grid (programs per head, B * H); each program walks ``blocks_per_program`` key blocks."""
     pid_g = tl.program_id(0)
@@ -57,12 +73,14 @@ def _pisa_block_stats(
             rows = j * BLOCK_K + t0 + offs_t
             row_ok = (rows < key_len) & (t0 + offs_t < BLOCK_K)
             rows64 = rows.to(tl.int64)
-            v = tl.load(v_base + rows64[:, None] * stride_vs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            v = v.to(tl.float32)
-            v_sum += tl.sum(v, 0)
+            v_in = tl.load(v_base + rows64[:, None] * stride_vs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            v_sum += tl.sum(v_in.to(tl.float32), 0)
+            v = v_in if INPUT_DOT else v_in.to(tl.float32)
             if WITH_H or WITH_NORMS:
                 k = tl.load(k_base + rows64[:, None] * stride_ks + offs_d[None, :], mask=row_ok[:, None], other=0.0)
                 centred = tl.where(row_ok[:, None], k.to(tl.float32) - k_mean[None, :], 0.0)
+                if INPUT_DOT:
+                    centred = centred.to(v_in.dtype)
                 if WITH_NORMS:
                     h_j = tl.dot(tl.trans(centred), v, h_j)
                 else:  # accumulate in the dot (no separate D x D product in registers)
@@ -85,17 +103,19 @@ def pisa_block_stats_triton(
     key_len: int,
     with_h: bool,
     with_norms: bool,
+    config: StatsConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(v_mean, h_bar, h_norm)`` as :func:`~dit_accel.kernels.pisa_reference.pisa_block_stats_reference`.
 
     k, v ``(B, H, S, D)`` with a contiguous last dimension (any other strides); ``k_mean`` fp32
     ``(B, H, NK, D)``. D a power of two >= 16, ``block_k`` >= 16.
     """
+    config = config or StatsConfig()
     if k.stride(-1) != 1 or v.stride(-1) != 1 or k_mean.stride(-1) != 1:
         raise ValueError("k, v and k_mean need a contiguous last (head) dimension")
     b, h, _, d = k.shape
     num_blocks = math.ceil(key_len / block_k)
-    per_program = max(1, math.ceil(num_blocks * b * h / TARGET_PROGRAMS)) if with_h else 1
+    per_program = max(1, math.ceil(num_blocks * b * h / config.programs)) if with_h else 1
     programs = math.ceil(num_blocks / per_program)
     device = k.device
     v_mean = torch.empty(b, h, num_blocks, d, device=device, dtype=torch.float32)
@@ -108,8 +128,9 @@ def pisa_block_stats_triton(
         v.stride(0), v.stride(1), v.stride(2),
         k_mean.stride(0), k_mean.stride(1), k_mean.stride(2),
         h, key_len, num_blocks, per_program, programs,
-        HEAD_DIM=d, BLOCK_K=block_k, SUB_K=min(block_k, MAX_SUB_K), WITH_H=with_h, WITH_NORMS=with_norms,
-        num_warps=8 if d >= 128 else 4,
+        HEAD_DIM=d, BLOCK_K=block_k, SUB_K=min(block_k, config.sub_k), WITH_H=with_h, WITH_NORMS=with_norms,
+        INPUT_DOT=config.input_dot and k.dtype == v.dtype, num_warps=config.num_warps if d >= 128 else 4,
+        num_stages=config.num_stages,
     )  # fmt: skip
     h_bar = partials.sum(dim=2) / num_blocks if with_h else v_mean.new_empty(0)
     return v_mean, h_bar, h_norm if with_norms else v_mean.new_empty(0)

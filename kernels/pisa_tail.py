@@ -3,9 +3,10 @@
 One program takes ``BLOCK_M`` rows of one query block of one (batch, head). It loads the rows
 (gathered through ``q_rows``), then streams every key block's pseudo-token — mean key ``k̄_j``, logit
 bias ``log n_j``, mean value ``v̄_j`` — in chunks of ``BLOCK_N``, masking the blocks the query block
-computes exactly. The mask comes from walking the query block's ascending block list alongside the
-chunks (at most ``BLOCK_N`` list entries can fall in one chunk), so it costs ``BLOCK_N²`` compares
-per chunk whatever the density. Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``,
+computes exactly by a ``(query block, key block)`` byte map built from the lists once per call: each
+chunk's loads depend on no earlier chunk, so they pipeline (walking the list alongside the chunks made
+every chunk wait on the previous one's list position: H200, Wan-1.3B shape, 128x128 blocks, 0.41 ms
+for the tail merged with the exact part). Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``,
 ``Σ n_j e^{s q·k̄_j}`` and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so
 a pseudo-logit above every exact logit is handled by the LSE merge with the exact part). The
 first-order term ``Σ e^{s q·k̄_j} · s qᵀH̄`` is one ``tl.dot`` of the query tile with ``H̄`` at the end.
@@ -24,23 +25,24 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import block_mask_from_lists
+
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _pisa_tail_fwd(
-    Q, KMean, VMean, HBar, LogCounts, QRows, BlockIdx, BlockCnt, Out, Lse, ExactOut, ExactLse,
+    Q, KMean, VMean, HBar, LogCounts, QRows, Chosen, Out, Lse, ExactOut, ExactLse,
     stride_qb, stride_qh, stride_qs,
     stride_ob, stride_oh, stride_os,
     stride_eb, stride_eh, stride_es,
     stride_elb, stride_elh, stride_els,
-    stride_ib, stride_ih, stride_iq,
-    stride_cb, stride_ch,
-    H, Sq, Sq_total, num_blocks, list_width, qk_scale, scale,
+    H, Sq, Sq_total, num_q_blocks, num_blocks, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PER_QBLOCK: tl.constexpr,
     HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr, MERGE: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)`` and H̄ ``(B*H, D, D)`` contiguous, in q's dtype.
+    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)``, H̄ ``(B*H, D, D)`` contiguous, in q's dtype;
+    ``Chosen`` ``(B*H, NQ, NK)`` int8 contiguous, nonzero for the blocks computed exactly.
     With ``MERGE`` the exact part's rows (``ExactOut``, ``ExactLse``) are merged in by LSE before the
     store, so the tail's own output never goes to memory."""
     pid_m = tl.program_id(0)
@@ -58,11 +60,15 @@ def _pisa_tail_fwd(
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)  # fmt: skip
 
+    if MERGE:  # issued first: the loads are in flight while the tail is computed
+        exact_lse = tl.load(ExactLse + b * stride_elb + h * stride_elh + rows * stride_els, mask=row_ok,
+                            other=float("-inf")).to(tl.float32)  # fmt: skip
+        exact = tl.load(ExactOut + b * stride_eb + h * stride_eh + rows[:, None] * stride_es + offs_d[None, :],
+                        mask=row_ok[:, None], other=0.0)  # fmt: skip
+
     q_block = pid_m // TILES_PER_QBLOCK
-    count = tl.load(BlockCnt + b * stride_cb + h * stride_ch + q_block)
-    list_base = BlockIdx + b * stride_ib + h * stride_ih + q_block * stride_iq
+    chosen_base = Chosen + (pid_bh.to(tl.int64) * num_q_blocks + q_block) * num_blocks
     mean_offsets = pid_bh.to(tl.int64) * num_blocks * HEAD_DIM
-    slot = tl.full([], 0, tl.int32)  # first list entry not yet matched to a chunk (lists are ascending)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -71,11 +77,7 @@ def _pisa_tail_fwd(
     for start in range(0, num_blocks, BLOCK_N):
         cols = start + offs_n
         col_ok = cols < num_blocks
-        window = slot + offs_n
-        listed = tl.load(list_base + window, mask=(window < count) & (window < list_width), other=-1)
-        in_chunk = (listed >= start) & (listed < start + BLOCK_N)
-        slot += tl.sum(in_chunk.to(tl.int32), 0)
-        chosen = tl.max((listed[:, None] == cols[None, :]).to(tl.int32), 0) > 0
+        chosen = tl.load(chosen_base + cols, mask=col_ok, other=1) != 0
         log_n = tl.load(LogCounts + cols, mask=col_ok, other=0.0)
         col_bias = tl.where(col_ok & ~chosen, log_n * 1.4426950408889634, float("-inf"))
         means = mean_offsets + cols[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
@@ -99,17 +101,14 @@ def _pisa_tail_fwd(
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     if MERGE:
-        exact_lse = tl.load(ExactLse + b * stride_elb + h * stride_elh + rows * stride_els, mask=row_ok,
-                            other=float("-inf")).to(tl.float32)  # fmt: skip
         m = tl.maximum(exact_lse, lse)
         none = m == float("-inf")
         m_safe = tl.where(none, 0.0, m)
         w_exact = tl.exp(exact_lse - m_safe)
         w_tail = tl.exp(lse - m_safe)
         total = tl.where(none, 1.0, w_exact + w_tail)
-        exact = tl.load(ExactOut + b * stride_eb + h * stride_eh + rows[:, None] * stride_es + offs_d[None, :],
-                        mask=(row_ok & (w_exact > 0.0))[:, None], other=0.0)  # fmt: skip
-        o = exact.to(tl.float32) * (w_exact / total)[:, None] + o * (w_tail / total)[:, None]
+        exact = tl.where((w_exact > 0.0)[:, None], exact.to(tl.float32), 0.0)  # rows without exact keys: unwritten
+        o = exact * (w_exact / total)[:, None] + o * (w_tail / total)[:, None]
         lse = tl.where(none, float("-inf"), m_safe + tl.log(total))
     tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :],
              o.to(Out.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
@@ -126,9 +125,9 @@ class TailConfig:
         num_warps, num_stages: Triton launch parameters.
     """
 
-    block_m: int = 128
-    block_n: int = 64
-    num_warps: int = 8
+    block_m: int = 64
+    block_n: int = 32
+    num_warps: int = 4
     num_stages: int = 2
 
 
@@ -165,7 +164,7 @@ def pisa_tail_triton(
     k_mean = k_mean.to(q.dtype).contiguous()
     v_mean = v_mean.to(q.dtype).contiguous()
     h_bar = h_bar.to(q.dtype).contiguous() if first_order else k_mean
-    indices = indices.contiguous()
+    chosen = block_mask_from_lists(indices, counts, num_blocks).contiguous().view(torch.int8)
     exact_out, exact_lse = merge_into if merge_into is not None else (q, counts.new_empty(0, 0, 0))
     if exact_out.stride(-1) != 1:
         raise ValueError("the exact output needs a contiguous last (head) dimension")
@@ -174,14 +173,12 @@ def pisa_tail_triton(
     grid = (math.ceil(seq / block_m), b * h)
     _pisa_tail_fwd[grid](
         q, k_mean, v_mean, h_bar, log_counts.float().contiguous(), q_rows if q_rows is not None else counts,
-        indices, counts, out, lse, exact_out, exact_lse,
+        chosen, out, lse, exact_out, exact_lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         exact_out.stride(0), exact_out.stride(1), exact_out.stride(2),
         exact_lse.stride(0), exact_lse.stride(1), exact_lse.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2),
-        counts.stride(0), counts.stride(1),
-        h, seq, s_total, num_blocks, indices.shape[-1], scale * LOG2E, scale,
+        h, seq, s_total, chosen.shape[2], num_blocks, scale * LOG2E, scale,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=config.block_n, TILES_PER_QBLOCK=block_q // block_m,
         HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order, MERGE=merge_into is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,

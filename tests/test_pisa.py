@@ -11,7 +11,7 @@ from dit_accel.bench import standalone_context
 from dit_accel.kernels import merge_attention, reference
 from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail, pisa_tail_merge
 from dit_accel.kernels.pisa_reference import pisa_block_stats_reference, pisa_tail_reference
-from dit_accel.kernels.pisa_stats import pisa_block_stats_triton
+from dit_accel.kernels.pisa_stats import StatsConfig, pisa_block_stats_triton
 from dit_accel.kernels.pisa_tail import TailConfig, pisa_tail_triton
 from dit_accel.layout import TokenLayout
 from dit_accel.methods.pisa import PISAAttention, PISAConfig
@@ -61,7 +61,8 @@ def test_block_stats_triton_matches_float64_and_the_explicit_per_block_sum(key_l
     k = bhsd(gen, batch, heads, key_len + 5, dim, offset=3.0).to(dtype).double()  # a large shared mean
     v = bhsd(gen, batch, heads, key_len + 5, dim).to(dtype).double()
     k_mean = reference.pool_blocks_reference(k[:, :, :key_len], block_k)
-    got = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, True)
+    fp32_dot = StatsConfig(input_dot=False)  # the 16-bit product: test_block_stats_16bit_dot_matches_float64...
+    got = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, True, fp32_dot)
     want = pisa_block_stats_reference(k.to(dtype), v.to(dtype), k_mean, block_k, key_len, True, True)
     h_blocks = explicit_h_blocks(k[:, :, :key_len].to(dtype), v[:, :, :key_len].to(dtype), block_k)
     torch.testing.assert_close(want[1].double(), h_blocks.mean(dim=2), rtol=1e-5, atol=1e-5)
@@ -72,8 +73,24 @@ def test_block_stats_triton_matches_float64_and_the_explicit_per_block_sum(key_l
         assert g.dtype == torch.float32 and rel_err(g, w) < 1e-5, name
     v_only = pisa_block_stats_triton(k.float(), v.float(), k_mean.float(), block_k, key_len, False, False)
     assert v_only[1].numel() == 0 and v_only[2].numel() == 0 and rel_err(v_only[0], want[0]) < 1e-5
-    h_only = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, False)
+    h_only = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, False, fp32_dot)
     assert h_only[2].numel() == 0 and rel_err(h_only[1], want[1]) < 1e-5
+
+
+@pytest.mark.parametrize(("key_len", "block_k", "sub_k"), [(77, 32, 16), (150, 16, 64)])
+def test_block_stats_16bit_dot_matches_float64_to_its_rounding(key_len, block_k, sub_k):
+    """``input_dot``: the centred keys are rounded to fp16 for the ``H`` product; v̄ stays exact, H̄ and
+    the norms within fp16 rounding, keys with a large shared mean included."""
+    gen = torch.Generator().manual_seed(key_len)
+    k = bhsd(gen, 2, 3, key_len, 32, offset=3.0).half()
+    v = bhsd(gen, 2, 3, key_len, 32).half()
+    k_mean = reference.pool_blocks_reference(k.double(), block_k)
+    want = pisa_block_stats_reference(k, v, k_mean, block_k, key_len, True, True)
+    config = StatsConfig(programs=4, sub_k=sub_k, input_dot=True, num_warps=4)
+    got = pisa_block_stats_triton(k, v, k_mean.float(), block_k, key_len, True, True, config)
+    assert rel_err(got[0], want[0]) < 1e-5
+    for name, g, w in zip(("h_bar", "h_norm"), got[1:], want[1:], strict=True):
+        assert rel_err(g, w) < 2e-3, name
 
 
 def tail_inputs(gen: torch.Generator, batch=2, heads=3, seq=150, dim=32, block_q=32, block_k=8):
@@ -126,6 +143,7 @@ def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered):
     logical = rows.long() if gathered else torch.arange(q_in.shape[2])
     exact_lse[0, 0, logical[:40]] = -math.inf  # exact part empty (the first query block's tail is all)
     exact_lse[-1, -1, logical[128:]] = -math.inf  # both parts empty (the last query block keeps every block)
+    exact_out[torch.isneginf(exact_lse)] = math.nan  # an empty exact part's rows may be left unwritten
     args = (k_mean, v_mean, h_bar, log_counts, indices, counts, 32, 32**-0.5, rows)
     want, want_lse = reference.merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(q_in, *args))
     got, got_lse = pisa_tail_triton(

@@ -210,6 +210,9 @@ class RectifiedAttention(BlockSparseMethod):
         or exactly ``density`` of the blocks, neighbours first."""
         cfg = self.config
         q_mean, _, k_mean, _, _ = routing.stats
+        if cfg.density is not None and not cfg.with_neighbours:  # top density of P̃: the routing's selection
+            routing.known_q_mean, routing.known_k_mean = q_mean, k_mean
+            return routing.top_blocks(cfg.density)
         text = (routing.extra_k, routing.extra_valid) if cfg.density is None else (None, None)
         video, text_lse = pooled_logits(q_mean, k_mean, routing.key_len, routing.block_k, routing.scale, *text)
         order = video.argsort(dim=-1, descending=True, stable=True)  # by P̃, largest first
