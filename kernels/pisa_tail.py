@@ -4,14 +4,15 @@ One program takes ``BLOCK_M`` rows of one query block of one (batch, head). It l
 (gathered through ``q_rows``), then streams every key block's pseudo-token — mean key ``k̄_j``, logit
 bias ``log n_j``, mean value ``v̄_j`` — in chunks of ``BLOCK_N``, masking the blocks the query block
 computes exactly by a ``(query block, key block)`` byte map built from the lists once per call: each
-chunk's loads depend on no earlier chunk, so they pipeline (walking the list alongside the chunks made
-every chunk wait on the previous one's list position: H200, Wan-1.3B shape, 128x128 blocks, 0.41 ms
-for the tail merged with the exact part). Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``,
-``Σ n_j e^{s q·k̄_j}`` and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so
-a pseudo-logit above every exact logit is handled by the LSE merge with the exact part). The
-first-order term ``Σ e^{s q·k̄_j} · s qᵀH̄`` is one ``tl.dot`` of the query tile with ``H̄`` at the end.
-Optionally the exact part's rows are merged in by LSE before the store (one pass instead of a tail
-write plus a merge kernel reading both parts).
+chunk's loads depend on no earlier chunk, so they pipeline. Walking the list alongside the chunks made
+every chunk wait on the previous one's list position (H200, Wan-1.3B shape, 128x128 blocks, tail merged
+with the exact part: 0.41 ms; with the map and the exact rows loaded first, 0.34 ms at the same launch).
+Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``, ``Σ n_j e^{s q·k̄_j}``
+and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so a pseudo-logit
+above every exact logit is handled by the LSE merge with the exact part). The first-order term
+``Σ e^{s q·k̄_j} · s qᵀH̄`` is one ``tl.dot`` of the query tile with ``H̄`` at the end. Optionally the
+exact part's rows are merged in by LSE before the store (one pass instead of a tail write plus a
+merge kernel reading both parts).
 
 Reference: :func:`dit_accel.kernels.pisa_reference.pisa_tail_reference`.
 """
@@ -119,6 +120,10 @@ def _pisa_tail_fwd(
 class TailConfig:
     """Launch configuration of the tail kernel (swept on the GPU by ``benchmarks/check_pisa.py``).
 
+    Defaults: the H200 sweep's fastest for the tail merged with the exact part (Wan-1.3B shape,
+    128x128 blocks, order 1: 0.318 ms, against 0.368 ms for 64 x 32 and 0.338 ms for 128 x 64 on 8
+    warps; ``benchmarks/results/kernel/methods_h200_s23/check_pisa_parts_128x128_tail.json``).
+
     Attributes:
         block_m: query rows per program (at most the query block; the query block must be a multiple).
         block_n: pseudo-tokens per chunk.
@@ -126,7 +131,7 @@ class TailConfig:
     """
 
     block_m: int = 64
-    block_n: int = 32
+    block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
 
