@@ -168,8 +168,8 @@ def time_parts(shape, dtype, device, block_q, block_k, sweeps: tuple[str, ...] =
             config = StatsConfig(programs, sub_k, input_dot, warps, stages)
             stats = functools.partial(pisa_block_stats_triton, k, v, k_mean, block_k, s, True, False, config)
             records.append({"part": "stats_sweep", **dataclasses.asdict(config), **swept_ms(stats, device)})
-        for bm, bn, warps, stages in TAIL_SWEEP if "tail" in sweeps else ():
-            config = TailConfig(block_m=min(bm, block_q), block_n=bn, num_warps=warps, num_stages=stages)
+        tail_configs = {TailConfig(min(bm, block_q), bn, warps, stages) for bm, bn, warps, stages in TAIL_SWEEP}
+        for config in sorted(tail_configs, key=dataclasses.astuple) if "tail" in sweeps else ():
             fused = functools.partial(pisa_tail_triton, *tail_args, config=config, merge_into=exact)
             records.append({"part": "tail_merge_sweep", "order": 1, **dataclasses.asdict(config),
                             **swept_ms(fused, device)})  # fmt: skip

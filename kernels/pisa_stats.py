@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+MAX_FP32_SUB_K = 64  # keys per sub-tile when the H product runs on fp32 operands (shared memory)
+
 
 @dataclass(frozen=True)
 class StatsConfig:
@@ -32,11 +34,12 @@ class StatsConfig:
         programs: programs aimed for per launch: enough to fill an H200 (132 SMs) a few times while
             keeping the ``D×D`` partials of H few (each program writes one).
         sub_k: most keys per sub-tile. Two fp32 128 x 128 tiles (K and V of a 128-key block) need 263 KB
-            of shared memory, over the H200's 227 KB; 16-bit operands (``input_dot``) need half.
+            of shared memory, over the H200's 227 KB, so fp32 operands take at most
+            :data:`MAX_FP32_SUB_K`; 16-bit operands (``input_dot``) need half.
         input_dot: the centred keys are rounded to the inputs' dtype for the ``H`` product (16-bit
             inputs: tensor cores at full rate, fp32 accumulation, relative error ~2^-9 per term instead
             of TF32's ~2^-11); False: fp32 operands.
-        num_warps, num_stages: Triton launch parameters.
+        num_warps, num_stages: Triton launch parameters (heads narrower than 128 run on 4 warps).
     """
 
     programs: int = 256
@@ -115,6 +118,8 @@ def pisa_block_stats_triton(
     ``(B, H, NK, D)``. D a power of two >= 16, ``block_k`` >= 16.
     """
     config = config or StatsConfig()
+    dot16 = config.input_dot and k.dtype == v.dtype and k.dtype in (torch.float16, torch.bfloat16)
+    sub_k = config.sub_k if dot16 else min(config.sub_k, MAX_FP32_SUB_K)
     if k.stride(-1) != 1 or v.stride(-1) != 1 or k_mean.stride(-1) != 1:
         raise ValueError("k, v and k_mean need a contiguous last (head) dimension")
     b, h, _, d = k.shape
@@ -132,8 +137,8 @@ def pisa_block_stats_triton(
         v.stride(0), v.stride(1), v.stride(2),
         k_mean.stride(0), k_mean.stride(1), k_mean.stride(2),
         h, key_len, num_blocks, per_program, programs,
-        HEAD_DIM=d, BLOCK_K=block_k, SUB_K=min(block_k, config.sub_k), WITH_H=with_h, WITH_NORMS=with_norms,
-        INPUT_DOT=config.input_dot and k.dtype == v.dtype, num_warps=config.num_warps if d >= 128 else 4,
+        HEAD_DIM=d, BLOCK_K=block_k, SUB_K=min(block_k, sub_k), WITH_H=with_h, WITH_NORMS=with_norms,
+        INPUT_DOT=dot16, num_warps=config.num_warps if d >= 128 else 4,
         num_stages=config.num_stages,
     )  # fmt: skip
     h_bar = partials.sum(dim=2) / num_blocks if with_h else v_mean.new_empty(0)

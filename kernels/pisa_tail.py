@@ -3,10 +3,11 @@
 One program takes ``BLOCK_M`` rows of one query block of one (batch, head). It loads the rows
 (gathered through ``q_rows``), then streams every key block's pseudo-token — mean key ``k̄_j``, logit
 bias ``log n_j``, mean value ``v̄_j`` — in chunks of ``BLOCK_N``, masking the blocks the query block
-computes exactly by a ``(query block, key block)`` byte map built from the lists once per call: each
-chunk's loads depend on no earlier chunk, so they pipeline. Walking the list alongside the chunks made
-every chunk wait on the previous one's list position (H200, Wan-1.3B shape, 128x128 blocks, tail merged
-with the exact part: 0.41 ms; with the map and the exact rows loaded first, 0.34 ms at the same launch).
+computes exactly by a ``(query block, key block)`` byte map built from the lists once per call
+(:mod:`.block_map`): each chunk's loads depend on no earlier chunk, so they pipeline. Walking the list
+alongside the chunks made every chunk wait on the previous one's list position (H200, Wan-1.3B shape,
+128x128 blocks, tail merged with the exact part: 0.41 ms; with the map and the exact rows loaded
+first, 0.34 ms at the same launch).
 Online softmax in fp32 with exp2 accumulates ``Σ n_j e^{s q·k̄_j} v̄_j``, ``Σ n_j e^{s q·k̄_j}``
 and, for the first-order term, ``Σ e^{s q·k̄_j}``, all under one running max (so a pseudo-logit
 above every exact logit is handled by the LSE merge with the exact part). The first-order term
@@ -26,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import block_mask_from_lists
+from .block_map import block_map_triton
 
 LOG2E = 1.4426950408889634
 
@@ -164,12 +165,14 @@ def pisa_tail_triton(
     b, h, s_total, d = q.shape
     seq = s_total if q_rows is None else q_rows.numel()
     block_m = min(config.block_m, block_q)
+    if block_q % block_m:
+        raise ValueError(f"the query block ({block_q}) must be a multiple of the tail's block_m ({block_m})")
     num_blocks = k_mean.shape[2]
     first_order = h_bar is not None and h_bar.numel() > 0
     k_mean = k_mean.to(q.dtype).contiguous()
     v_mean = v_mean.to(q.dtype).contiguous()
     h_bar = h_bar.to(q.dtype).contiguous() if first_order else k_mean
-    chosen = block_mask_from_lists(indices, counts, num_blocks).contiguous().view(torch.int8)
+    chosen = block_map_triton(indices, counts, num_blocks)
     exact_out, exact_lse = merge_into if merge_into is not None else (q, counts.new_empty(0, 0, 0))
     if exact_out.stride(-1) != 1:
         raise ValueError("the exact output needs a contiguous last (head) dimension")

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import block_mask_from_lists
+from .block_map import block_map_triton
 
 Tensor = torch.Tensor
 
@@ -194,7 +194,7 @@ def rectified_merge_triton(
     b, h, _, d = q.shape
     seq = q.shape[2] if q_rows is None else q_rows.numel()
     nq, nk = q_mean.shape[2], k_mean.shape[2]
-    critical = block_mask_from_lists(indices, counts, nk).contiguous().view(torch.int8)
+    critical = block_map_triton(indices, counts, nk)
     head_dim = max(16, triton.next_power_of_2(d))
     row_launch = (PER_ROW_FP32_LAUNCH if q.dtype == torch.float32 else PER_ROW_LAUNCH) if per_row else PER_BLOCK_LAUNCH
     rows, key_chunk = rows_per_program or row_launch[0], key_chunk or row_launch[1]

@@ -1,7 +1,7 @@
-"""The listed kernels (PSA's, svg_ear's, Wan's q/k norm + rotary, routing's) compile for Hopper (sm90a) with the
-installed Triton, no GPU needed: the CPU tests' interpreter accepts code the GPU compiler rejects (a
-reassigned constexpr did, once), and the multi-level kernel's register spills are what made it slow
-on the H200 (1.4 KB per thread then)."""
+"""The listed kernels (PSA's, svg_ear's, PISA's, Wan's q/k norm + rotary, routing's, the block map) compile for
+Hopper (sm90a) with the installed Triton, no GPU needed: the CPU tests' interpreter accepts code the GPU
+compiler rejects (a reassigned constexpr did, once), and the multi-level kernel's register spills are what
+made it slow on the H200 (1.4 KB per thread then)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def test_kernels_compile_for_hopper_without_heavy_spills():
                             "level_lists_thresholds", "level_lists_quotas", "norm_rotary", "norm_rotary_14b",
                             "permute_rows", "kmeans_assign", "centroid_attention", "uncovered_counts",
                             "pool_qk_token_rows", "pool_qk_token_rows_loop", "block_scores", "select_blocks_row",
-                            "score_select_top_p"}  # fmt: skip
+                            "score_select_top_p", "pisa_block_stats", "pisa_tail_merge", "block_map"}  # fmt: skip
     # pool_qk_token_rows (the unrolled pooling loop, no longer the default) spills ~9.7 KB with Triton 3.9
     for name in ("pyramid_attention", "pyramid_block128", "norm_rotary", "norm_rotary_14b", "select_blocks_row",
-                 "score_select_top_p", "pool_qk_token_rows_loop", "block_scores"):  # fmt: skip
+                 "score_select_top_p", "pool_qk_token_rows_loop", "block_scores", "pisa_block_stats",
+                 "pisa_tail_merge", "block_map"):  # fmt: skip
         spilled = int(re.search(r"(\d+) bytes spilled", reports[name]).group(1))
         assert spilled <= 256, reports[name]

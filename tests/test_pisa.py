@@ -61,7 +61,7 @@ def test_block_stats_triton_matches_float64_and_the_explicit_per_block_sum(key_l
     k = bhsd(gen, batch, heads, key_len + 5, dim, offset=3.0).to(dtype).double()  # a large shared mean
     v = bhsd(gen, batch, heads, key_len + 5, dim).to(dtype).double()
     k_mean = reference.pool_blocks_reference(k[:, :, :key_len], block_k)
-    fp32_dot = StatsConfig(input_dot=False)  # the 16-bit product: test_block_stats_16bit_dot_matches_float64...
+    fp32_dot = StatsConfig(sub_k=64, input_dot=False)  # 16-bit product: test_block_stats_16bit_dot_matches_...
     got = pisa_block_stats_triton(k.to(dtype), v.to(dtype), k_mean.float(), block_k, key_len, True, True, fp32_dot)
     want = pisa_block_stats_reference(k.to(dtype), v.to(dtype), k_mean, block_k, key_len, True, True)
     h_blocks = explicit_h_blocks(k[:, :, :key_len].to(dtype), v[:, :, :key_len].to(dtype), block_k)

@@ -126,6 +126,22 @@ KERNELS: dict[str, KernelSpec] = {
         {"QMean": "*fp32", "KMean": "*fp32", "Indices": "*i32", "Counts": "*i32", "scale": "fp32", "top_p": "fp32"},
         num_warps=16,
     ),
+    "pisa_block_stats": KernelSpec(  # the default StatsConfig: H on 16-bit operands, one 128-key sub-tile a block
+        "dit_accel.kernels.pisa_stats:_pisa_block_stats",
+        {"HEAD_DIM": 128, "BLOCK_K": 128, "SUB_K": 128, "WITH_H": True, "WITH_NORMS": False, "INPUT_DOT": True},
+        {"KMean": "*fp32", "VMean": "*fp32", "HPart": "*fp32", "HNorm": "*fp32"}, divisible=("key_len",),
+    ),
+    "pisa_tail_merge": KernelSpec(  # the default TailConfig, first order, merged with the exact part
+        "dit_accel.kernels.pisa_tail:_pisa_tail_fwd",
+        {"HEAD_DIM": 128, "BLOCK_M": 64, "BLOCK_N": 64, "TILES_PER_QBLOCK": 2, "HAS_QROWS": False,
+         "FIRST_ORDER": True, "MERGE": True},
+        {"LogCounts": "*fp32", "QRows": "*i32", "Chosen": "*i8", "Lse": "*fp32", "ExactLse": "*fp32",
+         "Sq_total": "i32", "qk_scale": "fp32", "scale": "fp32"},
+    ),
+    "block_map": KernelSpec(  # a 512-block row (128x64 blocks at the Wan-1.3B shape)
+        "dit_accel.kernels.block_map:_block_map",
+        {"NK_P2": 512, "SLOTS": 16}, {"Indices": "*i32", "Counts": "*i32", "Map": "*i8"},
+    ),
 }  # fmt: skip
 
 

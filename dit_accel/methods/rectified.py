@@ -16,8 +16,9 @@ the query is then exact, so GAPR's error is the key pooling error ``|q_t·δk_j|
 and ``C`` are per row. The official method is per query block (``per_row=False``).
 
 Speed: block means and deviations of Q, K and V in one read (``kernels.rectified_stats``), the
-selection in a few tensor ops, exact attention on the backend, then one pass over the key blocks
-that rectifies the exact output in place of the LSE merge (``kernels.rectified_tail``).
+selection by the routing's top-k kernel at equal density (else in a few tensor ops), exact attention
+on the backend, then one pass over the key blocks that rectifies the exact output in place of the
+LSE merge (``kernels.rectified_tail``).
 """
 
 from __future__ import annotations
