@@ -3,9 +3,9 @@
 Tail kernels (PISA's pseudo-tokens, Rectified SpaAttn's correction) stream every key block and must
 skip the ones computed exactly. A byte per (query block, key block) lets each chunk load its flags
 without walking the list. Built by one program per query block: the row's listed entries, 16 at a
-time, against the row's columns, then one store. The PyTorch composition (arange, compare, where, zeros, scatter,
-copy) took about ten host-side ops per call; this is one launch. Entries past ``counts`` and
-entries outside ``[0, NK)`` are ignored.
+time, against the row's columns, then one store. The PyTorch composition (arange, compare, where,
+zeros, scatter, copy) took about ten host-side ops per call; this is one launch. Entries past
+``counts`` and entries outside ``[0, NK)`` are ignored.
 
 Reference: :func:`.reference.block_mask_from_lists`.
 """

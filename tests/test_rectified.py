@@ -222,6 +222,7 @@ def test_equal_density_takes_the_largest_mass_without_neighbours_unless_asked():
     assert RectifiedConfig(density=0.2, neighbours=True).with_neighbours
     *_, routing, blocks = routed_call({"density": 0.3}, torch.Generator().manual_seed(13))
     q_mean, _, k_mean, _, _ = routing.stats
+    assert routing.q_mean is q_mean and routing.k_mean is k_mean  # the statistics' means serve the routing
     logits = (q_mean @ k_mean.transpose(-1, -2) * routing.scale + routing.log_counts).flatten(0, 2)
     want = keep_count(blocks.num_key_blocks, 0.3, 1)
     for row, chosen in enumerate(chosen_sets(blocks)):

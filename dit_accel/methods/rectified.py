@@ -110,7 +110,9 @@ class RectifiedConfig(AccelerateConfig):
 
 @dataclass
 class RectifiedRouting(Routing):
-    """A :class:`Routing` that also carries the block statistics of GAPR, computed on first use."""
+    """A :class:`Routing` that also carries the block statistics of GAPR, computed on first use; their
+    block means then serve as the routing's own (Q is not pooled twice, and selection and GAPR read the
+    same means)."""
 
     known_stats: tuple[Tensor, ...] | None = field(default=None, repr=False)
 
@@ -121,6 +123,7 @@ class RectifiedRouting(Routing):
             self.known_stats = rectified_ops.block_stats(
                 self.q, self.k, self.v, self.block_q, self.block_k, self.key_len, self.q_rows
             )
+            self.known_q_mean, self.known_k_mean = self.known_stats[0], self.known_stats[2]
         return self.known_stats
 
 
@@ -212,7 +215,6 @@ class RectifiedAttention(BlockSparseMethod):
         cfg = self.config
         q_mean, _, k_mean, _, _ = routing.stats
         if cfg.density is not None and not cfg.with_neighbours:  # top density of P̃: the routing's selection
-            routing.known_q_mean, routing.known_k_mean = q_mean, k_mean
             return routing.top_blocks(cfg.density)
         text = (routing.extra_k, routing.extra_valid) if cfg.density is None else (None, None)
         video, text_lse = pooled_logits(q_mean, k_mean, routing.key_len, routing.block_k, routing.scale, *text)
