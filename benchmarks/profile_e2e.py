@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
 import torch
-from profile_routing import kernel_table, parse_config
+from profile_routing import cpu_submit_ms, kernel_table, parse_config
 from torch.profiler import ProfilerActivity, profile
 
 import dit_accel
@@ -26,18 +25,6 @@ from dit_accel.bench import dense_backends, median_ms
 from dit_accel.e2e_models import E2E_MODELS
 
 VARIANTS = ("eager dense", "eager topk density=0.1", "regional dense", "regional topk density=0.1")
-
-
-def cpu_submit_ms(fn, device: torch.device, repeats: int = 5) -> float:
-    """Median host milliseconds until ``fn`` returns (kernels queued, not finished)."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize(device)
-        began = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - began) * 1e3)
-    torch.cuda.synchronize(device)
-    return sorted(times)[len(times) // 2]
 
 
 def idle_gaps(fn, device: torch.device, threshold_us: float = 20.0) -> dict:

@@ -2,7 +2,9 @@
 
 The engine issue's target is routing <= 0.12 ms at the Wan-1.3B shape; this names the kernels
 behind the measured figures so the slow one can be fixed: routing (+ selection) and, with
-``--attention``, the attention step too. Prints a table per configuration and writes it as JSON.
+``--attention``, the attention step too. With ``--host``, also where the CPU time of one eager call
+goes (cProfile; an eager call whose Python outlasts its kernels is timed at its CPU cost). Prints a
+table per configuration and writes it as JSON.
 
     python benchmarks/profile_routing.py --out routing_profile.json
     python benchmarks/profile_routing.py --attention --out psa.json \
@@ -12,9 +14,12 @@ behind the measured figures so the slow one can be fixed: routing (+ selection) 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
+import pstats
 import shlex
+import time
 from pathlib import Path
 
 import torch
@@ -64,11 +69,50 @@ def profile_phase(name: str, fn, device: torch.device) -> dict:
     return {"kernels": table, "gpu_us": total, "wall_us": wall}
 
 
+def cpu_submit_ms(fn, device: torch.device, repeats: int = 5) -> float:
+    """Median host milliseconds until ``fn`` returns (kernels queued, not finished)."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - began) * 1e3)
+    torch.cuda.synchronize(device)
+    return sorted(times)[len(times) // 2]
+
+
+def host_profile(fn, device: torch.device, calls: int = 50, top: int = 25) -> dict:
+    """CPU cost of one eager call: its launch time on an idle GPU queue, and cProfile's heaviest functions."""
+    for _ in range(3):
+        fn()
+    launch = cpu_submit_ms(fn, device, repeats=calls) * 1e3
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize(device)
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, prim calls, tottime, cumtime, callers)}
+    rows = [
+        {"function": f"{Path(file).name}:{line}:{name}", "calls_per_call": n / calls,
+         "self_us": own / calls * 1e6, "cumulative_us": cum / calls * 1e6}
+        for (file, line, name), (n, _, own, cum, _) in stats.items()
+    ]  # fmt: skip
+    print(f"  host: {launch:.1f} us to launch one call on an idle queue")
+    heaviest = sorted(rows, key=lambda row: -row["self_us"])[:top]
+    for row in heaviest:
+        own, cum, n = row["self_us"], row["cumulative_us"], row["calls_per_call"]
+        print(f"    {own:8.1f} us self {cum:8.1f} cum  x{n:.0f}  {row['function']}")
+    return {"launch_us": launch, "by_self": heaviest,
+            "by_cumulative": sorted(rows, key=lambda row: -row["cumulative_us"])[:top]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="wan-1.3b-480p", choices=sorted(SHAPES))
     parser.add_argument("--config", action="append", default=[], help="METHOD KEY=VALUE ...; repeatable")
     parser.add_argument("--attention", action="store_true", help="profile the attention step as well")
+    parser.add_argument("--host", action="store_true", help="profile the full call's CPU time as well")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -87,6 +131,8 @@ def main() -> None:
             attend = functools.partial(run.method.attend, routing, blocks, run.ctx)
             record["attention"] = profile_phase("attention", attend, device)
             record["full"] = profile_phase("full call", run.full, device)
+        if args.host:
+            record["host"] = host_profile(run.full, device)
         results.append(record)
     args.out.write_text(json.dumps(results, indent=1))
 

@@ -67,15 +67,17 @@ def pisa_tail(
     block_q: int,
     scale: float,
     q_rows: Tensor | None = None,
+    tokens_per_block: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """PISA's approximate ``(out, lse)`` over the skipped key blocks (see ``pisa_reference.pisa_tail_reference``)."""
+    args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows)
     if _triton_serves(q, block_q) and q.stride(-1) == 1:
-        return pisa_tail_triton(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows)
-    return pisa_tail_reference(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows)
+        return pisa_tail_triton(*args, tokens_per_block=tokens_per_block)
+    return pisa_tail_reference(*args, tokens_per_block)
 
 
 @pisa_tail.register_fake
-def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows=None):
+def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows=None, tokens_per_block=1):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_stats_dtype(q))
 
 
@@ -93,6 +95,7 @@ def pisa_tail_merge(
     q_rows: Tensor | None,
     exact_out: Tensor,
     exact_lse: Tensor,
+    tokens_per_block: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """The exact part ``(exact_out, exact_lse)`` merged by LSE with :func:`pisa_tail`, in one pass on CUDA.
 
@@ -101,11 +104,12 @@ def pisa_tail_merge(
     """
     args = (q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows)
     if _triton_serves(q, block_q) and q.stride(-1) == 1 and exact_out.stride(-1) == 1:
-        return pisa_tail_triton(*args, merge_into=(exact_out, exact_lse))
-    out, lse = merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(*args))
+        return pisa_tail_triton(*args, merge_into=(exact_out, exact_lse), tokens_per_block=tokens_per_block)
+    out, lse = merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(*args, tokens_per_block))
     return torch.empty_like(exact_out).copy_(out), lse  # the exact output's layout, as the fake says
 
 
 @pisa_tail_merge.register_fake
-def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows, exact_out, exact_lse):
+def _(q, k_mean, v_mean, h_bar, log_counts, indices, counts, block_q, scale, q_rows, exact_out, exact_lse,
+      tokens_per_block=1):  # fmt: skip
     return torch.empty_like(exact_out), q.new_empty(q.shape[:3], dtype=_stats_dtype(q))

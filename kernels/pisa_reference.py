@@ -92,26 +92,31 @@ def pisa_tail_reference(
     block_q: int,
     scale: float,
     q_rows: torch.Tensor | None = None,
+    tokens_per_block: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PISA's tail: each query row over the pseudo-tokens of the key blocks its query block skipped.
 
     q ``(B, H, S, D)``; logical row r is ``q[..., r, :]`` or, with ``q_rows``, ``q[..., q_rows[r], :]``
     and belongs to query block ``r // block_q``. ``k_mean``/``v_mean`` ``(B, H, NK, D)`` and
     ``log_counts`` ``(NK,)`` describe the key blocks; ``indices``/``counts`` are the block list of
-    the exact part (those blocks are left out). ``h_bar`` ``(B, H, D, D)`` adds the first-order term
-    (None or empty: zeroth order only). Returns ``(out, lse)``: out shaped like q (only the logical
+    the exact part (those blocks are left out). With ``tokens_per_block`` > 1, ``k_mean``/``v_mean``/
+    ``log_counts`` describe ``NT`` finer pseudo-tokens, ``tokens_per_block`` consecutive ones per key
+    block of the lists (the last block may have fewer). ``h_bar`` ``(B, H, D, D)`` adds the first-order
+    term (None or empty: zeroth order only). Returns ``(out, lse)``: out shaped like q (only the logical
     rows written), lse fp32 (fp64 for fp64 q) ``(B, H, S)``; a row with nothing skipped gives 0, -inf.
     """
     cdt = _compute_dtype(q)
     b, h = q.shape[:2]
     rows = torch.arange(q.shape[2], device=q.device) if q_rows is None else q_rows.long()
-    num_key_blocks = k_mean.shape[2]
+    num_tokens = k_mean.shape[2]
+    num_key_blocks = math.ceil(num_tokens / tokens_per_block)
     skipped = ~block_mask_from_lists(indices, counts, num_key_blocks)
+    skipped = skipped.repeat_interleave(tokens_per_block, dim=-1)[..., :num_tokens]
     keys, values = k_mean.to(cdt), v_mean.to(cdt)
     first_order = h_bar is not None and h_bar.numel() > 0
     out = torch.zeros_like(q)
     lse = torch.full((b, h, q.shape[2]), -math.inf, dtype=cdt, device=q.device)
-    blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, b * h * block_q * num_key_blocks))
+    blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, b * h * block_q * num_tokens))
     for first in range(0, skipped.shape[2], blocks_per_chunk):
         chunk_rows = rows[first * block_q : (first + blocks_per_chunk) * block_q]
         qc = q[:, :, chunk_rows].to(cdt)

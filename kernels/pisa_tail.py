@@ -1,10 +1,11 @@
 """PISA's approximate tail: each query row over the pseudo-tokens of its skipped key blocks (Triton).
 
 One program takes ``BLOCK_M`` rows of one query block of one (batch, head). It loads the rows
-(gathered through ``q_rows``), then streams every key block's pseudo-token — mean key ``k̄_j``, logit
-bias ``log n_j``, mean value ``v̄_j`` — in chunks of ``BLOCK_N``, masking the blocks the query block
-computes exactly by a ``(query block, key block)`` byte map built from the lists once per call
-(:mod:`.block_map`): each chunk's loads depend on no earlier chunk, so they pipeline. Walking the list
+(gathered through ``q_rows``), then streams every pseudo-token — mean key ``k̄_j``, logit bias
+``log n_j``, mean value ``v̄_j`` of ``TOKENS_PER_BLOCK`` consecutive parts of each key block — in
+chunks of ``BLOCK_N``, masking the parts of the blocks the query block computes exactly by a
+``(query block, key block)`` byte map built from the lists once per call (:mod:`.block_map`): each
+chunk's loads depend on no earlier chunk, so they pipeline. Walking the list
 alongside the chunks made every chunk wait on the previous one's list position (H200, Wan-1.3B shape,
 128x128 blocks, tail merged with the exact part: 0.41 ms; with the map and the exact rows loaded
 first, 0.34 ms at the same launch).
@@ -39,12 +40,13 @@ def _pisa_tail_fwd(
     stride_ob, stride_oh, stride_os,
     stride_eb, stride_eh, stride_es,
     stride_elb, stride_elh, stride_els,
-    H, Sq, Sq_total, num_q_blocks, num_blocks, qk_scale, scale,
+    H, Sq, Sq_total, num_q_blocks, num_blocks, num_tokens, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PER_QBLOCK: tl.constexpr,
-    HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr, MERGE: tl.constexpr,
+    TOKENS_PER_BLOCK: tl.constexpr, HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr, MERGE: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NK, D)``, H̄ ``(B*H, D, D)`` contiguous, in q's dtype;
-    ``Chosen`` ``(B*H, NQ, NK)`` int8 contiguous, nonzero for the blocks computed exactly.
+    """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NT, D)`` (``num_tokens`` pseudo-tokens), H̄ ``(B*H, D, D)``
+    contiguous, in q's dtype; ``Chosen`` ``(B*H, NQ, NK)`` int8 contiguous, nonzero for the key blocks
+    computed exactly (pseudo-token ``t`` belongs to key block ``t // TOKENS_PER_BLOCK``).
     With ``MERGE`` the exact part's rows (``ExactOut``, ``ExactLse``) are merged in by LSE before the
     store, so the tail's own output never goes to memory."""
     pid_m = tl.program_id(0)
@@ -70,16 +72,16 @@ def _pisa_tail_fwd(
 
     q_block = pid_m // TILES_PER_QBLOCK
     chosen_base = Chosen + (pid_bh.to(tl.int64) * num_q_blocks + q_block) * num_blocks
-    mean_offsets = pid_bh.to(tl.int64) * num_blocks * HEAD_DIM
+    mean_offsets = pid_bh.to(tl.int64) * num_tokens * HEAD_DIM
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     w_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start in range(0, num_blocks, BLOCK_N):
+    for start in range(0, num_tokens, BLOCK_N):
         cols = start + offs_n
-        col_ok = cols < num_blocks
-        chosen = tl.load(chosen_base + cols, mask=col_ok, other=1) != 0
+        col_ok = cols < num_tokens
+        chosen = tl.load(chosen_base + cols // TOKENS_PER_BLOCK, mask=col_ok, other=1) != 0
         log_n = tl.load(LogCounts + cols, mask=col_ok, other=0.0)
         col_bias = tl.where(col_ok & ~chosen, log_n * 1.4426950408889634, float("-inf"))
         means = mean_offsets + cols[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
@@ -150,6 +152,7 @@ def pisa_tail_triton(
     q_rows: torch.Tensor | None = None,
     config: TailConfig | None = None,
     merge_into: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tokens_per_block: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` as :func:`~dit_accel.kernels.pisa_reference.pisa_tail_reference`.
 
@@ -157,7 +160,8 @@ def pisa_tail_triton(
     and dtype (only the logical rows written), lse fp32 ``(B, H, S)``. The pseudo-token means and
     ``H̄`` are cast to q's dtype for the tensor-core products; accumulation is fp32. ``merge_into``
     (the exact part's ``(out, lse)``, shaped like q and ``(B, H, S)``) returns the LSE merge of both
-    instead (as ``merge_attention``), in the exact output's dtype.
+    instead (as ``merge_attention``), in the exact output's dtype. ``tokens_per_block`` pseudo-tokens
+    stand for each key block of the lists (``k_mean``'s rows ``j * tokens_per_block + t``).
     """
     if q.stride(-1) != 1:
         raise ValueError("q needs a contiguous last (head) dimension")
@@ -167,7 +171,8 @@ def pisa_tail_triton(
     block_m = min(config.block_m, block_q)
     if block_q % block_m:
         raise ValueError(f"the query block ({block_q}) must be a multiple of the tail's block_m ({block_m})")
-    num_blocks = k_mean.shape[2]
+    num_tokens = k_mean.shape[2]
+    num_blocks = math.ceil(num_tokens / tokens_per_block)
     first_order = h_bar is not None and h_bar.numel() > 0
     k_mean = k_mean.to(q.dtype).contiguous()
     v_mean = v_mean.to(q.dtype).contiguous()
@@ -186,8 +191,9 @@ def pisa_tail_triton(
         out.stride(0), out.stride(1), out.stride(2),
         exact_out.stride(0), exact_out.stride(1), exact_out.stride(2),
         exact_lse.stride(0), exact_lse.stride(1), exact_lse.stride(2),
-        h, seq, s_total, chosen.shape[2], num_blocks, scale * LOG2E, scale,
+        h, seq, s_total, chosen.shape[2], num_blocks, num_tokens, scale * LOG2E, scale,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=config.block_n, TILES_PER_QBLOCK=block_q // block_m,
+        TOKENS_PER_BLOCK=tokens_per_block,
         HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order, MERGE=merge_into is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip

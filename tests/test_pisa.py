@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -132,6 +133,41 @@ def test_tail_triton_matches_float64(order, gathered, dtype, block_m):
         assert rel_err(pisa_tail_reference(q_in, *args[:2], None, *args[3:])[0][:, :, logical], want) > 1e-3
 
 
+@pytest.mark.parametrize("merged", [False, True])
+def test_finer_pseudo_tokens_equal_the_tail_over_lists_of_the_parts(merged):
+    """Pseudo-tokens of 4 keys under lists of 8-key blocks: the tail of the 4-key blocks whose lists name
+    both halves of each listed block (38 tokens, 19 blocks: the last block has one part)."""
+    gen = torch.Generator().manual_seed(21 + merged)
+    q, rows, _, _, _, _, indices, counts = tail_inputs(gen)
+    k, v = bhsd(gen, 2, 3, 150, 32), bhsd(gen, 2, 3, 150, 32)
+    k_mean = reference.pool_blocks_reference(k, 4).double()
+    v_mean, h_bar, _ = pisa_block_stats_reference(k, v, k_mean, 4, 150, True, False)
+    log_counts = reference.block_counts(150, 4).double().log()
+    parts = torch.stack((2 * indices, 2 * indices + 1), dim=-1).flatten(-2)
+    parts = torch.where(parts >= 0, parts, -1).masked_fill(parts >= k_mean.shape[2], -1)
+    order = torch.argsort((parts < 0).int(), dim=-1, stable=True)  # listed parts first
+    parts = parts.gather(-1, order)
+    part_counts = (parts >= 0).sum(-1).int()
+    args = (k_mean, v_mean, h_bar, log_counts)
+    want = pisa_tail_reference(q, *args, parts, part_counts, 32, 32**-0.5, rows)
+    got = pisa_tail_reference(q, *args, indices, counts, 32, 32**-0.5, rows, 2)
+    logical = rows.long()
+    assert torch.equal(got[1][:, :, logical], want[1][:, :, logical]) and torch.equal(got[0], want[0])
+    exact = (torch.randn(q.shape, generator=gen, dtype=torch.float64), torch.randn(q.shape[:3], generator=gen,
+             dtype=torch.float64)) if merged else None  # fmt: skip
+    if merged:
+        want = reference.merge_attention_reference(*exact, *want)
+    config = TailConfig(block_m=32, block_n=16, num_warps=4)
+    triton = pisa_tail_triton(q.float(), *(x.float() for x in args), indices, counts, 32, 32**-0.5, rows,
+                              config=config, tokens_per_block=2,
+                              merge_into=tuple(x.float() for x in exact) if merged else None)  # fmt: skip
+    finite = torch.isfinite(want[1][:, :, logical])
+    assert torch.equal(torch.isfinite(triton[1][:, :, logical]), finite) and finite.any()
+    torch.testing.assert_close(triton[1][:, :, logical][finite].double(), want[1][:, :, logical][finite],
+                               rtol=2e-5, atol=2e-5)  # fmt: skip
+    assert rel_err(triton[0][:, :, logical], want[0][:, :, logical]) < 2e-5
+
+
 @pytest.mark.parametrize("gathered", [True, False])
 def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered):
     gen = torch.Generator().manual_seed(5 + gathered)
@@ -189,16 +225,16 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize(("order", "tail_block"), [(0, 16), (1, 16), (1, 8), (0, 4)])
 @pytest.mark.parametrize("call", sorted(CALLS))
-def test_method_matches_the_float64_formula(call, order):
+def test_method_matches_the_float64_formula(call, order, tail_block):
     layout, appended = CALLS[call]
     gen = torch.Generator().manual_seed(len(call) + order)
     batch, heads, dim = 2, 3, 32
     q = torch.randn(batch, layout.seq_len, heads, dim, generator=gen, dtype=torch.float64)
     k = torch.randn(batch, layout.seq_len + appended, heads, dim, generator=gen, dtype=torch.float64)
     v = torch.randn_like(k)
-    config = PISAConfig(density=0.3, order=order, block_size=(32, 16))
+    config = PISAConfig(density=0.3, order=order, block_size=(32, 16), tail_block=tail_block)
     method = PISAAttention(config)
     ctx = standalone_context(layout, method.config)
     out = method(q.float(), k.float(), v.float(), ctx)
@@ -213,11 +249,18 @@ def test_method_matches_the_float64_formula(call, order):
     query_block = torch.empty(layout.seq_len, dtype=torch.long)
     query_block[rows] = torch.arange(rows.numel()) // blocks.block_q
     allowed = mask[:, :, query_block[rows]][..., key_block.clamp(min=0)] | (key_block < 0)
-    counts = reference.block_counts(routing.key_len, blocks.block_k).double()
-    want = definition(qh[:, :, rows], kh, vh, allowed, key_block, counts, dim**-0.5, order)
+    pseudo_block = tail_block  # the formula's blocks are the pseudo-tokens' parts
+    key_part = torch.full_like(key_block, -1)
+    key_part[routing.key_rows.long()] = torch.arange(routing.key_len) // pseudo_block
+    counts = reference.block_counts(routing.key_len, pseudo_block).double()
+    want = definition(qh[:, :, rows], kh, vh, allowed, key_part, counts, dim**-0.5, order)
     got = out.transpose(1, 2)[:, :, rows]
     assert 0.05 < blocks.density() < 0.6
     assert rel_err(got, want) < 1e-5
+    if tail_block < blocks.block_k:  # a different approximation from one pseudo-token per key block
+        block_counts = reference.block_counts(routing.key_len, blocks.block_k).double()
+        coarse = definition(qh[:, :, rows], kh, vh, allowed, key_block, block_counts, dim**-0.5, order)
+        assert rel_err(got, coarse) > 1e-3
     if layout.text_len:
         text_out, text_want = out[:, layout.text_slice].double(), ctx.dense(q, k, v)[:, layout.text_slice]
         torch.testing.assert_close(text_out, text_want, rtol=1e-5, atol=1e-6)
@@ -282,6 +325,11 @@ def test_config_validation_and_family_defaults():
         PISAConfig(use_bias="yes")
     with pytest.raises(ValueError, match=r"density must be in \(0.0, 1.0\]"):
         PISAConfig(density=1.5)
+    for bad in (48, 0, True, 16.0):
+        with pytest.raises(ValueError, match=r"tail_block must divide the key block \(64\)"):
+            PISAConfig(block_size=(128, 64), tail_block=bad)
+    assert PISAConfig(block_size=(128, 128), tail_block=32).tail_block == 32
+    assert (PISAConfig(block_size=(128, 128)).tail_block, PISAConfig(block_size=32).tail_block) == (64, 32)
     flux, wan, default = (PISAConfig().for_family(f) for f in ("flux", "wan", None))
     assert (flux.density, flux.dense_layers, flux.use_bias, flux.dense_steps) == (0.15, 4, True, 0.2)
     assert (wan.density, wan.dense_layers, wan.use_bias, wan.dense_steps) == (0.125, 1, False, 0.2)
@@ -289,6 +337,25 @@ def test_config_validation_and_family_defaults():
     assert PISAConfig(density=0.3, use_bias=False).for_family("flux").density == 0.3
     assert not PISAConfig(use_bias=False).for_family("flux").use_bias
     assert PISAAttention(PISAConfig()).config.density == 0.125  # built outside apply(): the defaults
+
+
+def test_block_ordered_keys_are_pooled_once_at_the_part_size():
+    """Tokens already in tile order (as the adapters leave them): the key-block means are the count-weighted
+    averages of the part means from the same pooling call, ragged last block included (165 keys)."""
+    layout, _ = CALLS["video-grid"]
+    method = PISAAttention(PISAConfig(density=0.25, block_size=(32, 16), tail_block=4))
+    layout = dataclasses.replace(layout, token_tile=method.tile(layout.grid))
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, layout.seq_len, 3, 32, generator=gen) for _ in range(3))
+    routing = method.route(q, k, v, standalone_context(layout, method.config))
+    assert routing.q_rows is None and routing.known_part_mean is None
+    assert routing.scores.shape[-1] == 11
+    assert routing.known_part_mean is not None  # pooled with the queries
+    keys = k.transpose(1, 2).double()
+    torch.testing.assert_close(routing.k_mean.double(), reference.pool_blocks_reference(keys, 16), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(routing.part_mean.double(), reference.pool_blocks_reference(keys, 4), rtol=1e-6,
+                               atol=1e-6)  # fmt: skip
+    assert routing.part_mean.shape[2] == 42 and routing.k_mean.shape[2] == 11
 
 
 def test_use_bias_routes_by_pooled_score_plus_log_h_norm():
@@ -299,7 +366,7 @@ def test_use_bias_routes_by_pooled_score_plus_log_h_norm():
     ctx = standalone_context(layout, method.config)
     routing = method.route(q, k, v, ctx)
     blocks = method.select(routing, ctx)
-    scores = routing.scores + routing.log_counts + torch.log(routing.stats[2] + 1e-5)[:, :, None, :]
+    scores = routing.scores + routing.log_counts + torch.log(routing.stats[4] + 1e-5)[:, :, None, :]
     want, _ = reference.select_blocks_reference(scores, density=0.25)
     plain, _ = reference.select_blocks_reference(routing.scores + routing.log_counts, density=0.25)
     assert torch.equal(blocks.indices, want) and not torch.equal(want, plain)

@@ -41,7 +41,7 @@ def dense_fallback_reason(ctx: AttentionContext, block_q: int, block_k: int) -> 
 _CONSTANTS: dict[tuple, Tensor] = {}
 
 
-def _constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
+def cached_constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
     """A per-shape constant tensor, made once (by :func:`warm_caches` before compiled code reads it)."""
     if key not in _CONSTANTS:
         _CONSTANTS[key] = make()
@@ -50,13 +50,13 @@ def _constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
 
 def key_log_counts(length: int, block: int, device: torch.device) -> Tensor:
     """``log n_j`` of each key block (cached per length and device)."""
-    return _constant(("log_counts", length, block, str(device)),
+    return cached_constant(("log_counts", length, block, str(device)),
                      lambda: kernels.block_counts(length, block, device).float().log())  # fmt: skip
 
 
 def sequence_rows(start: int, end: int, device: torch.device) -> Tensor:
     """``arange(start, end)`` (cached: a launch per attention call otherwise)."""
-    return _constant(("rows", start, end, str(device)), lambda: torch.arange(start, end, device=device))
+    return cached_constant(("rows", start, end, str(device)), lambda: torch.arange(start, end, device=device))
 
 
 def video_rows(video_start: int, video_len: int, grid: Tile | None, token_tile: Tile | None, tile: Tile,
