@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .ops import (
     HAS_TRITON,
+    block_mask,
     block_sparse_attention,
     gather_blocks,
     merge_attention,
@@ -20,6 +21,7 @@ from .reference import block_counts, keep_count
 __all__ = [
     "HAS_TRITON",
     "block_counts",
+    "block_mask",
     "block_sparse_attention",
     "gather_blocks",
     "keep_count",

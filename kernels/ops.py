@@ -15,6 +15,7 @@ import torch
 from . import reference
 
 try:
+    from .block_map import block_map_triton
     from .block_pooling import gather_blocks_triton, pool_blocks_triton
     from .block_scores import block_scores_triton
     from .block_selection import MAX_KEY_BLOCKS, select_blocks_triton
@@ -52,6 +53,20 @@ def pool_blocks(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
 def _(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
     n = x.shape[2] if rows is None else rows.shape[0]
     return x.new_empty(x.shape[0], x.shape[1], math.ceil(n / block), x.shape[3], dtype=_mean_dtype(x))
+
+
+@torch.library.custom_op("dit_accel::block_mask", mutates_args=())
+def block_mask(indices: Tensor, counts: Tensor, num_blocks: int) -> Tensor:
+    """bool ``(B, H, NQ, NK)``: True where the block lists ``indices``/``counts`` name the key block (one
+    Triton launch on CUDA instead of the reference's scatter and its helper tensors)."""
+    if use_triton(indices) and indices.dtype == torch.int32:
+        return block_map_triton(indices, counts.int(), num_blocks).view(torch.bool)
+    return reference.block_mask_from_lists(indices, counts, num_blocks).contiguous()
+
+
+@block_mask.register_fake
+def _(indices: Tensor, counts: Tensor, num_blocks: int) -> Tensor:
+    return indices.new_empty(*indices.shape[:-1], num_blocks, dtype=torch.bool)
 
 
 @torch.library.custom_op("dit_accel::pool_blocks_qk", mutates_args=())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dit_accel.kernels import block_mask
 from dit_accel.kernels.block_map import SLOTS, block_map_triton
 from dit_accel.kernels.reference import block_mask_from_lists
 
@@ -31,6 +32,14 @@ def test_byte_map_equals_the_list_mask(num_blocks, width):
     want = block_mask_from_lists(indices, counts, num_blocks)
     assert got.dtype == torch.int8 and got.is_contiguous()
     assert torch.equal(got.bool(), want) and set(got.unique().tolist()) <= {0, 1}
+    assert torch.equal(got.view(torch.bool), want)  # what the block_mask op returns on CUDA: no conversion pass
+
+
+def test_block_mask_op_serves_the_reference_on_cpu_and_passes_opcheck():
+    gen = torch.Generator().manual_seed(3)
+    indices, counts = random_lists(gen, (1, 2, 5), 11, 6)
+    assert torch.equal(block_mask(indices, counts, 11), block_mask_from_lists(indices, counts, 11))
+    torch.library.opcheck(block_mask, (indices, counts, 11))
 
 
 def test_out_of_range_entries_are_ignored():

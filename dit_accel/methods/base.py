@@ -246,9 +246,9 @@ class BlockSparseMethod(AttentionMethod):
         Default: 1 where the block is computed exactly, 0 elsewhere. Methods with classes of their
         own (pyramid levels, linear blocks) override both.
         """
-        from dit_accel.kernels.reference import block_mask_from_lists
+        from dit_accel import kernels
 
-        return block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks).to(torch.uint8)
+        return kernels.block_mask(blocks.indices, blocks.counts, blocks.num_key_blocks).to(torch.uint8)
 
     def map_legend(self) -> dict[int, str]:
         """Names of the :meth:`block_map` codes, least computed first."""

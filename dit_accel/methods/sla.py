@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from dit_accel import kernels
 from dit_accel.config import AccelerateConfig, check_choice, check_range
 from dit_accel.context import AttentionContext
-from dit_accel.kernels import reference
 from dit_accel.kernels.sla_linear_reference import FEATURE_MAPS, sla_linear_reference
 
 from .base import BlockSparseMethod, Routing
@@ -104,12 +104,12 @@ def marginal_blocks(routing: Routing, blocks, k_low: float) -> Tensor:
     ties to the lower index) less the critical ones.
     """
     num_blocks = routing.scores.shape[-1]
-    critical = reference.block_mask_from_lists(blocks.indices, blocks.counts, num_blocks)
+    critical = kernels.block_mask(blocks.indices, blocks.counts, num_blocks)
     low = min(math.floor(k_low * num_blocks + 1e-9), num_blocks - blocks.indices.shape[-1])
     if low <= 0:
         return ~critical
     kept = routing.top_blocks((num_blocks - low) / num_blocks)
-    return reference.block_mask_from_lists(kept.indices, kept.counts, num_blocks) & ~critical
+    return kernels.block_mask(kept.indices, kept.counts, num_blocks) & ~critical
 
 
 class SLAAttention(BlockSparseMethod):
@@ -133,7 +133,7 @@ class SLAAttention(BlockSparseMethod):
 
     def block_map(self, routing: Routing, blocks, ctx: AttentionContext) -> Tensor:
         """0 negligible (skipped), 1 marginal (linear branch), 2 critical (exact)."""
-        critical = reference.block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks)
+        critical = kernels.block_mask(blocks.indices, blocks.counts, blocks.num_key_blocks)
         return (2 * critical.to(torch.uint8) + marginal_blocks(routing, blocks, self.config.k_low)).to(torch.uint8)
 
     def map_legend(self) -> dict[int, str]:

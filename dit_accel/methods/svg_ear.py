@@ -255,10 +255,10 @@ class SVGEARAttention(BlockSparseMethod):
         return BlockList(indices, counts, routing.block_q, routing.block_k, routing.key_len)
 
     def _uncovered(self, routing: ClusterRouting, blocks) -> Tensor:
-        from dit_accel.kernels.reference import block_mask_from_lists
+        from dit_accel import kernels
         from dit_accel.kernels.svg_ear_ops import uncovered_counts
 
-        selected = block_mask_from_lists(blocks.indices, blocks.counts, blocks.num_key_blocks)
+        selected = kernels.block_mask(blocks.indices, blocks.counts, blocks.num_key_blocks)
         return uncovered_counts(selected, routing.keys.counts, routing.key_len, routing.block_k)
 
     def tail(self, routing: ClusterRouting, blocks, ctx: AttentionContext) -> tuple[Tensor, Tensor] | None:
