@@ -44,8 +44,10 @@ class PISAConfig(AccelerateConfig):
             1 (adds the first-order term through the per-head mean ``H̄``); default 1.
         use_bias: add ``log(‖H_j‖_F + 1e-5)`` to the routing scores (PISA's image routing); default
             on for FLUX, off for video.
-        block_size: ``(query, key)`` block sizes; default ``(128, 64)`` (FlashAttention-4 takes
-            128-row query blocks; the paper uses 64x64).
+        block_size: ``(query, key)`` block sizes; default ``(128, 128)`` with 64-key pseudo-tokens
+            (FlashAttention-4 takes 128-row query blocks and is fastest on 128-key blocks; the paper
+            uses 64x64). H200, Wan-1.3B shape, density 0.125, FA4: 2.01 ms against 2.15 ms at
+            ``(128, 64)``, the same tail work.
         tail_block: keys per pseudo-token: each skipped key block is approximated by its parts of
             this many keys (a divisor of the key block), one pseudo-token and one ``H_j`` each; default
             (None) 64, or the key block when smaller. Finer pseudo-tokens cost tail time, not exact time:
@@ -64,7 +66,7 @@ class PISAConfig(AccelerateConfig):
         "flux": {"density": 0.15, "dense_steps": 0.2, "dense_layers": 4, "use_bias": True},
     }
 
-    block_size: int | tuple[int, int] = (128, 64)
+    block_size: int | tuple[int, int] = (128, 128)
     density: float | None = None
     dense_steps: int | float | None = None
     dense_layers: int | float | None = None
