@@ -333,7 +333,7 @@ def test_config_validation_and_family_defaults():
     flux, wan, default = (PISAConfig().for_family(f) for f in ("flux", "wan", None))
     assert (flux.density, flux.dense_layers, flux.use_bias, flux.dense_steps) == (0.15, 4, True, 0.2)
     assert (wan.density, wan.dense_layers, wan.use_bias, wan.dense_steps) == (0.125, 1, False, 0.2)
-    assert default == wan and wan.order == 1 and (wan.block_size, wan.tail_block) == ((128, 128), 64)
+    assert default == wan and wan.order == 1 and (wan.block_size, wan.tail_block) == ((128, 64), 64)
     assert PISAConfig(density=0.3, use_bias=False).for_family("flux").density == 0.3
     assert not PISAConfig(use_bias=False).for_family("flux").use_bias
     assert PISAAttention(PISAConfig()).config.density == 0.125  # built outside apply(): the defaults
