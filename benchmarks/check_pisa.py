@@ -111,13 +111,13 @@ def composed_reference(run: MethodRun) -> torch.Tensor:
         q_rows=routing.q_rows, key_len=routing.key_len, return_lse=True,
     )  # fmt: skip
     cfg = run.method.config
-    k_mean = reference.pool_blocks_reference(f32[1][:, :, : routing.key_len], cfg.tail_block)
-    v_mean, h_bar, _ = pisa_block_stats_reference(f32[1], f32[2], k_mean, cfg.tail_block, routing.key_len,
+    k_mean = reference.pool_blocks_reference(f32[1][:, :, : routing.key_len], cfg.tail_keys)
+    v_mean, h_bar, _ = pisa_block_stats_reference(f32[1], f32[2], k_mean, cfg.tail_keys, routing.key_len,
                                                   cfg.order == 1, False)  # fmt: skip
-    log_counts = reference.block_counts(routing.key_len, cfg.tail_block, k_mean.device).float().log()
+    log_counts = reference.block_counts(routing.key_len, cfg.tail_keys, k_mean.device).float().log()
     tail = pisa_tail_reference(
         f32[0], k_mean, v_mean, h_bar if cfg.order else None, log_counts, blocks.indices, blocks.counts,
-        blocks.block_q, routing.scale, routing.q_rows, blocks.block_k // cfg.tail_block,
+        blocks.block_q, routing.scale, routing.q_rows, blocks.block_k // cfg.tail_keys,
     )  # fmt: skip
     out, _ = reference.merge_attention_reference(exact, exact_lse, *tail)
     return run.method._assemble(out.to(run.q.dtype), run.q, run.k, run.v, routing, run.ctx)

@@ -90,8 +90,8 @@ def host_profile(fn, device: torch.device, calls: int = 50, top: int = 25) -> di
     profiler.enable()
     for _ in range(calls):
         fn()
+        torch.cuda.synchronize(device)  # a full launch queue would block inside the launches: charge the wait here
     profiler.disable()
-    torch.cuda.synchronize(device)
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, prim calls, tottime, cumtime, callers)}
     rows = [
         {"function": f"{Path(file).name}:{line}:{name}", "calls_per_call": n / calls,

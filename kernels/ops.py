@@ -58,7 +58,8 @@ def _(x: Tensor, block: int, rows: Tensor | None = None) -> Tensor:
 @torch.library.custom_op("dit_accel::block_mask", mutates_args=())
 def block_mask(indices: Tensor, counts: Tensor, num_blocks: int) -> Tensor:
     """bool ``(B, H, NQ, NK)``: True where the block lists ``indices``/``counts`` name the key block (one
-    Triton launch on CUDA instead of the reference's scatter and its helper tensors)."""
+    Triton launch on CUDA instead of the reference's scatter and its helper tensors). Entries inside a
+    row's count must be valid key blocks (the reference raises on others; the kernel ignores them)."""
     if use_triton(indices) and indices.dtype == torch.int32:
         return block_map_triton(indices, counts.int(), num_blocks).view(torch.bool)
     return reference.block_mask_from_lists(indices, counts, num_blocks).contiguous()
@@ -349,7 +350,8 @@ def merge_attention(out1: Tensor, lse1: Tensor, out2: Tensor, lse2: Tensor) -> t
     """Exact union ``(out, lse)`` of two partial attentions (see ``reference.merge_attention_reference``)."""
     if use_triton(out1) and out1.dtype != torch.float64 and out1.stride(-1) == 1 and out2.stride(-1) == 1:
         return merge_attention_triton(out1, lse1, out2, lse2)
-    return reference.merge_attention_reference(out1, lse1, out2, lse2)
+    out, lse = reference.merge_attention_reference(out1, lse1, out2, lse2)
+    return torch.empty_like(out1).copy_(out), lse  # out1's layout, as the fake says
 
 
 @merge_attention.register_fake

@@ -35,6 +35,17 @@ def test_byte_map_equals_the_list_mask(num_blocks, width):
     assert torch.equal(got.view(torch.bool), want)  # what the block_mask op returns on CUDA: no conversion pass
 
 
+def test_block_mask_op_on_the_triton_path_is_the_bool_mask(monkeypatch):
+    from dit_accel.kernels import ops
+
+    monkeypatch.setattr(ops, "use_triton", lambda t: True)  # the CUDA path, run by the interpreter
+    gen = torch.Generator().manual_seed(5)
+    indices, counts = random_lists(gen, (2, 1, 6), 13, 9)
+    got = block_mask(indices, counts, 13)
+    assert got.dtype == torch.bool and got.is_contiguous()
+    assert torch.equal(got, block_mask_from_lists(indices, counts, 13))
+
+
 def test_block_mask_op_serves_the_reference_on_cpu_and_passes_opcheck():
     gen = torch.Generator().manual_seed(3)
     indices, counts = random_lists(gen, (1, 2, 5), 11, 6)

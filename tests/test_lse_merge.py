@@ -122,3 +122,6 @@ def test_op_passes_opcheck():
     out1, out2 = (torch.randn(1, 2, 13, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
     lse1, lse2 = (torch.randn(1, 2, 13, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.library.opcheck(merge_attention, (out1, lse1, out2, lse2))
+    # (B, H, S, D) views of Diffusers' (B, S, H, D) layout: the output keeps out1's strides, as the fake says
+    bshd = torch.randn(1, 13, 2, 8, generator=gen, dtype=torch.float64).transpose(1, 2)
+    torch.library.opcheck(merge_attention, (bshd, lse1.detach(), out2.detach(), lse2.detach()))

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from dit_accel import kernels
 from dit_accel.bench import standalone_context
-from dit_accel.kernels import merge_attention, reference
+from dit_accel.kernels import merge_attention, pool_blocks, reference
 from dit_accel.kernels.pisa_ops import pisa_block_stats, pisa_tail, pisa_tail_merge
 from dit_accel.kernels.pisa_reference import pisa_block_stats_reference, pisa_tail_reference
 from dit_accel.kernels.pisa_stats import StatsConfig, pisa_block_stats_triton
@@ -136,13 +137,14 @@ def test_tail_triton_matches_float64(order, gathered, dtype, block_m):
 @pytest.mark.parametrize("merged", [False, True])
 def test_finer_pseudo_tokens_equal_the_tail_over_lists_of_the_parts(merged):
     """Pseudo-tokens of 4 keys under lists of 8-key blocks: the tail of the 4-key blocks whose lists name
-    both halves of each listed block (38 tokens, 19 blocks: the last block has one part)."""
+    both halves of each listed block (146 keys: 37 tokens, 19 blocks, the last of one 2-key part)."""
     gen = torch.Generator().manual_seed(21 + merged)
     q, rows, _, _, _, _, indices, counts = tail_inputs(gen)
-    k, v = bhsd(gen, 2, 3, 150, 32), bhsd(gen, 2, 3, 150, 32)
+    k, v = bhsd(gen, 2, 3, 146, 32), bhsd(gen, 2, 3, 146, 32)
     k_mean = reference.pool_blocks_reference(k, 4).double()
-    v_mean, h_bar, _ = pisa_block_stats_reference(k, v, k_mean, 4, 150, True, False)
-    log_counts = reference.block_counts(150, 4).double().log()
+    v_mean, h_bar, _ = pisa_block_stats_reference(k, v, k_mean, 4, 146, True, False)
+    log_counts = reference.block_counts(146, 4).double().log()
+    assert k_mean.shape[2] == 37
     parts = torch.stack((2 * indices, 2 * indices + 1), dim=-1).flatten(-2)
     parts = torch.where(parts >= 0, parts, -1).masked_fill(parts >= k_mean.shape[2], -1)
     order = torch.argsort((parts < 0).int(), dim=-1, stable=True)  # listed parts first
@@ -329,11 +331,12 @@ def test_config_validation_and_family_defaults():
         with pytest.raises(ValueError, match=r"tail_block must divide the key block \(64\)"):
             PISAConfig(block_size=(128, 64), tail_block=bad)
     assert PISAConfig(block_size=(128, 128), tail_block=32).tail_block == 32
-    assert (PISAConfig(block_size=(128, 128)).tail_block, PISAConfig(block_size=32).tail_block) == (64, 32)
+    assert (PISAConfig(block_size=(128, 128)).tail_keys, PISAConfig(block_size=32).tail_keys) == (64, 32)
+    assert dataclasses.replace(PISAConfig(), block_size=(128, 32)).tail_keys == 32  # the default follows the blocks
     flux, wan, default = (PISAConfig().for_family(f) for f in ("flux", "wan", None))
     assert (flux.density, flux.dense_layers, flux.use_bias, flux.dense_steps) == (0.15, 4, True, 0.2)
     assert (wan.density, wan.dense_layers, wan.use_bias, wan.dense_steps) == (0.125, 1, False, 0.2)
-    assert default == wan and wan.order == 1 and (wan.block_size, wan.tail_block) == ((128, 64), 64)
+    assert default == wan and wan.order == 1 and (wan.block_size, wan.tail_keys) == ((128, 64), 64)
     assert PISAConfig(density=0.3, use_bias=False).for_family("flux").density == 0.3
     assert not PISAConfig(use_bias=False).for_family("flux").use_bias
     assert PISAAttention(PISAConfig()).config.density == 0.125  # built outside apply(): the defaults
@@ -358,14 +361,24 @@ def test_block_ordered_keys_are_pooled_once_at_the_part_size():
     assert routing.part_mean.shape[2] == 42 and routing.k_mean.shape[2] == 11
 
 
-def test_use_bias_routes_by_pooled_score_plus_log_h_norm():
+@pytest.mark.parametrize("tail_block", [None, 4])
+def test_use_bias_routes_by_pooled_score_plus_log_h_norm(tail_block, monkeypatch):
+    """The bias is ``‖H_j‖_F`` of each key block, also when the pseudo-tokens are finer; tokens in tile order
+    (the adapters' case): the statistics come after one pooling of queries and parts."""
     layout, _ = CALLS["video-grid"]
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, layout.seq_len, 2, 32, generator=gen) for _ in range(3))
-    method = PISAAttention(PISAConfig(density=0.25, use_bias=True, block_size=(32, 16)))
+    method = PISAAttention(PISAConfig(density=0.25, use_bias=True, block_size=(32, 16), tail_block=tail_block))
+    layout = dataclasses.replace(layout, token_tile=method.tile(layout.grid))
     ctx = standalone_context(layout, method.config)
     routing = method.route(q, k, v, ctx)
+    pooled_alone = []
+    monkeypatch.setattr(kernels, "pool_blocks", lambda *args: pooled_alone.append(args) or pool_blocks(*args))
     blocks = method.select(routing, ctx)
+    assert routing.q_rows is None and (routing.known_part_mean is not None) == (tail_block is not None)
+    assert not pooled_alone  # queries and keys (or parts) pooled together, once
+    norms = explicit_h_blocks(routing.k[:, :, : routing.key_len], routing.v[:, :, : routing.key_len], 16)
+    torch.testing.assert_close(routing.stats[4].double(), norms.flatten(-2).norm(dim=-1), rtol=1e-5, atol=1e-5)
     scores = routing.scores + routing.log_counts + torch.log(routing.stats[4] + 1e-5)[:, :, None, :]
     want, _ = reference.select_blocks_reference(scores, density=0.25)
     plain, _ = reference.select_blocks_reference(routing.scores + routing.log_counts, density=0.25)

@@ -40,8 +40,9 @@ class PISAConfig(AccelerateConfig):
     Attributes:
         density: fraction of key blocks each query block computes exactly, in (0, 1]; default 0.125
             on video (Wan, HunyuanVideo), 0.15 on FLUX.
-        order: Taylor order of the skipped blocks' approximation: 0 (one pseudo-token per block) or
-            1 (adds the first-order term through the per-head mean ``H̄``); default 1.
+        order: Taylor order of the skipped blocks' approximation: 0 (one pseudo-token per
+            ``tail_block`` part) or 1 (adds the first-order term through the per-head mean ``H̄``);
+            default 1.
         use_bias: add ``log(‖H_j‖_F + 1e-5)`` to the routing scores (PISA's image routing); default
             on for FLUX, off for video.
         block_size: ``(query, key)`` block sizes; default ``(128, 64)`` (FlashAttention-4 takes
@@ -52,9 +53,11 @@ class PISAConfig(AccelerateConfig):
             more than one call's error shows.
         tail_block: keys per pseudo-token: each skipped key block is approximated by its parts of
             this many keys (a divisor of the key block), one pseudo-token and one ``H_j`` each; default
-            (None) 64, or the key block when smaller. Finer pseudo-tokens cost tail time, not exact time:
-            on the tiny model's recorded attention, 128-key blocks with 64-key pseudo-tokens approximate
-            as well as 64-key blocks (relative L1 0.098 against 0.097; 0.127 with 128-key pseudo-tokens).
+            (None) 64, or the key block when smaller (:attr:`tail_keys`). Parts under 16 keys run the
+            statistics in PyTorch (the Triton kernel takes 16 or more). Finer pseudo-tokens cost tail
+            time, not exact time: on the tiny model's recorded attention, 128-key blocks with 64-key
+            pseudo-tokens approximate as well as 64-key blocks (relative L1 0.098 against 0.097; 0.127
+            with 128-key pseudo-tokens).
         dense_steps: steps run dense first; default 0.2 (10 of 50; the paper's Wan2.1-1.3B setting
             is 0.3). A fraction needs the step count: call through a pipeline or pass
             ``num_inference_steps``.
@@ -77,9 +80,7 @@ class PISAConfig(AccelerateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tail_block is None:
-            self.tail_block = min(self.block_k, MAX_TAIL_BLOCK)
-        if (
+        if self.tail_block is not None and (
             isinstance(self.tail_block, bool) or not isinstance(self.tail_block, int) or self.tail_block < 1
             or self.block_k % self.tail_block
         ):  # fmt: skip
@@ -89,10 +90,15 @@ class PISAConfig(AccelerateConfig):
         if self.use_bias is not None and not isinstance(self.use_bias, bool):
             raise ValueError(f"use_bias must be one of True, False, None, got {self.use_bias!r}")
 
+    @property
+    def tail_keys(self) -> int:
+        """Keys per pseudo-token: ``tail_block``, else 64 or the key block when smaller."""
+        return self.tail_block or min(self.block_k, MAX_TAIL_BLOCK)
+
 
 @dataclass
 class PISARouting(Routing):
-    """A :class:`Routing` that also holds the key blocks' PISA statistics, computed on first use.
+    """A :class:`Routing` that also holds PISA's statistics of the pseudo-tokens' parts, computed on first use.
 
     Attributes:
         with_h: compute ``H̄`` (first order).
@@ -126,7 +132,7 @@ class PISARouting(Routing):
             return super()._pool_both()
         keys = self.k[:, :, : self.key_len]
         self.known_q_mean, parts = kernels.pool_blocks_qk(self.q, keys, self.block_q, self.tail_block)
-        weights = _part_weights(self.key_len, self.block_k, self.tail_block, self.k.device)
+        weights = _part_weights(self.key_len, self.block_k, self.tail_block, self.k.device, parts.dtype)
         padded = torch.nn.functional.pad(parts, (0, 0, 0, weights.numel() - parts.shape[2]))
         b, h, _, d = padded.shape
         self.known_k_mean = (padded * weights[:, None]).view(b, h, -1, self.tokens_per_block, d).sum(dim=3)
@@ -152,6 +158,7 @@ class PISARouting(Routing):
         from .routing import key_log_counts
 
         if self.known_stats is None:
+            self._pool_both()  # before the statistics read the key means: one launch pools queries and keys
             if self.tail_block == self.block_k:
                 v_mean, h_bar, h_norm = pisa_block_stats(
                     self.k, self.v, self.k_mean, self.block_k, self.key_len, self.with_h, self.with_norms
@@ -170,22 +177,22 @@ class PISARouting(Routing):
         return self.known_stats
 
 
-def _part_weights(key_len: int, block_k: int, part: int, device: torch.device) -> Tensor:
-    """fp32 ``n_t / n_j`` of each ``part``-key part ``t`` in its key block ``j``, zero-padded to whole key
-    blocks (``NK * block_k / part``): the key-block means are these sums of the part means (cached)."""
+def _part_weights(key_len: int, block_k: int, part: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``n_t / n_j`` of each ``part``-key part ``t`` in its key block ``j``, zero-padded to whole key blocks
+    (``NK * block_k / part``): the key-block means are these sums of the part means (cached)."""
     from dit_accel import kernels
 
     from .routing import cached_constant
 
     def make() -> Tensor:
         per_block = block_k // part
-        block_counts = kernels.block_counts(key_len, block_k, device).float()
-        part_counts = kernels.block_counts(key_len, part, device).float()
-        weights = torch.zeros(block_counts.numel() * per_block, device=device)
+        block_counts = kernels.block_counts(key_len, block_k, device).to(dtype)
+        part_counts = kernels.block_counts(key_len, part, device).to(dtype)
+        weights = torch.zeros(block_counts.numel() * per_block, device=device, dtype=dtype)
         weights[: part_counts.numel()] = part_counts / block_counts.repeat_interleave(per_block)[: part_counts.numel()]
         return weights
 
-    return cached_constant(("part_weights", key_len, block_k, part, str(device)), make)
+    return cached_constant(("part_weights", key_len, block_k, part, str(device), dtype), make)
 
 
 class PISAAttention(BlockSparseMethod):
@@ -202,7 +209,7 @@ class PISAAttention(BlockSparseMethod):
 
     def route(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> PISARouting:
         cfg = self.config
-        return PISARouting.of(super().route(q, k, v, ctx), cfg.order == 1, cfg.use_bias, cfg.tail_block)
+        return PISARouting.of(super().route(q, k, v, ctx), cfg.order == 1, cfg.use_bias, cfg.tail_keys)
 
     def prepare(self, info) -> None:
         super().prepare(info)
@@ -210,9 +217,9 @@ class PISAAttention(BlockSparseMethod):
             from .routing import key_log_counts
 
             cfg = self.config
-            key_log_counts(info.video_len, cfg.tail_block, info.device)  # read inside compiled code
-            if cfg.tail_block != cfg.block_k:
-                _part_weights(info.video_len, cfg.block_k, cfg.tail_block, info.device)
+            key_log_counts(info.video_len, cfg.tail_keys, info.device)  # read inside compiled code
+            if cfg.tail_keys != cfg.block_k:
+                _part_weights(info.video_len, cfg.block_k, cfg.tail_keys, info.device, torch.float32)
 
     def select(self, routing: PISARouting, ctx: AttentionContext):
         """Top ``density`` of ``scores + log n_j`` (``+ log(‖H_j‖_F + 1e-5)`` with ``use_bias``)."""
