@@ -159,21 +159,15 @@ class PISARouting(Routing):
 
         if self.known_stats is None:
             self._pool_both()  # before the statistics read the key means: one launch pools queries and keys
-            if self.tail_block == self.block_k:
-                v_mean, h_bar, h_norm = pisa_block_stats(
-                    self.k, self.v, self.k_mean, self.block_k, self.key_len, self.with_h, self.with_norms
-                )
-                self.known_stats = (self.k_mean, v_mean, self.log_counts, h_bar, h_norm)
-            else:
-                k_mean = self.part_mean
-                v_mean, h_bar, _ = pisa_block_stats(
-                    self.k, self.v, k_mean, self.tail_block, self.key_len, self.with_h, False
-                )
-                h_norm = h_bar.new_empty(0)
-                if self.with_norms:  # the routing bias is per key block
-                    h_norm = pisa_block_stats(self.k, self.v, self.k_mean, self.block_k, self.key_len, False, True)[2]
-                log_counts = key_log_counts(self.key_len, self.tail_block, self.k.device)
-                self.known_stats = (k_mean, v_mean, log_counts, h_bar, h_norm)
+            parts_are_blocks = self.tail_block == self.block_k
+            k_mean = self.part_mean
+            v_mean, h_bar, h_norm = pisa_block_stats(
+                self.k, self.v, k_mean, self.tail_block, self.key_len, self.with_h, self.with_norms and parts_are_blocks
+            )
+            if self.with_norms and not parts_are_blocks:  # the routing bias is per key block
+                h_norm = pisa_block_stats(self.k, self.v, self.k_mean, self.block_k, self.key_len, False, True)[2]
+            log_counts = key_log_counts(self.key_len, self.tail_block, self.k.device)
+            self.known_stats = (k_mean, v_mean, log_counts, h_bar, h_norm)
         return self.known_stats
 
 

@@ -51,7 +51,7 @@ def cached_constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
 def key_log_counts(length: int, block: int, device: torch.device) -> Tensor:
     """``log n_j`` of each key block (cached per length and device)."""
     return cached_constant(("log_counts", length, block, str(device)),
-                     lambda: kernels.block_counts(length, block, device).float().log())  # fmt: skip
+                           lambda: kernels.block_counts(length, block, device).float().log())  # fmt: skip
 
 
 def sequence_rows(start: int, end: int, device: torch.device) -> Tensor:
