@@ -5,8 +5,8 @@ padded text keys)::
 
     python benchmarks/check_svg_ear.py --out benchmarks/results/kernel/check_svg_ear.json
 
-(a) PASS/FAIL with errors: the k-means step (``kernels.kmeans_assign``: each row's centroid within
-    bf16 rounding of the nearest, sums and counts those of its own labels), the error probe
+(a) PASS/FAIL with errors: the k-means step (``kmeans_assign``: each row's centroid within bf16
+    rounding of the nearest; counts those of its labels; ``cluster_sums``: the sums of its labels), the error probe
     (``kernels.error_probe``) and the centroid tail (``kernels.centroid_attention``) against their
     float64 references on the same inputs; on the odd shape the whole call against the method's
     float64 ``reference()``, and at both shapes the call's error vs dense against the same call with
@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from dit_accel.bench import MethodRun, dense_runs, environment, graph_ms, median_ms, rel_l1
-from dit_accel.kernels import routing_scores, svg_ear_reference
-from dit_accel.kernels.clustering import clusters_from_labels, kmeans
-from dit_accel.kernels.svg_ear_ops import centroid_attention, error_probe, kmeans_assign
+from dit_accel.kernels import svg_ear_reference
+from dit_accel.kernels.clustering import cluster_order, clusters_from_labels, kmeans
+from dit_accel.kernels.svg_ear_ops import centroid_attention, cluster_sums, error_probe, kmeans_assign
 from dit_accel.layout import TokenLayout
 
 FULL = {"batch": 1, "heads": 12, "grid": (21, 30, 52), "text": 0, "dim": 128}  # Wan2.1-1.3B 480p 81 frames
@@ -85,7 +85,9 @@ def check_kernels(shape: dict, device: torch.device, label: str) -> list[dict]:
 
     # k-means step: the chosen centroid is within bf16 rounding of the nearest; sums follow the labels
     x, cent = routing.k, keys.centroids
-    labels, sums, counts, _ = kmeans_assign(x, cent)
+    labels = kmeans_assign(x, cent)
+    order, counts = cluster_order(labels, cent.shape[2])
+    sums, _ = cluster_sums(x, order, counts)
     dist = torch.cdist(x.double().flatten(0, 1), cent.double().flatten(0, 1)).view(*x.shape[:3], -1)
     chosen = dist.gather(-1, labels.long()[..., None])[..., 0]
     own = clusters_from_labels(x.double(), labels, cent.shape[2])
@@ -98,14 +100,13 @@ def check_kernels(shape: dict, device: torch.device, label: str) -> list[dict]:
     records.append(verdict(f"{label} kmeans_assign", errors, {"excess_distance": 2e-2, "sums_rel": 1e-5,
                                                              "counts_off": 0}))  # fmt: skip
 
-    # probe: same bf16-rounded query means as the kernel's tensor-core product
-    q_mean = routing.q_mean
-    logits = routing_scores(q_mean, keys.centroids, routing.scale)
-    args = (routing.k, routing.v, routing.key_labels, logits, keys.value_means, routing.scale, routing.block_k)
-    log_err, log_mass = error_probe(q_mean, *args)
+    # probe: same bf16-rounded query means and key centroids as the kernel's tensor-core products
+    q_mean, centroids = routing.q_mean, keys.centroids
+    args = (routing.k, routing.v, routing.key_labels)
+    log_err, log_mass = error_probe(q_mean, *args, centroids, keys.value_means, routing.scale, routing.block_k)
     want_err, want_mass = svg_ear_reference.error_probe_reference(
-        q_mean.to(torch.bfloat16).double(), *(t.double() if t.is_floating_point() else t for t in args[:-2]),
-        *args[-2:],
+        q_mean.to(torch.bfloat16).double(), *(t.double() if t.is_floating_point() else t for t in args),
+        centroids.to(torch.bfloat16).double(), keys.value_means.double(), routing.scale, routing.block_k,
     )  # fmt: skip
     finite = torch.isfinite(want_err)
     errors = {
@@ -188,9 +189,8 @@ def parts(run: MethodRun, device: torch.device) -> dict[str, float]:
     q_video, k_video, v_video = (x[:, :, layout.video_slice] for x in (qh, kh, vh))
     routing = method.route(run.q, run.k, run.v, ctx)
     blocks = method.select(routing, ctx)
-    logits = routing_scores(routing.q_mean, routing.keys.centroids, routing.scale)
-    probe_args = (routing.q_mean, routing.k, routing.v, routing.key_labels, logits, routing.keys.value_means,
-                  routing.scale, routing.block_k)  # fmt: skip
+    probe_args = (routing.q_mean, routing.k, routing.v, routing.key_labels, routing.keys.centroids,
+                  routing.keys.value_means, routing.scale, routing.block_k)  # fmt: skip
     steps = {
         "kmeans_q": lambda: kmeans(q_video, state.q_centroids, cfg.kmeans_iters),
         "kmeans_k": lambda: kmeans(k_video, state.k_centroids, cfg.kmeans_iters, v_video),
@@ -235,8 +235,9 @@ def timings(shape: dict, device: torch.device, density: float) -> list[dict]:
 
 
 def sweep(shape: dict, device: torch.device) -> list[dict]:
-    """Launch configurations of the three kernels at the full shape (k-means of K with its values)."""
+    """Launch configurations of the kernels at the full shape (k-means of K, its sums with the values)."""
     from dit_accel.kernels.centroid_attention import centroid_attention_triton
+    from dit_accel.kernels.cluster_sums import cluster_sums_triton
     from dit_accel.kernels.error_probe import error_probe_triton
     from dit_accel.kernels.kmeans_assign import kmeans_assign_triton
 
@@ -245,7 +246,6 @@ def sweep(shape: dict, device: torch.device) -> list[dict]:
     routing, blocks = run.route_and_select()
     keys = routing.keys
     k_video, v_video = (x.transpose(1, 2)[:, :, : layout.video_len] for x in (k, v))
-    logits = routing_scores(routing.q_mean, keys.centroids, routing.scale)
     log_w = run.method._uncovered(routing, blocks).float().log()
 
     def tiles(rows: tuple[int, ...], centroids: tuple[int, ...]) -> list[dict]:
@@ -254,11 +254,16 @@ def sweep(shape: dict, device: torch.device) -> list[dict]:
     kernels = {
         "kmeans_assign": (
             tiles((64, 128, 256), (64, 128)),
-            lambda cfg: kmeans_assign_triton(k_video, keys.centroids, v_video, **cfg),
+            lambda cfg: kmeans_assign_triton(k_video, keys.centroids, **cfg),
+        ),
+        "cluster_sums": (
+            [dict(block_clusters=c, block_rows=r, num_warps=w) for c in (16, 32, 64) for r in (32, 64, 128)
+             for w in (4, 8)],
+            lambda cfg: cluster_sums_triton(k_video, keys.order, keys.counts, v_video, **cfg),
         ),
         "error_probe": (
-            [dict(block_queries=i, num_warps=w) for i in (16, 32, 64) for w in (4, 8)],
-            lambda cfg: error_probe_triton(routing.q_mean, routing.k, routing.v, routing.key_labels, logits,
+            [dict(block_queries=i, num_warps=w) for i in (32, 64, 128) for w in (4, 8)],
+            lambda cfg: error_probe_triton(routing.q_mean, routing.k, routing.v, routing.key_labels, keys.centroids,
                                            keys.value_means, routing.scale, routing.block_k, **cfg),
         ),
         "centroid_attention": (

@@ -1,10 +1,12 @@
 """Batched k-means per (batch, head) and the cluster order of tokens (SVG-EAR's semantic permutation).
 
-Every (batch, head) of a ``(B, H, S, D)`` tensor is clustered independently, all of them in one
-launch per iteration (no loop over batch or heads). An iteration assigns each row to its nearest
-centroid and moves each centroid to the mean of its rows, so the returned centroids are exactly
-the means of the returned clusters. A fixed number of iterations (no convergence test) keeps the
-loop free of host syncs; warm starts across denoising steps make two iterations enough.
+Every (batch, head) of a ``(B, H, S, D)`` tensor is clustered independently, all of them in the
+same launches (no loop over batch or heads). An iteration assigns each row to its nearest centroid,
+sorts the rows into cluster order and moves each centroid to the mean of its rows (summed in that
+order, without atomics), so the returned centroids are exactly the means of the returned clusters,
+and the last iteration's order is the permutation the method applies. A fixed number of
+iterations (no convergence test) keeps the loop free of host syncs; warm starts across denoising
+steps make two iterations enough.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .svg_ear_ops import kmeans_assign, permute_rows
+from .svg_ear_ops import cluster_sums, kmeans_assign, permute_rows
 from .svg_ear_reference import segment_counts, segment_sums
 
 Tensor = torch.Tensor
@@ -29,12 +31,19 @@ class Clusters:
             cluster keeps the centroid it started from.
         counts: ``(B, H, C)`` int32 rows per cluster.
         value_means: ``(B, H, C, D)`` mean of the value rows of each cluster (0 when empty), or None.
+        order: ``(B, H, S)`` the rows in cluster order (:func:`cluster_order` of the labels), when the
+            clustering computed it; :meth:`row_order` sorts otherwise.
     """
 
     labels: Tensor
     centroids: Tensor
     counts: Tensor
     value_means: Tensor | None = None
+    order: Tensor | None = None
+
+    def row_order(self) -> Tensor:
+        """The rows in stable cluster order (:func:`cluster_order`), sorted only if not known yet."""
+        return self.order if self.order is not None else cluster_order(self.labels, self.counts.shape[-1])[0]
 
 
 def _means(sums: Tensor, counts: Tensor, empty: Tensor | float) -> Tensor:
@@ -54,10 +63,12 @@ def kmeans(x: Tensor, centroids: Tensor, iterations: int, values: Tensor | None 
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     for step in range(iterations):
         last = step == iterations - 1
-        labels, sums, counts, value_sums = kmeans_assign(x, centroids, values if last else None)
+        labels = kmeans_assign(x, centroids)
+        order, counts = cluster_order(labels, centroids.shape[2])
+        sums, value_sums = cluster_sums(x, order, counts, values if last else None)
         centroids = _means(sums, counts, centroids.to(sums.dtype))
     value_means = _means(value_sums, counts, 0.0) if values is not None else None
-    return Clusters(labels, centroids, counts, value_means)
+    return Clusters(labels, centroids, counts, value_means, order)
 
 
 def clusters_from_labels(x: Tensor, labels: Tensor, clusters: int, values: Tensor | None = None) -> Clusters:
@@ -67,10 +78,13 @@ def clusters_from_labels(x: Tensor, labels: Tensor, clusters: int, values: Tenso
     return Clusters(labels, _means(segment_sums(x, labels, clusters), counts, 0.0), counts, value_means)
 
 
-def cluster_order(labels: Tensor) -> Tensor:
-    """Per (batch, head), row indices that make each cluster contiguous (clusters ascending, rows
-    in their original order inside a cluster): ``(B, H, S)`` int64."""
-    return torch.argsort(labels, dim=-1, stable=True)
+def cluster_order(labels: Tensor, clusters: int) -> tuple[Tensor, Tensor]:
+    """Per (batch, head), the rows in cluster order, ``(B, H, S)`` int64 (clusters ascending, rows in
+    their original order inside a cluster), and the cluster sizes ``(B, H, clusters)`` int32.
+
+    A stable argsort: a Triton counting sort (per-tile histograms, a prefix sum, a scatter) measured
+    slower on the H200 (0.11 ms at best against ~0.07 ms per call at the Wan-1.3B shape, s25)."""
+    return torch.argsort(labels, dim=-1, stable=True), segment_counts(labels, clusters)
 
 
 def gather_rows(x: Tensor, order: Tensor) -> Tensor:

@@ -1,11 +1,14 @@
 """SVG-EAR's error probe (Triton): per (query block, key block), the error of compensating the key
 block by its clusters' centroids, and the centroid softmax mass of the block.
 
-One program takes one key block of one (batch, head): it reads the block's keys and values once,
-forms the per-key scalars ``‖v − v̄‖²``, ``(v − v̄)·v̄`` and ``‖v̄‖²`` (v̄ the mean value of the key's
-cluster), then walks the query-block means a tile at a time: ``a = s·q̄ kᵀ`` on the tensor cores,
-``b`` gathered from the precomputed centroid logits, and the sums over the block's keys relative to
-the pair's largest logit (no overflow, no cancellation).
+One program takes one key block of one (batch, head): it reads the block's keys, values and the
+centroid rows of their clusters once, forms the per-key scalars ``‖v − v̄‖²``, ``(v − v̄)·v̄`` and
+``‖v̄‖²`` (v̄ the mean value of the key's cluster), then walks the query-block means a tile at a
+time: ``a = s·q̄ kᵀ`` and ``b = s·q̄ k̄ᵀ`` (each key's centroid) on the tensor cores, and the sums
+over the block's keys relative to the pair's largest logit (no overflow, no cancellation). ``b``
+as a product with the gathered centroid rows, rather than gathered per (query block, key) from a
+precomputed logit table, made the probe 24% faster on the H200 (0.424 vs 0.555 ms at the Wan-1.3B
+shape, ``check_svg_ear_s25.json``); a and b then share the operands' rounding.
 
 Reference: :func:`dit_accel.kernels.svg_ear_reference.error_probe_reference`.
 """
@@ -16,18 +19,18 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_QUERIES = 64  # H200 sweep (check_svg_ear.json): 0.55 ms vs 0.68 at 32
+BLOCK_QUERIES = 64  # H200 sweep (check_svg_ear_s25.json): 0.42 ms vs 0.71 at 32, 0.81 at 128 (4 warps)
 
 
 @triton.jit
 def _error_probe(
-    QM, K, V, Labels, CL, VM, LogErr, LogMass,
+    QM, K, V, Labels, KC, VM, LogErr, LogMass,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     H, NQ, NK, Sk, NC, D, scale,
     BLOCK_I: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Grid (key blocks, B * H). QM, Labels, CL, VM and the outputs are contiguous per (b, h)."""
+    """Grid (key blocks, B * H). QM, Labels, KC (in K's dtype), VM and the outputs are contiguous per (b, h)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -43,7 +46,9 @@ def _error_probe(
     v = tl.load(V + b * stride_vb + h * stride_vh + keys64[:, None] * stride_vs + cols_d[None, :], mask=tile_ok,
                 other=0.0).to(tl.float32)  # fmt: skip
     label = tl.load(Labels + pid_bh * Sk + keys64, mask=key_ok, other=0).to(tl.int64)
-    v_bar = tl.load(VM + pid_bh * NC * D + label[:, None] * D + cols_d[None, :], mask=tile_ok, other=0.0)
+    centroid_rows = pid_bh * NC * D + label[:, None] * D + cols_d[None, :]
+    kc = tl.load(KC + centroid_rows, mask=tile_ok, other=0.0)
+    v_bar = tl.load(VM + centroid_rows, mask=tile_ok, other=0.0)
     diff = v - v_bar
     r = tl.sum(diff * diff, axis=1)
     g = tl.sum(diff * v_bar, axis=1)
@@ -55,10 +60,8 @@ def _error_probe(
         qi64 = qi.to(tl.int64)
         qm = tl.load(QM + pid_bh * NQ * D + qi64[:, None] * D + cols_d[None, :], mask=qi_ok[:, None] & d_ok[None, :],
                      other=0.0)  # fmt: skip
-        a = tl.dot(qm, tl.trans(k), input_precision=PRECISION) * scale
-        a = tl.where(key_ok[None, :], a, float("-inf"))
-        pair_ok = qi_ok[:, None] & key_ok[None, :]
-        bl = tl.load(CL + pid_bh * NQ * NC + qi64[:, None] * NC + label[None, :], mask=pair_ok, other=float("-inf"))
+        a = tl.where(key_ok[None, :], tl.dot(qm, tl.trans(k), input_precision=PRECISION) * scale, float("-inf"))
+        bl = tl.where(key_ok[None, :], tl.dot(qm, tl.trans(kc), input_precision=PRECISION) * scale, float("-inf"))
         m_b = tl.max(bl, axis=1)
         m = tl.maximum(tl.max(a, axis=1), m_b)
         m = tl.where(m == float("-inf"), 0.0, m)
@@ -80,7 +83,7 @@ def error_probe_triton(
     k: torch.Tensor,
     v: torch.Tensor,
     labels: torch.Tensor,
-    centroid_logits: torch.Tensor,
+    key_centroids: torch.Tensor,
     value_means: torch.Tensor,
     scale: float,
     block_k: int,
@@ -90,6 +93,7 @@ def error_probe_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_err, log_mass)`` ``(B, H, NQ, NK)`` fp32 (see the reference); k/v need a contiguous last dimension.
 
+    The query means and key centroids are rounded to k's dtype, the tensor cores' operand dtype.
     ``block_queries`` (query-block means per tile) and ``num_warps`` set the launch, open for sweeps.
     """
     if k.stride(-1) != 1 or v.stride(-1) != 1:
@@ -101,7 +105,7 @@ def error_probe_triton(
     log_mass = torch.empty_like(log_err)
     _error_probe[(nk, b * h)](
         q_mean.to(k.dtype).contiguous(), k, v, labels.to(torch.int32).contiguous(),
-        centroid_logits.float().contiguous(), value_means.float().contiguous(), log_err, log_mass,
+        key_centroids.to(k.dtype).contiguous(), value_means.float().contiguous(), log_err, log_mass,
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         h, nq, nk, sk, nc, d, scale,

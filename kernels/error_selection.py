@@ -14,7 +14,7 @@ import math
 import torch
 
 from .block_list import ascending_lists
-from .reference import keep_count
+from .ops import select_blocks
 
 Tensor = torch.Tensor
 
@@ -40,7 +40,8 @@ def select_by_rank(
         rank: ``(B, H, NQ, NK)`` priority of each key block (higher is taken first).
         key_counts: ``(NK,)`` keys per key block (the budget's unit of area).
         always: the number of largest-mass blocks every query block keeps, whatever the budget.
-        density: when given, every query block keeps exactly ``keep_count(NK, density, always)`` blocks.
+        density: when given, every query block keeps exactly ``keep_count(NK, density, always)`` blocks
+            (a tie goes to the lower block index, as everywhere).
         top_p: otherwise, a query block's budget is the key count of the fewest blocks, taken by
             mass, holding ``top_p`` of its mass; blocks are taken by rank while the keys taken so
             far fall short of it.
@@ -48,19 +49,17 @@ def select_by_rank(
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")
     num_blocks = log_mass.shape[-1]
+    if density is not None:  # a fixed count: two top-k selections (the routing's kernel), no sort
+        largest, _ = select_blocks(log_mass, density=always / num_blocks, min_blocks=always)
+        return select_blocks(rank.scatter(-1, largest.long(), math.inf), density=density, min_blocks=always)
     by_mass = log_mass.argsort(dim=-1, descending=True, stable=True)
     priority = rank.scatter(-1, by_mass[..., :always], math.inf)
     order = priority.argsort(dim=-1, descending=True, stable=True)
     places = torch.arange(num_blocks, device=log_mass.device)
-    if density is not None:
-        width = keep_count(num_blocks, density, always)
-        chosen = (places < width).expand(order.shape)
-    else:
-        width = num_blocks
-        probs = torch.softmax(log_mass.double(), dim=-1).gather(-1, by_mass)
-        in_top_p = (probs.cumsum(dim=-1) - probs) < top_p
-        area = key_counts.to(torch.float64)
-        budget = (area[by_mass] * in_top_p).sum(dim=-1, keepdim=True)
-        taken_area = area[order].cumsum(dim=-1) - area[order]
-        chosen = (taken_area < budget) | (places < always)
-    return ascending_lists(torch.zeros_like(chosen).scatter_(-1, order, chosen), width)
+    probs = torch.softmax(log_mass.double(), dim=-1).gather(-1, by_mass)
+    in_top_p = (probs.cumsum(dim=-1) - probs) < top_p
+    area = key_counts.to(torch.float64)
+    budget = (area[by_mass] * in_top_p).sum(dim=-1, keepdim=True)
+    taken_area = area[order].cumsum(dim=-1) - area[order]
+    chosen = (taken_area < budget) | (places < always)
+    return ascending_lists(torch.zeros_like(chosen).scatter_(-1, order, chosen), num_blocks)

@@ -17,6 +17,7 @@ from .ops import HAS_TRITON, use_triton
 if HAS_TRITON:
     from .centroid_attention import centroid_attention_triton
     from .cluster_coverage import uncovered_counts_triton
+    from .cluster_sums import cluster_sums_triton
     from .error_probe import error_probe_triton
     from .kmeans_assign import kmeans_assign_triton
     from .row_permute import permute_rows_triton
@@ -33,25 +34,40 @@ def _sum_dtype(x: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("dit_accel::kmeans_assign", mutates_args=())
-def kmeans_assign(x: Tensor, centroids: Tensor, values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One k-means step: ``(labels, sums, counts, value_sums)`` (value_sums empty without ``values``).
+def kmeans_assign(x: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest centroid of every row: ``(B, H, S)`` int32 labels.
 
     See :func:`.svg_ear_reference.kmeans_assign_reference`.
     """
-    if _on_triton(x) and x.stride(-1) == 1 and (values is None or values.stride(-1) == 1):
-        labels, sums, counts, value_sums = kmeans_assign_triton(x, centroids, values)
-    else:
-        labels, sums, counts, value_sums = reference.kmeans_assign_reference(x, centroids, values)
-    return labels, sums, counts, value_sums if value_sums is not None else sums.new_empty(0)
+    if _on_triton(x) and x.stride(-1) == 1:
+        return kmeans_assign_triton(x, centroids)
+    return reference.kmeans_assign_reference(x, centroids)
 
 
 @kmeans_assign.register_fake
-def _(x, centroids, values=None):
-    b, h, s, d = x.shape
-    sums = x.new_empty(b, h, centroids.shape[2], d, dtype=_sum_dtype(x))
-    counts = x.new_empty(b, h, centroids.shape[2], dtype=torch.int32)
-    value_sums = torch.empty_like(sums) if values is not None else sums.new_empty(0)
-    return x.new_empty(b, h, s, dtype=torch.int32), sums, counts, value_sums
+def _(x, centroids):
+    return x.new_empty(x.shape[:3], dtype=torch.int32)
+
+
+@torch.library.custom_op("dit_accel::cluster_sums", mutates_args=())
+def cluster_sums(x: Tensor, order: Tensor, counts: Tensor, values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums of the rows (and of ``values``) from the rows in cluster order:
+    ``(sums, value_sums)``, value_sums empty without ``values``.
+
+    See :func:`.svg_ear_reference.cluster_sums_reference`.
+    """
+    if _on_triton(x) and x.stride(-1) == 1 and (values is None or values.stride(-1) == 1):
+        sums, value_sums = cluster_sums_triton(x, order, counts, values)
+    else:
+        sums, value_sums = reference.cluster_sums_reference(x, order, counts, values)
+    return sums, value_sums if value_sums is not None else sums.new_empty(0)
+
+
+@cluster_sums.register_fake
+def _(x, order, counts, values=None):
+    b, h, _, d = x.shape
+    sums = x.new_empty(b, h, counts.shape[-1], d, dtype=_sum_dtype(x))
+    return sums, torch.empty_like(sums) if values is not None else sums.new_empty(0)
 
 
 @torch.library.custom_op("dit_accel::error_probe", mutates_args=())
@@ -60,20 +76,20 @@ def error_probe(
     k: Tensor,
     v: Tensor,
     labels: Tensor,
-    centroid_logits: Tensor,
+    key_centroids: Tensor,
     value_means: Tensor,
     scale: float,
     block_k: int,
 ) -> tuple[Tensor, Tensor]:
     """``(log_err, log_mass)`` per (query block, key block); see :func:`.svg_ear_reference.error_probe_reference`."""
-    args = (q_mean, k, v, labels, centroid_logits, value_means, scale, block_k)
+    args = (q_mean, k, v, labels, key_centroids, value_means, scale, block_k)
     if _on_triton(k) and k.stride(-1) == 1 and v.stride(-1) == 1:
         return error_probe_triton(*args)
     return reference.error_probe_reference(*args)
 
 
 @error_probe.register_fake
-def _(q_mean, k, v, labels, centroid_logits, value_means, scale, block_k):
+def _(q_mean, k, v, labels, key_centroids, value_means, scale, block_k):
     b, h, nq, _ = q_mean.shape
     out = k.new_empty(b, h, nq, math.ceil(k.shape[2] / block_k), dtype=_sum_dtype(k))
     return out, torch.empty_like(out)

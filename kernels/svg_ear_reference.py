@@ -1,7 +1,8 @@
-"""PyTorch references of SVG-EAR's kernels: k-means assignment, error probe, centroid attention.
+"""PyTorch references of SVG-EAR's kernels: k-means assignment, cluster sums, error probe,
+centroid attention.
 
-Same signatures as the Triton launchers (:mod:`.kmeans_assign`, :mod:`.error_probe`,
-:mod:`.centroid_attention`); any device and dtype, computed in fp32 (fp64 for fp64 inputs). They
+Same signatures as the Triton launchers (:mod:`.kmeans_assign`, :mod:`.cluster_sums`,
+:mod:`.error_probe`, :mod:`.centroid_attention`); any device and dtype, computed in fp32 (fp64 for fp64 inputs). They
 serve CPU tensors and are the float64 oracles of the tests.
 
 Conventions: tensors are ``(B, H, S, D)`` per (batch, head); clusters are per (batch, head), so
@@ -32,22 +33,38 @@ def segment_counts(labels: Tensor, segments: int) -> Tensor:
     return counts.scatter_add_(2, labels.long(), torch.ones_like(labels, dtype=torch.int32))
 
 
-def kmeans_assign_reference(
-    x: Tensor, centroids: Tensor, values: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Nearest centroid of every row of x, and the per-cluster sums of the rows (and of ``values``).
+def kmeans_assign_reference(x: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest centroid of every row of x: ``(B, H, S)`` int32 labels.
 
     Nearest means the largest ``x·c − ‖c‖²/2``, the same argmin as the Euclidean distance; the first
-    centroid wins a tie. Returns ``(labels, sums, counts, value_sums)``: labels ``(B, H, S)`` int32,
-    sums ``(B, H, C, D)`` and value_sums (or None) in the compute dtype, counts ``(B, H, C)`` int32.
+    centroid wins a tie.
     """
     cdt = _compute_dtype(x)
     c = centroids.to(cdt)
     score = torch.matmul(x.to(cdt), c.transpose(-1, -2)) - 0.5 * (c * c).sum(-1)[..., None, :]
-    labels = score.argmax(dim=-1).to(torch.int32)
-    clusters = centroids.shape[2]
-    value_sums = segment_sums(values, labels, clusters) if values is not None else None
-    return labels, segment_sums(x, labels, clusters), segment_counts(labels, clusters), value_sums
+    return score.argmax(dim=-1).to(torch.int32)
+
+
+def cluster_sums_reference(
+    x: Tensor, order: Tensor, counts: Tensor, values: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Per-cluster sums of the rows of x (and of ``values``), given the rows in cluster order.
+
+    ``order`` ``(B, H, S)`` lists each (batch, head)'s rows cluster after cluster, ``counts``
+    ``(B, H, C)`` how many rows each cluster has: cluster c owns the sorted positions
+    ``[Σ_{c'<c} counts, Σ_{c'≤c} counts)``. Returns ``(sums, value_sums)`` ``(B, H, C, D)`` in the
+    compute dtype (value_sums None without values).
+    """
+    ends = counts.cumsum(-1)
+    positions = torch.arange(order.shape[-1], device=order.device).expand(*order.shape[:2], -1).contiguous()
+    sorted_labels = torch.searchsorted(ends, positions, right=True)
+    clusters = counts.shape[-1]
+
+    def sums(rows: Tensor) -> Tensor:
+        return segment_sums(rows.gather(2, order[..., None].expand(-1, -1, -1, rows.shape[-1])), sorted_labels,
+                            clusters)  # fmt: skip
+
+    return sums(x), sums(values) if values is not None else None
 
 
 def _pad_blocks(x: Tensor, block: int, fill: float) -> Tensor:
@@ -62,7 +79,7 @@ def error_probe_reference(
     k: Tensor,
     v: Tensor,
     labels: Tensor,
-    centroid_logits: Tensor,
+    key_centroids: Tensor,
     value_means: Tensor,
     scale: float,
     block_k: int,
@@ -70,9 +87,9 @@ def error_probe_reference(
     """Per (query block I, key block J): ``log ε_IJ`` and the log centroid mass, ``(B, H, NQ, NK)`` each.
 
     k, v ``(B, H, Sk, D)`` are in cluster order and ``labels`` ``(B, H, Sk)`` gives each key's
-    cluster; ``q_mean`` ``(B, H, NQ, D)`` are the query-block means, ``centroid_logits`` ``(B, H, NQ,
-    C)`` = ``scale · q̄_I·k̄_j`` and ``value_means`` ``(B, H, C, D)`` the clusters' mean values. With
-    ``a_t = scale · q̄_I·k_t`` and ``b_t`` the logit of key t's centroid,
+    cluster; ``q_mean`` ``(B, H, NQ, D)`` are the query-block means, ``key_centroids`` and
+    ``value_means`` ``(B, H, C, D)`` the clusters' mean keys and values. With ``a_t = scale · q̄_I·k_t``
+    and ``b_t = scale · q̄_I·k̄_t`` the logit of key t's centroid,
 
         ε_IJ = Σ_{t∈J} ‖e^{a_t} v_t − e^{b_t} v̄_t‖²,     mass_IJ = log Σ_{t∈J} e^{b_t}
 
@@ -82,11 +99,11 @@ def error_probe_reference(
     ``E = e^{· − m}`` relative to the largest logit m of the (I, J) pair; ``log ε = 2m + log Σ``.
     """
     cdt = _compute_dtype(k)
-    q_mean, k, v, value_means = (t.to(cdt) for t in (q_mean, k, v, value_means))
-    idx = labels.long()
+    q_mean, k, v, key_centroids, value_means = (t.to(cdt) for t in (q_mean, k, v, key_centroids, value_means))
+    idx = labels.long()[..., None].expand(-1, -1, -1, v.shape[-1])
     a = torch.matmul(q_mean, k.transpose(-1, -2)) * scale
-    b = centroid_logits.to(cdt).gather(-1, idx[:, :, None, :].expand(-1, -1, q_mean.shape[2], -1))
-    v_bar = value_means.gather(2, idx[..., None].expand(-1, -1, -1, v.shape[-1]))
+    b = torch.matmul(q_mean, key_centroids.gather(2, idx).transpose(-1, -2)) * scale
+    v_bar = value_means.gather(2, idx)
     diff = v - v_bar
     per_key = [(diff * diff).sum(-1), (diff * v_bar).sum(-1), (v_bar * v_bar).sum(-1)]
     r, g, c = (_pad_blocks(t, block_k, 0.0)[:, :, None] for t in per_key)

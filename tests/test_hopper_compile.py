@@ -26,12 +26,13 @@ def test_kernels_compile_for_hopper_without_heavy_spills():
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert set(reports) == {"pyramid_attention", "pyramid", "pyramid_block128", "pyramid_block8",
                             "level_lists_thresholds", "level_lists_quotas", "norm_rotary", "norm_rotary_14b",
-                            "permute_rows", "kmeans_assign", "centroid_attention", "uncovered_counts",
+                            "permute_rows", "kmeans_assign", "cluster_sums",
+                            "centroid_attention", "uncovered_counts",
                             "pool_qk_token_rows", "pool_qk_token_rows_loop", "block_scores", "select_blocks_row",
                             "score_select_top_p", "pisa_block_stats", "pisa_tail_merge", "block_map"}  # fmt: skip
     # pool_qk_token_rows (the unrolled pooling loop, no longer the default) spills ~9.7 KB with Triton 3.9
     for name in ("pyramid_attention", "pyramid_block128", "norm_rotary", "norm_rotary_14b", "select_blocks_row",
                  "score_select_top_p", "pool_qk_token_rows_loop", "block_scores", "pisa_block_stats",
-                 "pisa_tail_merge", "block_map"):  # fmt: skip
+                 "pisa_tail_merge", "block_map", "cluster_sums"):  # fmt: skip
         spilled = int(re.search(r"(\d+) bytes spilled", reports[name]).group(1))
         assert spilled <= 256, reports[name]

@@ -13,6 +13,7 @@ from dit_accel.config import ceil_fraction
 from dit_accel.kernels import reference
 from dit_accel.kernels.centroid_attention import centroid_attention_triton
 from dit_accel.kernels.cluster_coverage import uncovered_counts_triton
+from dit_accel.kernels.cluster_sums import cluster_sums_triton
 from dit_accel.kernels.clustering import (
     cluster_order,
     clusters_from_labels,
@@ -28,8 +29,11 @@ from dit_accel.kernels.row_permute import permute_rows_triton
 from dit_accel.kernels.svg_ear_ops import permute_rows, uncovered_counts
 from dit_accel.kernels.svg_ear_reference import (
     centroid_attention_reference,
+    cluster_sums_reference,
     error_probe_reference,
     kmeans_assign_reference,
+    segment_counts,
+    segment_sums,
 )
 from dit_accel.layout import TokenLayout
 from dit_accel.methods.svg_ear import KMeansState, SVGEARAttention, SVGEARConfig, cluster_count
@@ -70,18 +74,33 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> f
 def test_triton_assignment_step_matches_the_float64_reference(dtype):
     gen = torch.Generator().manual_seed(0)
     x = blobs(gen, seq=150, dim=24, dtype=dtype)
-    values = torch.randn(x.shape, generator=gen).to(dtype)
     centroids = spread_centroids(x, 70)  # two centroid tiles
     centroids[..., -1, :] = 64.0  # far from every row: stays empty
-    labels, sums, counts, value_sums = kmeans_assign_triton(x.transpose(1, 2).contiguous().transpose(1, 2),
-                                                            centroids, values)  # fmt: skip
-    ref_labels, ref_sums, ref_counts, ref_value_sums = kmeans_assign_reference(x.double(), centroids.double(),
-                                                                               values.double())  # fmt: skip
-    assert torch.equal(labels, ref_labels) and torch.equal(counts, ref_counts)
-    torch.testing.assert_close(sums.double(), ref_sums, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(value_sums.double(), ref_value_sums, rtol=1e-5, atol=1e-4)
-    assert int(counts.sum()) == x.shape[0] * x.shape[1] * x.shape[2]
-    assert (labels != 0).any() and (counts[..., -1] == 0).all()
+    labels = kmeans_assign_triton(x.transpose(1, 2).contiguous().transpose(1, 2), centroids)
+    assert labels.dtype == torch.int32 and torch.equal(labels, kmeans_assign_reference(x.double(), centroids.double()))
+    assert (labels != 0).any() and (labels != 69).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_cluster_sums_match_the_sums_by_label(dtype):
+    """Sorted-segment sums: a cluster longer than a row tile, empty clusters, a ragged cluster tile."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 173, 24, generator=gen).to(dtype)
+    values = torch.randn(x.shape, generator=gen).to(dtype)
+    labels = torch.randint(0, 37, x.shape[:3], generator=gen, dtype=torch.int32)
+    labels[0, 1, :90] = 3  # 90+ rows: several 16-row tiles of one cluster
+    labels[..., 5] = 36
+    labels[labels == 7] = 8  # cluster 7 empty everywhere
+    counts = segment_counts(labels, 37)
+    order = cluster_order(labels, 37)[0]
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    sums, value_sums = cluster_sums_triton(strided, order, counts, values, block_clusters=16, block_rows=16)
+    torch.testing.assert_close(sums.double(), segment_sums(x.double(), labels, 37), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(value_sums.double(), segment_sums(values.double(), labels, 37), rtol=1e-5, atol=1e-4)
+    ref_sums, ref_values = cluster_sums_reference(x.double(), order, counts, values.double())
+    torch.testing.assert_close(ref_sums, segment_sums(x.double(), labels, 37))
+    torch.testing.assert_close(ref_values, segment_sums(values.double(), labels, 37))
+    assert (sums[..., 7, :] == 0).all() and cluster_sums_triton(x, order, counts)[1] is None
 
 
 def test_kmeans_equals_textbook_lloyd_from_the_same_start():
@@ -135,7 +154,8 @@ def test_layer_state_runs_first_iterations_once_and_restarts_on_a_new_shape(monk
 def test_cluster_order_is_stable_and_its_inverse_exact():
     gen = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 5, (2, 3, 41), generator=gen, dtype=torch.int32)
-    order = cluster_order(labels)
+    order, counts = cluster_order(labels, 6)
+    assert torch.equal(counts, segment_counts(labels, 6)) and (counts[..., 5] == 0).all()
     ordered = labels.gather(2, order)
     assert (ordered[..., 1:] >= ordered[..., :-1]).all()
     same = ordered[..., 1:] == ordered[..., :-1]
@@ -190,14 +210,14 @@ def probe_inputs(gen: torch.Generator, logit_scale: float, batch=1, heads=2, seq
     labels = torch.sort(torch.randint(0, clusters, (batch, heads, seq_k), generator=gen), dim=-1).values.int()
     means = clusters_from_labels(k, labels, clusters, v)
     q_mean = torch.randn(batch, heads, nq, dim, generator=gen) * logit_scale
-    logits = reference.routing_scores(q_mean, means.centroids, dim**-0.5)
-    return q_mean, k, v, labels, logits, means.value_means
+    return q_mean, k, v, labels, means.centroids, means.value_means
 
 
-def direct_probe(q_mean, k, v, labels, logits, value_means, scale, block_k):
+def direct_probe(q_mean, k, v, labels, centroids, value_means, scale, block_k):
     """ε_IJ = Σ_{t∈J} ‖e^{a_t} v_t − e^{b_t} v̄_t‖² and log Σ e^{b_t}, term by term in float64."""
-    q_mean, k, v, logits, value_means = (t.double() for t in (q_mean, k, v, logits, value_means))
+    q_mean, k, v, centroids, value_means = (t.double() for t in (q_mean, k, v, centroids, value_means))
     a = torch.einsum("bhid,bhtd->bhit", q_mean, k) * scale
+    logits = torch.einsum("bhid,bhcd->bhic", q_mean, centroids) * scale
     b = logits.gather(-1, labels.long()[:, :, None, :].expand(-1, -1, q_mean.shape[2], -1))
     v_bar = value_means.gather(2, labels.long()[..., None].expand(-1, -1, -1, v.shape[-1]))
     terms = ((a.exp()[..., None] * v[:, :, None] - b.exp()[..., None] * v_bar[:, :, None]) ** 2).sum(-1)
@@ -228,9 +248,8 @@ def test_probe_is_zero_error_where_a_block_is_its_centroids():
     k[..., 16:32, :] = (k[..., 16:17, :] * 4).round() / 4  # block 1: one key and one value repeated
     v[..., 16:32, :] = (v[..., 16:17, :] * 4).round() / 4  # (quarters: their means are exact)
     means = clusters_from_labels(k.double(), labels, 3, v.double())
-    logits = reference.routing_scores(q_mean.double(), means.centroids, 24**-0.5)
-    log_err, _ = error_probe_reference(q_mean.double(), k.double(), v.double(), labels, logits, means.value_means,
-                                       24**-0.5, 16)  # fmt: skip
+    log_err, _ = error_probe_reference(q_mean.double(), k.double(), v.double(), labels, means.centroids,
+                                       means.value_means, 24**-0.5, 16)  # fmt: skip
     assert (log_err[..., 1] < log_err[..., [0, 2]].amin(-1) - 40).all()
 
 

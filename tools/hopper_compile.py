@@ -91,8 +91,13 @@ KERNELS: dict[str, KernelSpec] = {
     ),
     "kmeans_assign": KernelSpec(
         "dit_accel.kernels.kmeans_assign:_kmeans_assign",
-        {"BLOCK_S": 64, "BLOCK_C": 128, "BLOCK_D": 128, "HAS_V": True, "PRECISION": "tf32"},
-        {"HalfNorm": "*fp32", "Labels": "*i32", "Sums": "*fp32", "Counts": "*i32", "VSums": "*fp32"}, num_warps=8,
+        {"BLOCK_S": 256, "BLOCK_C": 64, "BLOCK_D": 128, "PRECISION": "tf32"},
+        {"HalfNorm": "*fp32", "Labels": "*i32", "Counts": "*i32"}, num_warps=8,
+    ),
+    "cluster_sums": KernelSpec(
+        "dit_accel.kernels.cluster_sums:_cluster_sums",
+        {"BLOCK_C": 16, "BLOCK_S": 64, "BLOCK_D": 128, "HAS_V": True, "PRECISION": "tf32"},
+        {"Order": "*i64", "Offsets": "*i32", "Sums": "*fp32", "VSums": "*fp32"},
     ),
     "centroid_attention": KernelSpec(
         "dit_accel.kernels.centroid_attention:_centroid_attention",

@@ -207,17 +207,17 @@ class SVGEARAttention(BlockSparseMethod):
         q_video = qh[:, :, ctx.layout.video_slice]
         k_video, v_video = _video_keys(kh, ctx.layout), _video_keys(vh, ctx.layout)
         queries, keys = self._cluster(q_video, k_video, v_video, self._state(ctx))
-        return self._cluster_routing(qh, kh, vh, queries.labels, keys, ctx)
+        return self._cluster_routing(qh, kh, vh, queries.row_order(), keys, ctx)
 
-    def _cluster_routing(self, qh: Tensor, kh: Tensor, vh: Tensor, q_labels: Tensor, keys: Clusters,
+    def _cluster_routing(self, qh: Tensor, kh: Tensor, vh: Tensor, q_order: Tensor, keys: Clusters,
                          ctx: AttentionContext) -> ClusterRouting:  # fmt: skip
-        """The :class:`ClusterRouting` of ``(B, H, S, D)`` q/k/v for given query labels and key clusters."""
-        from dit_accel.kernels.clustering import cluster_order, gather_rows
+        """The :class:`ClusterRouting` of ``(B, H, S, D)`` q/k/v for given query order and key clusters."""
+        from dit_accel.kernels.clustering import gather_rows
 
         from .routing import key_log_counts
 
         layout = ctx.layout
-        q_order, k_order = cluster_order(q_labels), cluster_order(keys.labels)
+        k_order = keys.row_order()
         k_video, v_video = _video_keys(kh, layout), _video_keys(vh, layout)
         key_len = k_video.shape[2]
         routing = ClusterRouting(
@@ -241,8 +241,7 @@ class SVGEARAttention(BlockSparseMethod):
 
         cfg = self.config
         keys = routing.keys
-        logits = kernels.routing_scores(routing.q_mean, keys.centroids, routing.scale)
-        log_err, log_mass = error_probe(routing.q_mean, routing.k, routing.v, routing.key_labels, logits,
+        log_err, log_mass = error_probe(routing.q_mean, routing.k, routing.v, routing.key_labels, keys.centroids,
                                         keys.value_means, routing.scale, routing.block_k)  # fmt: skip
         rank = log_mass
         if cfg.route_by == "error":
@@ -292,7 +291,7 @@ class SVGEARAttention(BlockSparseMethod):
         """
         if ctx.in_warmup or self.dense_reason(ctx) is not None or self.full_density_set():
             return AttentionMethod.reference(self, q, k, v, ctx)
-        from dit_accel.kernels.clustering import clusters_from_labels
+        from dit_accel.kernels.clustering import cluster_order, clusters_from_labels
 
         q64, k64, v64 = (x.double() for x in (q, k, v))
         qh, kh, vh = (x.transpose(1, 2) for x in (q64, k64, v64))
@@ -300,12 +299,13 @@ class SVGEARAttention(BlockSparseMethod):
         k_video, v_video = _video_keys(kh, ctx.layout), _video_keys(vh, ctx.layout)
         labels = self._state(ctx).last_labels
         if labels is not None and labels[0].shape == q_video.shape[:3] and labels[1].shape == k_video.shape[:3]:
-            q_labels = labels[0]
-            keys = clusters_from_labels(k_video, labels[1], self._counts(q_video, k_video)[1], v_video)
+            q_count, k_count = self._counts(q_video, k_video)
+            q_order = cluster_order(labels[0], q_count)[0]
+            keys = clusters_from_labels(k_video, labels[1], k_count, v_video)
         else:
             queries, keys = self._cluster(q_video, k_video, v_video, KMeansState())
-            q_labels = queries.labels
-        routing = self._cluster_routing(qh, kh, vh, q_labels, keys, ctx)
+            q_order = queries.row_order()
+        routing = self._cluster_routing(qh, kh, vh, q_order, keys, ctx)
         out = self._reference_video(routing, self.select(routing, ctx))
         return self._assemble(out, q64, k64, v64, routing, ctx)
 
