@@ -6,9 +6,9 @@ padded text keys)::
     python benchmarks/check_svg_ear.py --out benchmarks/results/kernel/check_svg_ear.json
 
 (a) PASS/FAIL with errors: the k-means step (``kmeans_assign``: each row's centroid within bf16
-    rounding of the nearest; counts those of its labels; ``cluster_sums``: the sums of its labels), the error probe
-    (``kernels.error_probe``) and the centroid tail (``kernels.centroid_attention``) against their
-    float64 references on the same inputs; on the odd shape the whole call against the method's
+    rounding of the nearest; counts those of its labels; ``cluster_sums``: the sums of its labels),
+    the error probe (``kernels.error_probe``) and the centroid tail (``kernels.centroid_attention``)
+    against their float64 references on the same inputs; on the odd shape the whole call against the method's
     float64 ``reference()``, and at both shapes the call's error vs dense against the same call with
     every op on the PyTorch reference (``DIT_ACCEL_FORCE_REFERENCE=1``: its own k-means, so only
     the errors are compared).

@@ -2,8 +2,8 @@
 centroid attention.
 
 Same signatures as the Triton launchers (:mod:`.kmeans_assign`, :mod:`.cluster_sums`,
-:mod:`.error_probe`, :mod:`.centroid_attention`); any device and dtype, computed in fp32 (fp64 for fp64 inputs). They
-serve CPU tensors and are the float64 oracles of the tests.
+:mod:`.error_probe`, :mod:`.centroid_attention`); any device and dtype, computed in fp32 (fp64 for
+fp64 inputs). They serve CPU tensors and are the float64 oracles of the tests.
 
 Conventions: tensors are ``(B, H, S, D)`` per (batch, head); clusters are per (batch, head), so
 centroids are ``(B, H, C, D)`` and labels ``(B, H, S)`` int32.
@@ -55,16 +55,11 @@ def cluster_sums_reference(
     ``[Σ_{c'<c} counts, Σ_{c'≤c} counts)``. Returns ``(sums, value_sums)`` ``(B, H, C, D)`` in the
     compute dtype (value_sums None without values).
     """
-    ends = counts.cumsum(-1)
     positions = torch.arange(order.shape[-1], device=order.device).expand(*order.shape[:2], -1).contiguous()
-    sorted_labels = torch.searchsorted(ends, positions, right=True)
+    sorted_labels = torch.searchsorted(counts.cumsum(-1), positions, right=True)
+    labels = torch.empty_like(sorted_labels).scatter_(2, order, sorted_labels)  # each row's cluster
     clusters = counts.shape[-1]
-
-    def sums(rows: Tensor) -> Tensor:
-        return segment_sums(rows.gather(2, order[..., None].expand(-1, -1, -1, rows.shape[-1])), sorted_labels,
-                            clusters)  # fmt: skip
-
-    return sums(x), sums(values) if values is not None else None
+    return segment_sums(x, labels, clusters), segment_sums(values, labels, clusters) if values is not None else None
 
 
 def _pad_blocks(x: Tensor, block: int, fill: float) -> Tensor:

@@ -91,8 +91,7 @@ def test_triton_cluster_sums_match_the_sums_by_label(dtype):
     labels[0, 1, :90] = 3  # 90+ rows: several 16-row tiles of one cluster
     labels[..., 5] = 36
     labels[labels == 7] = 8  # cluster 7 empty everywhere
-    counts = segment_counts(labels, 37)
-    order = cluster_order(labels, 37)[0]
+    order, counts = cluster_order(labels, 37)
     strided = x.transpose(1, 2).contiguous().transpose(1, 2)
     sums, value_sums = cluster_sums_triton(strided, order, counts, values, block_clusters=16, block_rows=16)
     torch.testing.assert_close(sums.double(), segment_sums(x.double(), labels, 37), rtol=1e-5, atol=1e-4)
