@@ -49,9 +49,12 @@ def select_by_rank(
     if (density is None) == (top_p is None):
         raise ValueError("pass exactly one of density or top_p")
     num_blocks = log_mass.shape[-1]
-    if density is not None:  # a fixed count: two top-k selections (the routing's kernel), no sort
-        largest, _ = select_blocks(log_mass, density=always / num_blocks, min_blocks=always)
-        return select_blocks(rank.scatter(-1, largest.long(), math.inf), density=density, min_blocks=always)
+    if density is not None:  # a fixed count: top-k selections (the routing's kernel), no sort
+        priority = rank
+        if always:  # (the selection kernel keeps at least one block: without always-exact blocks, skip it)
+            largest, _ = select_blocks(log_mass, density=always / num_blocks, min_blocks=always)
+            priority = rank.scatter(-1, largest.long(), math.inf)
+        return select_blocks(priority, density=density, min_blocks=always)
     by_mass = log_mass.argsort(dim=-1, descending=True, stable=True)
     priority = rank.scatter(-1, by_mass[..., :always], math.inf)
     order = priority.argsort(dim=-1, descending=True, stable=True)

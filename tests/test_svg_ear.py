@@ -432,3 +432,17 @@ def test_options_are_validated_with_the_allowed_values():
     assert SVGEARConfig().for_family("hunyuan_video").q_clusters == 400
     assert SVGEARConfig().for_family("wan").dense_steps == 0.2
     assert SVGEARConfig().for_family("hunyuan_video").dense_steps == 0.1
+
+
+@pytest.mark.parametrize("density, top_p", [(0.3, None), (None, 0.9)])
+def test_selection_without_always_exact_blocks_follows_the_rank_alone(density, top_p):
+    gen = torch.Generator().manual_seed(17)
+    log_mass = torch.randn(2, 3, 5, 23, generator=gen) * 2
+    rank = torch.randn(2, 3, 5, 23, generator=gen)
+    rank[0, 0, 0, log_mass[0, 0, 0].argmax()] = -math.inf  # the top-mass block, ranked last: not forced in
+    key_counts = reference.block_counts(23 * 16 - 5, 16)
+    indices, counts = select_by_rank(log_mass, rank, key_counts, always=0, density=density, top_p=top_p)
+    chosen = reference.block_mask_from_lists(indices, counts, 23)
+    want = brute_force_selection(log_mass.view(-1, 23), rank.view(-1, 23), key_counts, 0, density, top_p)
+    assert torch.equal(chosen.view(-1, 23), want)
+    assert not chosen[0, 0, 0, log_mass[0, 0, 0].argmax()]
