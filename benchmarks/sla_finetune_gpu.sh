@@ -6,9 +6,13 @@
 # MINUTES of training (default 4; the teacher's pool of POOL generations (default 32) comes first,
 # about a second each on an H200), TRAIN one of projections | lora | all (default all: the paper
 # fine-tunes every weight, and the tiny transformer has about 9 M), RUNS one run or several, each a
-# learning rate or STATES:LR with STATES noised | trajectory (finetune-sla --states; default
-# "5e-5": noised states at lr 5e-5; several runs go side by side on the GPU), BATCH samples a
-# step (default 2; each costs a conditional and an unconditional call under guidance). k_high 0.05
+# learning rate or STATES:LR[:SCHEDULE[:EMA]] with STATES noised | trajectory (finetune-sla --states),
+# SCHEDULE constant | cosine (--lr-schedule; cosine decays to zero at STEPS) and EMA a decay for
+# --ema-decay (default "5e-5": noised states at a constant lr 5e-5, no average; several runs go side
+# by side on the GPU), BATCH samples a
+# step (default 2; each costs a conditional and an unconditional call under guidance), STEPS the
+# optimizer steps a run stops at (default 1000000: MINUTES decides; give what MINUTES allows to a
+# cosine run, about 250 a minute for three runs side by side on an H200). k_high 0.05
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
 # tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
@@ -22,6 +26,7 @@ TRAIN=${2:-all}
 read -ra RUNS <<< "${3:-5e-5}"
 POOL=${4:-32}
 BATCH=${5:-2}
+STEPS=${6:-1000000}
 K_HIGH=0.05
 mkdir -p "$OUT"
 if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
@@ -47,13 +52,15 @@ EOF
 fi
 pids=()
 for run in "${RUNS[@]}"; do
-    lr=${run##*:}
-    states=noised
-    [ "$run" = "$lr" ] || states=${run%%:*}
+    IFS=: read -r first second schedule ema <<< "$run"
+    states=noised lr=$first
+    [ -z "$second" ] || { states=$first; lr=$second; }
+    extra=(--lr-schedule "${schedule:-constant}")
+    [ -z "$ema" ] || extra+=(--ema-decay "$ema")
     name=${run//:/-}
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \
-        --train "$TRAIN" --states "$states" --lr "$lr" --minutes "$MINUTES" --steps 1000000 --batch-size "$BATCH" \
-        --pool-size "$POOL" --save-every 500 "${prompt_args[@]}" > "$OUT/finetune-$name.log" 2>&1 &
+        --train "$TRAIN" --states "$states" --lr "$lr" "${extra[@]}" --minutes "$MINUTES" --steps "$STEPS" \
+        --batch-size "$BATCH" --pool-size "$POOL" --save-every 500 "${prompt_args[@]}" > "$OUT/finetune-$name.log" 2>&1 &
     pids+=($!)
     variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$name")
 done

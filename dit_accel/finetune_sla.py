@@ -19,7 +19,10 @@ classifier-free guidance (``guidance_scale > 1`` in the sampling arguments) the 
 integrates (the conditional error counts ``g`` times); else the conditional prediction. Trained:
 the SLA projections, plus LoRA adapters (``train="lora"``, via ``peft``) or every weight
 (``train="all"``). ``accelerate`` places the model and runs mixed precision (bf16 autocast with fp32
-trainable weights when the pipeline is bf16). Checkpoints every ``save_every`` steps; ``resume=True``
+trainable weights when the pipeline is bf16), at a constant learning rate or one that decays along a
+cosine to zero at ``steps`` (``lr_schedule="cosine"``). ``ema_decay`` keeps an exponential moving
+average of the trained weights (Diffusers' ``EMAModel``) and writes it as the result instead of the
+last step's weights. Checkpoints every ``save_every`` steps; ``resume=True``
 continues from the last one (each step's samples are drawn from a generator seeded by the step, so
 a resumed run is the same as an uninterrupted one). The result folder loads with
 ``dit_accel.apply(pipe, "sla", weights=out_dir, ...)`` (see :mod:`dit_accel.sla_weights`: with
@@ -34,6 +37,7 @@ import argparse
 import copy
 import inspect
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, fields
@@ -47,9 +51,11 @@ from dit_accel.methods.sla import SLAConfig
 
 TRAIN_MODES = ("projections", "lora", "all")
 STATE_SOURCES = ("noised", "trajectory")
+LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_LR = {"projections": 1e-3, "lora": 1e-4, "all": 1e-5}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 POOL_FILE = "teacher_pool.pt"
+EMA_FILE = "ema.pt"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -241,31 +247,47 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").is_file())
 
 
-def _save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: Any,
-                     objective: dict[str, Any]) -> None:  # fmt: skip
+def _save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: Any, objective: dict[str, Any],
+                     ema: Any | None) -> None:  # fmt: skip
+    """The trainable weights as the last step left them, the optimizer and the moving average."""
     folder = out_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     params = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(params, str(folder / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    if ema is not None:
+        torch.save(ema.state_dict(), folder / EMA_FILE)
     (folder / "state.json").write_text(json.dumps({"step": step, **objective}))
     for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old)
 
 
-def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, objective: dict[str, Any]) -> int:
-    """Restores the trainable weights and optimizer; refuses a run whose loss or inputs differ."""
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, objective: dict[str, Any],
+                     ema: Any | None) -> int:  # fmt: skip
+    """Restores the trainable weights, optimizer and moving average; refuses a run whose loss, inputs,
+    schedule or averaging differ."""
     state = json.loads((folder / "state.json").read_text())
     saved = {key: state.get(key) for key in objective}
     if saved != objective:
         raise ValueError(f"{folder} was trained with {saved}, this run asks for {objective}: resume with the same "
-                         "states and guidance scale, or start in a new folder")  # fmt: skip
+                         f"{', '.join(objective)}, or start in a new folder")  # fmt: skip
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in load_file(str(folder / "trainable.safetensors")).items():
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    if ema is not None:
+        ema.load_state_dict(torch.load(folder / EMA_FILE, map_location="cpu", weights_only=True))
+        ema.to(device=next(p for p in model.parameters() if p.requires_grad).device)
     return state["step"]
+
+
+def _lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``steps``, as a fraction of the base one:
+    constant, or a cosine from 1 at the first step towards 0 at ``steps``."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _batch(pool: TeacherPool, step: int, seed: int, batch_size: int, device: torch.device, dtype: torch.dtype,
@@ -315,6 +337,8 @@ def finetune_sla(
     states: str = "noised",
     steps: int = 1000,
     lr: float | None = None,
+    lr_schedule: str = "constant",
+    ema_decay: float | None = None,
     batch_size: int = 1,
     lora_rank: int = 16,
     prompts: list[str] | None = None,
@@ -343,6 +367,12 @@ def finetune_sla(
             of the student and of the teacher.
         steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
         lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
+        lr_schedule: ``"constant"``, or ``"cosine"``: decays from ``lr`` to zero at ``steps`` (set
+            ``steps`` to what ``max_minutes`` allows, else the rate hardly falls).
+        ema_decay: keep an exponential moving average of the trained weights with this decay (e.g.
+            0.999) and write it as the result; it starts at the first step's weights and averages with
+            decay ``min(ema_decay, (1 + n) / (10 + n))`` at step ``n + 1`` (``EMAModel``'s warm-up). The
+            checkpoints hold the last step's weights as well.
         prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
             ``negative_prompt_embeds`` ``(N, L, E)`` for a pipeline without a text encoder.
         pool_size: teacher generations to draw training latents from.
@@ -352,6 +382,7 @@ def finetune_sla(
         save_every: checkpoint interval in steps; ``resume`` continues from ``out_dir``'s last checkpoint.
     """
     from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     from dit_accel.api import apply
@@ -362,6 +393,10 @@ def finetune_sla(
         raise ValueError(f"train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
     if states not in STATE_SOURCES:
         raise ValueError(f"states must be one of {', '.join(STATE_SOURCES)}, got {states!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
     if steps < 1 or save_every < 1 or batch_size < 1 or pool_size < 1:
         raise ValueError("steps, save_every, batch_size and pool_size must be >= 1")
     config = SLAConfig(**(sla_options or {}))
@@ -396,11 +431,14 @@ def finetune_sla(
     accelerator = Accelerator(mixed_precision="bf16" if on_gpu and base_dtype == torch.bfloat16 else "no",
                               cpu=not on_gpu)  # fmt: skip
     parameters = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr or DEFAULT_LR[train], weight_decay=0.0)
+    base_lr = lr or DEFAULT_LR[train]
+    optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(transformer, optimizer)
-    objective = {"states": states, "guidance_scale": guidance_scale}
+    ema = EMAModel(parameters, decay=ema_decay, foreach=True) if ema_decay is not None else None
+    objective = {"states": states, "guidance_scale": guidance_scale, "lr_schedule": lr_schedule,
+                 "ema_decay": ema_decay}  # fmt: skip
     latest = _checkpoints(out)[-1:] if resume else []
-    start = _load_checkpoint(latest[0], transformer, optimizer, objective) if latest else 0
+    start = _load_checkpoint(latest[0], transformer, optimizer, objective, ema) if latest else 0
 
     losses: list[float] = []
     began = time.monotonic()
@@ -409,6 +447,8 @@ def finetune_sla(
     with (out / LOG_FILE).open("a") as log:
         while step < steps and (max_minutes is None or time.monotonic() - began < 60 * max_minutes):
             batch = _batch(pool, step, seed, batch_size, accelerator.device, base_dtype, states)
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * _lr_factor(lr_schedule, step, steps)
             with torch.no_grad():
                 target = _velocity(teacher, batch, guidance_scale)
             loss = torch.nn.functional.mse_loss(_velocity(model, batch, guidance_scale), target)
@@ -416,25 +456,29 @@ def finetune_sla(
             accelerator.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(parameters)
             step += 1
             losses.append(loss.item())
-            log.write(json.dumps({"step": step, "loss": losses[-1], "timestep": batch.timesteps.tolist(),
+            log.write(json.dumps({"step": step, "loss": losses[-1], "lr": optimizer.param_groups[0]["lr"],
+                                  "timestep": batch.timesteps.tolist(),
                                   "seconds": round(time.monotonic() - began, 3)}) + "\n")  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
             if step % save_every == 0 and accelerator.is_main_process:
-                _save_checkpoint(out, step, transformer, optimizer, objective)
+                _save_checkpoint(out, step, transformer, optimizer, objective, ema)
     bar.close()
 
     named = named_transformers(transformer, [transformer])
     if accelerator.is_main_process:
         latest = _checkpoints(out)[-1:]
         if not latest or json.loads((latest[0] / "state.json").read_text())["step"] != step:
-            _save_checkpoint(out, step, transformer, optimizer, objective)
+            _save_checkpoint(out, step, transformer, optimizer, objective, ema)
+        if ema is not None:  # the result is the average; the checkpoint keeps the last step's weights
+            ema.copy_to(parameters)
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
-                "lr": lr or DEFAULT_LR[train], "lora_rank": lora_rank if training.lora else None,
-                "pool_size": pool.latents.shape[0], "seed": seed, "states": states,
-                "guidance_scale": guidance_scale}  # fmt: skip
+                "lr": base_lr, "lora_rank": lora_rank if training.lora else None, "pool_size": pool.latents.shape[0],
+                "seed": seed, **objective}  # fmt: skip
         save_sla_weights(out, named, info, training.lora, transformer=train == "all")
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     training.restore()
@@ -450,7 +494,8 @@ def _run(args: argparse.Namespace) -> int:
                                                    "guidance_scale")}  # fmt: skip
     result = finetune_sla(
         args.model, args.out, sla_options=dict(args.option), train=args.train, states=args.states, steps=args.steps,
-        lr=args.lr, batch_size=args.batch_size, lora_rank=args.lora_rank,
+        lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, batch_size=args.batch_size,
+        lora_rank=args.lora_rank,
         prompts=[p for p in prompts or [] if p.strip()] or None, pool_size=args.pool_size,
         call={k: v for k, v in call.items() if v is not None}, save_every=args.save_every,
         resume=args.resume, seed=args.seed, max_minutes=args.minutes, device=args.device, dtype=args.dtype,
@@ -479,6 +524,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of training")
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 / 1e-4 / 1e-5 (projections/lora/all)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="cosine: decay to zero at --steps")  # fmt: skip
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="write an exponential moving average of the weights (e.g. 0.999)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=16, help="teacher generations to train on")

@@ -1,10 +1,12 @@
 """finetune-sla on the tiny random-weight Wan pipeline (CPU): the projections learn (the student gets
 closer to the dense teacher), the weights folder loads with apply(weights=...), resume continues the
-step count and equals an uninterrupted run, LoRA adapters load and leave with remove()."""
+step count and equals an uninterrupted run, LoRA adapters load and leave with remove(), the cosine
+schedule sets each step's rate and the moving average is what the folder holds."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import fields
 
@@ -16,6 +18,7 @@ from tiny_models import tiny_wan_pipeline
 import dit_accel
 from dit_accel import finetune_sla as finetune_sla_module
 from dit_accel.finetune_sla import (
+    CHECKPOINT_PREFIX,
     POOL_FILE,
     TeacherPool,
     TrainingBatch,
@@ -198,9 +201,9 @@ def test_noised_states_and_a_pool_without_paths(tmp_path):
     torch.save(pool, tmp_path / POOL_FILE)  # as an older version wrote it
     with pytest.raises(ValueError, match="no sampling-path states"):
         finetune(tmp_path, steps=2, resume=True, states="trajectory")
-    with pytest.raises(ValueError, match="resume with the same states and guidance scale"):
+    with pytest.raises(ValueError, match="resume with the same states, guidance_scale"):
         finetune(tmp_path, steps=2, resume=True)  # the checkpoint was trained on paths
-    with pytest.raises(ValueError, match="resume with the same states and guidance scale"):
+    with pytest.raises(ValueError, match="resume with the same states, guidance_scale"):
         finetune(tmp_path / "bad", steps=1, resume=False)  # (a fresh folder trains; then a guidance change is refused)
         finetune(tmp_path / "bad", steps=2, resume=True, call={**CALL, "guidance_scale": 2.0})
     noised = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
@@ -217,3 +220,48 @@ def test_noised_states_and_a_pool_without_paths(tmp_path):
         finetune(tmp_path / "wrong", steps=1, states="replayed")
     trajectory = finetune(tmp_path / "paths", steps=2, states="trajectory")
     assert json.loads((trajectory.out_dir / INFO_FILE).read_text())["states"] == "trajectory"
+
+
+def logged(out, field):
+    return [json.loads(line)[field] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_the_cosine_schedule_sets_each_steps_rate_and_resume_keeps_it(tmp_path):
+    def cosine(steps):
+        return [1e-2 * 0.5 * (1 + math.cos(math.pi * step / steps)) for step in range(steps)]
+
+    finetune(tmp_path / "cosine", steps=2, lr_schedule="cosine")
+    finetune(tmp_path / "cosine", steps=5, lr_schedule="cosine", resume=True)  # steps 3-5 of a 5-step decay
+    assert logged(tmp_path / "cosine", "lr") == pytest.approx(cosine(2) + cosine(5)[2:], rel=1e-12)
+    finetune(tmp_path / "constant", steps=3)
+    assert logged(tmp_path / "constant", "lr") == [1e-2] * 3
+    with pytest.raises(ValueError, match=r"resume with the same .*lr_schedule"):
+        finetune(tmp_path / "constant", steps=4, resume=True, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        finetune(tmp_path / "wrong", steps=1, lr_schedule="linear")
+
+
+def test_the_folder_holds_the_moving_average_and_resume_continues_it(tmp_path):
+    decay = 0.1  # below the warm-up's 2/11 at the second step: that step averages with 0.1
+    straight = tmp_path / "straight"
+    finetune(straight, steps=2, save_every=1, ema_decay=decay)
+    checkpoints = sorted(straight.glob(CHECKPOINT_PREFIX + "*"))
+    first, second = (load_file(folder / "trainable.safetensors") for folder in checkpoints)
+    average = load_file(straight / PROJECTIONS_FILE)
+    projections = {f"transformer.{name}": name for name in first}  # only the projections train here
+    assert projections.keys() == average.keys() and len(average) == 2
+    for key, name in projections.items():
+        expected = decay * first[name] + (1 - decay) * second[name]  # the first step's weights, then one update
+        torch.testing.assert_close(average[key], expected, rtol=0, atol=1e-6)
+        assert (average[key] - second[name]).abs().max() > 1e-4  # not the last step's weights
+    assert json.loads((straight / INFO_FILE).read_text())["ema_decay"] == decay
+
+    resumed = tmp_path / "resumed"
+    finetune(resumed, steps=1, ema_decay=decay)
+    finetune(resumed, steps=2, ema_decay=decay, resume=True)
+    for key, value in load_file(resumed / PROJECTIONS_FILE).items():
+        torch.testing.assert_close(value, average[key], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"resume with the same .*ema_decay"):
+        finetune(resumed, steps=3, resume=True)
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
+        finetune(tmp_path / "wrong", steps=1, ema_decay=1.0)
