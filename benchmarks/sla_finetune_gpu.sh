@@ -12,7 +12,7 @@
 # by side on the GPU), BATCH samples a
 # step (default 2; each costs a conditional and an unconditional call under guidance), STEPS the
 # optimizer steps a run stops at (default 1000000: MINUTES decides; give what MINUTES allows to a
-# cosine run, about 250 a minute for three runs side by side on an H200). k_high 0.05
+# cosine run: about 260 a minute for three runs side by side on an H200, 180 for four). k_high 0.05
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
 # tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:

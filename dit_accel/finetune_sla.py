@@ -56,6 +56,8 @@ DEFAULT_LR = {"projections": 1e-3, "lora": 1e-4, "all": 1e-5}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 POOL_FILE = "teacher_pool.pt"
 EMA_FILE = "ema.pt"
+# What a checkpoint written before an objective field existed was trained with.
+OBJECTIVE_DEFAULTS = {"lr_schedule": "constant", "ema_decay": None}
 LOG_FILE = "log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -267,7 +269,7 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, objec
     """Restores the trainable weights, optimizer and moving average; refuses a run whose loss, inputs,
     schedule or averaging differ."""
     state = json.loads((folder / "state.json").read_text())
-    saved = {key: state.get(key) for key in objective}
+    saved = {key: state.get(key, OBJECTIVE_DEFAULTS.get(key)) for key in objective}
     if saved != objective:
         raise ValueError(f"{folder} was trained with {saved}, this run asks for {objective}: resume with the same "
                          f"{', '.join(objective)}, or start in a new folder")  # fmt: skip

@@ -235,6 +235,10 @@ def test_the_cosine_schedule_sets_each_steps_rate_and_resume_keeps_it(tmp_path):
     assert logged(tmp_path / "cosine", "lr") == pytest.approx(cosine(2) + cosine(5)[2:], rel=1e-12)
     finetune(tmp_path / "constant", steps=3)
     assert logged(tmp_path / "constant", "lr") == [1e-2] * 3
+    state_file = next((tmp_path / "constant").glob(CHECKPOINT_PREFIX + "*3/state.json"))
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("lr_schedule", "ema_decay")}))
+    assert finetune(tmp_path / "constant", steps=4, resume=True).step == 4  # written before the fields existed
     with pytest.raises(ValueError, match=r"resume with the same .*lr_schedule"):
         finetune(tmp_path / "constant", steps=4, resume=True, lr_schedule="cosine")
     with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
