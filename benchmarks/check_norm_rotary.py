@@ -1,4 +1,4 @@
-"""GPU check of Wan's fused q/k RMS norm + rotary (``kernels/norm_rotary.py``) at the Wan-1.3B shape.
+"""GPU check of Wan's fused q/k RMS norm + rotary (``dit_accel/kernels/norm_rotary.py``) at the Wan-1.3B shape.
 
     python benchmarks/check_norm_rotary.py --out check_norm_rotary.json
 

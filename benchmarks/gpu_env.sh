@@ -9,7 +9,7 @@ set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg/dit_accel
 cp -r dit_accel/. /tmp/pkg/dit_accel/
-for folder in kernels pipelines editing; do
+for folder in pipelines editing; do
     if [ -d "$folder" ]; then cp -r "$folder" "/tmp/pkg/dit_accel/$folder"; fi
 done
 cp -r tools /tmp/pkg/tools  # lab code (tiny-model training): python3 -m tools.tiny_wan.train

@@ -3,7 +3,7 @@
 Times the attention kernel alone on routed block lists, for each K/V load mode (host TMA on the
 gathered copy, device TMA in place on the model's own (B, S, H, D) tensors, pointers), warps,
 pipeline stages, lazy rescaling and warp specialization, against cuDNN dense in the same run.
-The winners become the defaults of ``KernelConfig`` in ``kernels/block_sparse_attention.py``.
+The winners become the defaults of ``KernelConfig`` in ``dit_accel/kernels/block_sparse_attention.py``.
 
     python benchmarks/kernel_sweep.py --out DIR
 """

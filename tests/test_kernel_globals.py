@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-KERNEL_FILES = sorted((Path(__file__).parent.parent / "kernels").glob("*.py"))
+KERNEL_FILES = sorted((Path(__file__).parent.parent / "dit_accel" / "kernels").glob("*.py"))
 
 
 def plain_globals(tree: ast.Module) -> set[str]:
