@@ -16,7 +16,7 @@ def test_root_folders_are_inert_as_top_level_packages():
     code = (
         "import importlib.util, os\n"
         "spec = importlib.util.find_spec('kernels')\n"
-        "assert spec is None or not os.path.abspath(spec.origin).startswith(os.getcwd()), spec\n"
+        "assert spec is None or os.path.dirname(os.path.abspath(spec.origin)) != os.path.abspath('kernels'), spec\n"
         "import transformers.modeling_utils, pipelines\n"
         "import dit_accel.kernels as k, dit_accel.pipelines as p\n"
         "assert not hasattr(pipelines, 'find_adapter')\n"
