@@ -122,9 +122,9 @@ if [ "$STAGE" = flux-start ]; then
     background flux python3 -m tools.tiny_flux.train --out /tmp/tiny-flux --minutes "${FLUX_MINUTES:-13}" --compile
 fi
 if [ "$STAGE" = sla-start ]; then
-    if [ -n "${SLA_LRS:-}" ]; then echo "SLA_LRS is now SLA_RUNS (learning rates or STATES:LR)" >&2; exit 2; fi
+    if [ -n "${SLA_LRS:-}" ]; then echo "SLA_LRS is now SLA_RUNS (learning rates or STATES:LR[:SCHEDULE[:EMA]])" >&2; exit 2; fi
     background sla env OUT=/tmp/sla_out bash "$REPO/benchmarks/sla_finetune_gpu.sh" "${SLA_MINUTES:-4}" all \
-        "${SLA_RUNS:-5e-5}" "${SLA_POOL:-32}" "${SLA_BATCH:-2}" "${SLA_STEPS:-1000000}"  # PROMPT_COUNT passes through
+        "${SLA_RUNS:-5e-5}" "${SLA_POOL:-32}" "${SLA_BATCH:-2}" "${SLA_STEPS:-}"  # PROMPT_COUNT passes through
 fi
 if [ "$STAGE" = flux-collect ]; then
     while pgrep -f tiny_flux.train > /dev/null; do sleep 5; done

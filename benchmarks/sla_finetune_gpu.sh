@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tune sla on the shipped tiny Wan model on one GPU, then measure quality before and after it.
 #
-#   OUT=/path/to/results bash benchmarks/sla_finetune_gpu.sh [MINUTES] [TRAIN] [RUNS] [POOL] [BATCH]
+#   OUT=/path/to/results bash benchmarks/sla_finetune_gpu.sh [MINUTES] [TRAIN] [RUNS] [POOL] [BATCH] [STEPS]
 #
 # MINUTES of training (default 4; the teacher's pool of POOL generations (default 32) comes first,
 # about a second each on an H200), TRAIN one of projections | lora | all (default all: the paper
@@ -11,8 +11,8 @@
 # --ema-decay (default "5e-5": noised states at a constant lr 5e-5, no average; several runs go side
 # by side on the GPU), BATCH samples a
 # step (default 2; each costs a conditional and an unconditional call under guidance), STEPS the
-# optimizer steps a run stops at (default 1000000: MINUTES decides; give what MINUTES allows to a
-# cosine run: about 260 a minute for three runs side by side on an H200, 180 for four). k_high 0.05
+# optimizer steps a run stops at (default: none, MINUTES decides; a cosine run needs it: what MINUTES
+# allows, about 260 a minute for three runs side by side on an H200, 180 for four). k_high 0.05
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
 # tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
@@ -26,7 +26,7 @@ TRAIN=${2:-all}
 read -ra RUNS <<< "${3:-5e-5}"
 POOL=${4:-32}
 BATCH=${5:-2}
-STEPS=${6:-1000000}
+STEPS=${6:-}
 K_HIGH=0.05
 mkdir -p "$OUT"
 if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
@@ -50,16 +50,27 @@ print("\n".join(prompts))
 EOF
     prompt_args=(--prompts "$OUT/prompts.txt")
 fi
-pids=()
+specs=()  # "STATES LR SCHEDULE [EMA]" per run, every run checked before any starts
 for run in "${RUNS[@]}"; do
     IFS=: read -r first second schedule ema <<< "$run"
     states=noised lr=$first
     [ -z "$second" ] || { states=$first; lr=$second; }
-    extra=(--lr-schedule "${schedule:-constant}")
+    case $states in noised | trajectory) ;; *) echo "run $run: STATES must be noised or trajectory" >&2; exit 2 ;; esac
+    case ${schedule:=constant} in
+        constant) ;;
+        cosine) [ -n "$STEPS" ] || { echo "run $run: a cosine run needs STEPS, else its rate hardly falls" >&2; exit 2; } ;;
+        *) echo "run $run: SCHEDULE must be constant or cosine" >&2; exit 2 ;;
+    esac
+    specs+=("$states $lr $schedule $ema")
+done
+pids=()
+for index in "${!RUNS[@]}"; do
+    read -r states lr schedule ema <<< "${specs[$index]}"
+    extra=(--lr-schedule "$schedule")
     [ -z "$ema" ] || extra+=(--ema-decay "$ema")
-    name=${run//:/-}
+    name=${RUNS[$index]//:/-}
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \
-        --train "$TRAIN" --states "$states" --lr "$lr" "${extra[@]}" --minutes "$MINUTES" --steps "$STEPS" \
+        --train "$TRAIN" --states "$states" --lr "$lr" "${extra[@]}" --minutes "$MINUTES" --steps "${STEPS:-1000000}" \
         --batch-size "$BATCH" --pool-size "$POOL" --save-every 500 "${prompt_args[@]}" > "$OUT/finetune-$name.log" 2>&1 &
     pids+=($!)
     variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$name")

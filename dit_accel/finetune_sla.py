@@ -57,7 +57,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 POOL_FILE = "teacher_pool.pt"
 EMA_FILE = "ema.pt"
 # What a checkpoint written before an objective field existed was trained with.
-OBJECTIVE_DEFAULTS = {"lr_schedule": "constant", "ema_decay": None}
+OBJECTIVE_DEFAULTS = {"lr_schedule": "constant", "cosine_steps": None, "ema_decay": None}
 LOG_FILE = "log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -270,9 +270,12 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, objec
     schedule or averaging differ."""
     state = json.loads((folder / "state.json").read_text())
     saved = {key: state.get(key, OBJECTIVE_DEFAULTS.get(key)) for key in objective}
-    if saved != objective:
-        raise ValueError(f"{folder} was trained with {saved}, this run asks for {objective}: resume with the same "
-                         f"{', '.join(objective)}, or start in a new folder")  # fmt: skip
+    differing = [key for key in objective if saved[key] != objective[key]]
+    if differing:
+        was = ", ".join(f"{key}={saved[key]!r}" for key in differing)
+        asked = ", ".join(f"{key}={objective[key]!r}" for key in differing)
+        raise ValueError(f"{folder} was trained with {was}, this run asks for {asked}: resume with the same "
+                         f"{', '.join(differing)}, or start in a new folder")  # fmt: skip
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in load_file(str(folder / "trainable.safetensors")).items():
@@ -370,11 +373,13 @@ def finetune_sla(
         steps: total optimizer steps (a resumed run counts the ones done); ``max_minutes`` stops earlier.
         lr: AdamW learning rate; default 1e-3 / 1e-4 / 1e-5 for projections / lora / all.
         lr_schedule: ``"constant"``, or ``"cosine"``: decays from ``lr`` to zero at ``steps`` (set
-            ``steps`` to what ``max_minutes`` allows, else the rate hardly falls).
+            ``steps`` to what ``max_minutes`` allows, else the rate hardly falls); a cosine run
+            resumes only with the same ``steps``.
         ema_decay: keep an exponential moving average of the trained weights with this decay (e.g.
             0.999) and write it as the result; it starts at the first step's weights and averages with
-            decay ``min(ema_decay, (1 + n) / (10 + n))`` at step ``n + 1`` (``EMAModel``'s warm-up). The
-            checkpoints hold the last step's weights as well.
+            decay ``min(ema_decay, (1 + n) / (10 + n))`` at step ``n + 1`` (``EMAModel``'s warm-up:
+            0.999 is reached after 9,000 steps; the last decay used is in the folder's ``sla.json``).
+            The checkpoints hold the last step's weights as well.
         prompts: the teacher's prompts (default: the tiny model's domain); or ``prompt_embeds`` and
             ``negative_prompt_embeds`` ``(N, L, E)`` for a pipeline without a text encoder.
         pool_size: teacher generations to draw training latents from.
@@ -438,7 +443,7 @@ def finetune_sla(
     model, optimizer = accelerator.prepare(transformer, optimizer)
     ema = EMAModel(parameters, decay=ema_decay, foreach=True) if ema_decay is not None else None
     objective = {"states": states, "guidance_scale": guidance_scale, "lr_schedule": lr_schedule,
-                 "ema_decay": ema_decay}  # fmt: skip
+                 "cosine_steps": steps if lr_schedule == "cosine" else None, "ema_decay": ema_decay}  # fmt: skip
     latest = _checkpoints(out)[-1:] if resume else []
     start = _load_checkpoint(latest[0], transformer, optimizer, objective, ema) if latest else 0
 
@@ -480,7 +485,8 @@ def finetune_sla(
             ema.copy_to(parameters)
         info = {"sla_options": {n: getattr(config, n) for n in MATCHED_OPTIONS}, "train": train, "steps": step,
                 "lr": base_lr, "lora_rank": lora_rank if training.lora else None, "pool_size": pool.latents.shape[0],
-                "seed": seed, **objective}  # fmt: skip
+                "seed": seed, **objective,
+                "ema_last_decay": ema.get_decay(ema.optimization_step) if ema is not None else None}  # fmt: skip
         save_sla_weights(out, named, info, training.lora, transformer=train == "all")
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     training.restore()

@@ -201,9 +201,9 @@ def test_noised_states_and_a_pool_without_paths(tmp_path):
     torch.save(pool, tmp_path / POOL_FILE)  # as an older version wrote it
     with pytest.raises(ValueError, match="no sampling-path states"):
         finetune(tmp_path, steps=2, resume=True, states="trajectory")
-    with pytest.raises(ValueError, match="resume with the same states, guidance_scale"):
+    with pytest.raises(ValueError, match="resume with the same states, or"):
         finetune(tmp_path, steps=2, resume=True)  # the checkpoint was trained on paths
-    with pytest.raises(ValueError, match="resume with the same states, guidance_scale"):
+    with pytest.raises(ValueError, match="resume with the same guidance_scale, or"):
         finetune(tmp_path / "bad", steps=1, resume=False)  # (a fresh folder trains; then a guidance change is refused)
         finetune(tmp_path / "bad", steps=2, resume=True, call={**CALL, "guidance_scale": 2.0})
     noised = TeacherPool(**torch.load(tmp_path / POOL_FILE, weights_only=True))
@@ -230,16 +230,24 @@ def test_the_cosine_schedule_sets_each_steps_rate_and_resume_keeps_it(tmp_path):
     def cosine(steps):
         return [1e-2 * 0.5 * (1 + math.cos(math.pi * step / steps)) for step in range(steps)]
 
-    finetune(tmp_path / "cosine", steps=2, lr_schedule="cosine")
-    finetune(tmp_path / "cosine", steps=5, lr_schedule="cosine", resume=True)  # steps 3-5 of a 5-step decay
-    assert logged(tmp_path / "cosine", "lr") == pytest.approx(cosine(2) + cosine(5)[2:], rel=1e-12)
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    finetune(straight, steps=5, lr_schedule="cosine", save_every=2)
+    assert logged(straight, "lr") == pytest.approx(cosine(5), rel=1e-12)
+    shutil.copytree(straight, cut)
+    shutil.rmtree(cut / f"{CHECKPOINT_PREFIX}0000005")  # as if stopped after step 4
+    finetune(cut, steps=5, lr_schedule="cosine", save_every=2, resume=True)
+    assert logged(cut, "lr")[5:] == pytest.approx(cosine(5)[4:], rel=1e-12)  # step 5 of the same decay
+    for key, value in load_file(cut / PROJECTIONS_FILE).items():
+        torch.testing.assert_close(value, load_file(straight / PROJECTIONS_FILE)[key], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="resume with the same cosine_steps, or"):
+        finetune(cut, steps=8, lr_schedule="cosine", resume=True)  # a longer decay would raise the rate again
     finetune(tmp_path / "constant", steps=3)
     assert logged(tmp_path / "constant", "lr") == [1e-2] * 3
     state_file = next((tmp_path / "constant").glob(CHECKPOINT_PREFIX + "*3/state.json"))
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("lr_schedule", "ema_decay")}))
     assert finetune(tmp_path / "constant", steps=4, resume=True).step == 4  # written before the fields existed
-    with pytest.raises(ValueError, match=r"resume with the same .*lr_schedule"):
+    with pytest.raises(ValueError, match="resume with the same lr_schedule, cosine_steps, or"):
         finetune(tmp_path / "constant", steps=4, resume=True, lr_schedule="cosine")
     with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
         finetune(tmp_path / "wrong", steps=1, lr_schedule="linear")
@@ -258,14 +266,15 @@ def test_the_folder_holds_the_moving_average_and_resume_continues_it(tmp_path):
         expected = decay * first[name] + (1 - decay) * second[name]  # the first step's weights, then one update
         torch.testing.assert_close(average[key], expected, rtol=0, atol=1e-6)
         assert (average[key] - second[name]).abs().max() > 1e-4  # not the last step's weights
-    assert json.loads((straight / INFO_FILE).read_text())["ema_decay"] == decay
+    info = json.loads((straight / INFO_FILE).read_text())
+    assert info["ema_decay"] == decay and info["ema_last_decay"] == decay
 
     resumed = tmp_path / "resumed"
     finetune(resumed, steps=1, ema_decay=decay)
     finetune(resumed, steps=2, ema_decay=decay, resume=True)
     for key, value in load_file(resumed / PROJECTIONS_FILE).items():
         torch.testing.assert_close(value, average[key], rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"resume with the same .*ema_decay"):
+    with pytest.raises(ValueError, match="resume with the same ema_decay, or"):
         finetune(resumed, steps=3, resume=True)
     with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
         finetune(tmp_path / "wrong", steps=1, ema_decay=1.0)
