@@ -9,8 +9,8 @@
 # learning rate or STATES:LR[:SCHEDULE[:EMA]] with STATES noised | trajectory (finetune-sla --states),
 # SCHEDULE constant | cosine (--lr-schedule; cosine decays to zero at STEPS) and EMA a decay for
 # --ema-decay (default "5e-5": noised states at a constant lr 5e-5, no average; several runs go side
-# by side on the GPU), BATCH samples a
-# step (default 2; each costs a conditional and an unconditional call under guidance), STEPS the
+# by side on the GPU), BATCH samples a step (default 2; each costs a conditional and an
+# unconditional call under guidance), STEPS the
 # optimizer steps a run stops at (default: none, MINUTES decides; a cosine run needs it: what MINUTES
 # allows, about 260 a minute for three runs side by side on an H200, 180 for four). k_high 0.05
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
@@ -28,8 +28,21 @@ POOL=${4:-32}
 BATCH=${5:-2}
 STEPS=${6:-}
 K_HIGH=0.05
-mkdir -p "$OUT"
 if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
+specs=()  # "STATES LR SCHEDULE [EMA]" per run, every run checked before any starts
+for run in "${RUNS[@]}"; do
+    IFS=: read -r first second schedule ema <<< "$run"
+    states=noised lr=$first
+    [ -z "$second" ] || { states=$first; lr=$second; }
+    case $states in noised | trajectory) ;; *) echo "run $run: STATES must be noised or trajectory" >&2; exit 2 ;; esac
+    case ${schedule:=constant} in
+        constant) ;;
+        cosine) [ -n "$STEPS" ] || { echo "run $run: a cosine run needs STEPS, else its rate hardly falls" >&2; exit 2; } ;;
+        *) echo "run $run: SCHEDULE must be constant or cosine" >&2; exit 2 ;;
+    esac
+    specs+=("$states $lr $schedule $ema")
+done
+mkdir -p "$OUT"
 variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
 prompt_args=()
 if [ "${PROMPT_COUNT:-0}" -gt 0 ]; then
@@ -50,19 +63,6 @@ print("\n".join(prompts))
 EOF
     prompt_args=(--prompts "$OUT/prompts.txt")
 fi
-specs=()  # "STATES LR SCHEDULE [EMA]" per run, every run checked before any starts
-for run in "${RUNS[@]}"; do
-    IFS=: read -r first second schedule ema <<< "$run"
-    states=noised lr=$first
-    [ -z "$second" ] || { states=$first; lr=$second; }
-    case $states in noised | trajectory) ;; *) echo "run $run: STATES must be noised or trajectory" >&2; exit 2 ;; esac
-    case ${schedule:=constant} in
-        constant) ;;
-        cosine) [ -n "$STEPS" ] || { echo "run $run: a cosine run needs STEPS, else its rate hardly falls" >&2; exit 2; } ;;
-        *) echo "run $run: SCHEDULE must be constant or cosine" >&2; exit 2 ;;
-    esac
-    specs+=("$states $lr $schedule $ema")
-done
 pids=()
 for index in "${!RUNS[@]}"; do
     read -r states lr schedule ema <<< "${specs[$index]}"
