@@ -4,7 +4,7 @@
 #                                           with the error on q/k/v recorded from the tiny model on this GPU
 #                                           (BENCHES="topk pisa_o1 ... flashblock": a subset, by name; BENCH_LIMIT: s per bench)
 #   bash benchmarks/gpu_methods.sh e2e      bench e2e: Wan-1.3B (topk, pisa), HunyuanVideo 720p (fewer layers), FLUX 1024 px
-#   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs, tiny model, native size
+#   bash benchmarks/gpu_methods.sh sweep    sweep: every method vs dense on 8 prompt/seed pairs (SWEEP_PAIRS), tiny model, native size
 #   bash benchmarks/gpu_methods.sh engine   the engine's launch checks (routing, q/k norm+rotary, feed-forward epilogue)
 #                                           and bench kernel of topk at 0.1 / 0.05, 128x128 and the default blocks
 # Run after `source benchmarks/gpu_env.sh` (and FA4's install, see ../shared/gpu/FA4.md) from the checkout root.
@@ -105,7 +105,7 @@ if [ "$STAGE" = sweep ]; then
     IFS=';' read -ra chosen <<< "$(printf %s "${SWEEP_VARIANTS:-$default}" | tr -s '\n ' ' ')"  # one line
     args=(); for variant in "${chosen[@]}"; do args+=(--variant "${variant# } $plain"); done
     timeout "$SWEEP_LIMIT" bash -c "$(declare -f dit_accel_cli); dit_accel_cli \"\$@\"" _ sweep --out /tmp/sweep \
-        --pairs 8 "${args[@]}"
+        --pairs "${SWEEP_PAIRS:-8}" "${args[@]}"  # SWEEP_PAIRS: more pairs than 8
     tar -C /tmp -czf "$OUT/sweep.tgz" sweep
 fi
 

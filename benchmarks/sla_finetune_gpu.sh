@@ -16,8 +16,8 @@
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
 # tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
-# dense vs topk, untrained sla and each fine-tuned sla at the same density on 8 prompt/seed pairs the
-# training never saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
+# dense vs topk, untrained sla and each fine-tuned sla at the same density on PAIRS (environment,
+# default 8) prompt/seed pairs the training never saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
 set -euo pipefail
 : "${OUT:?set OUT to the results folder}"
 cd /tmp  # the CLI runs outside the checkout (see gpu_env.sh), on the dit_accel that PYTHONPATH names
@@ -81,4 +81,4 @@ for index in "${!pids[@]}"; do  # every run must end well before the sweep compa
     tail -3 "$OUT/finetune-${RUNS[$index]//:/-}.log"
 done
 [ "$failed" = 0 ] || exit 1
-python3 -m dit_accel.cli sweep --out "$OUT/sweep" --pairs 8 "${variants[@]}" 2>&1 | tee "$OUT/sweep.log"
+python3 -m dit_accel.cli sweep --out "$OUT/sweep" --pairs "${PAIRS:-8}" "${variants[@]}" 2>&1 | tee "$OUT/sweep.log"
