@@ -1,7 +1,8 @@
 # Source this on the lent GPU machine (repository root as cwd): makes `dit_accel` (its root folders
 # mapped as in pyproject.toml) and the lab code of `tools/` importable, and installs the carried wheels
 # (diffusers is not on that machine). Usage: `source benchmarks/gpu_env.sh` (carry `.whl`). A new checkout makes `.whl`
-# (git-ignored) with `pip download --no-deps -d .whl diffusers==0.42.1`.
+# (git-ignored) with `pip download --no-deps -d .whl diffusers==0.42.1 flash-kmeans==0.3.1` (the
+# latter only for benchmarks/check_kmeans.py).
 # A call sends the tracked tree (~50 MB with the shipped models) plus its carry, at most 64 MiB: for the
 # 30 MB FA4 parts, leave the tiny FLUX out while calling (`git rm -r -q --cached assets/tiny-flux` and
 # `/assets/tiny-flux/` in .git/info/exclude), then put it back (`git reset -q assets/tiny-flux`, drop the line).
