@@ -132,7 +132,13 @@ if [ "$STAGE" = flux-collect ]; then
     tar -C /tmp -cf - tiny-flux | split -b 15m - "$OUT/tiny-flux.tar.part-"
 fi
 if [ "$STAGE" = sla-collect ]; then
-    while pgrep -f finetune-sla > /dev/null || pgrep -f "sweep --out /tmp/sla_out" > /dev/null; do sleep 5; done
+    # Waits for the job, packing what it has every 10 s, for at most COLLECT_LIMIT s (default 540), so
+    # that a call cut off by the session's budget still brings the partial sweep back. (Run inline as
+    # `bash -c "... pgrep -f 'sweep --out ...'"`, the pattern would match that shell's own command line.)
+    pack() { (cd /tmp && find sla_out -type f -size -4M -print0 | tar -czf "$OUT/sla.tgz" --null -T -); }  # no weights
+    while { pgrep -f finetune-sla || pgrep -f "sweep --out /tmp/sla_out"; } > /dev/null && [ "$SECONDS" -lt "${COLLECT_LIMIT:-540}" ]; do
+        sleep 10; pack
+    done
     cp /tmp/sla.log "$OUT/sla_job.log"; tail -12 /tmp/sla.log
-    (cd /tmp && find sla_out -type f -size -4M -print0 | tar -czf "$OUT/sla.tgz" --null -T -)  # no weights
+    pack
 fi
