@@ -10,7 +10,9 @@ odd sizes) against its float64 ``reference()``; forward + backward of the method
 Wan-1.3B shape, for k_high 0.05 and 0.1 on each backend: the forward (routing and block classes,
 exact part, linear branch, projection: ``MethodRun``, tokens pretiled as in a model) against cuDNN's
 forward (target >= 14x at 0.05), its parts, ``topk`` at the same density, and forward + backward
-(gradients for q, k, v and the projection) against cuDNN's forward + backward (target >= 8x).
+(gradients for q, k, v and the projection) against cuDNN's forward + backward (target >= 8x), both
+timed eagerly (the autograd engine's launches included) and as the sum of their GPU kernels
+(torch.profiler), with sla's kernels listed largest first: where the backward's time goes.
 (c) everything to the JSON file ``--out``. Exits non-zero on a FAIL.
 
     python benchmarks/check_sla.py --out sla_h200.json
@@ -27,6 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
+from profile_routing import kernel_table
 
 from dit_accel.bench import SHAPES, BenchShape, MethodRun, environment, graph_ms, kernel_backends, median_ms
 from dit_accel.kernels import sla_ops
@@ -154,13 +157,22 @@ def cudnn(q, k, v):
     return out.transpose(1, 2)
 
 
+def kernel_time(fn, device: torch.device, top: int = 12) -> dict:
+    """GPU kernel milliseconds of one ``fn()`` (profiler sum, no launch gaps) and its largest kernels."""
+    if device.type != "cuda":
+        return {}
+    table = kernel_table(fn, device, repeats=5)
+    return {"gpu_kernel_ms": sum(row["us_per_call"] for row in table) / 1e3, "kernels": table[:top]}
+
+
 def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict, list[dict]]:
     """cuDNN forward and forward + backward, then sla (and topk) per k_high and backend."""
     q, k, v = leaves(shape, dtype, device)
     grad = torch.randn(q.shape, device=device, dtype=dtype)
     with torch.no_grad():
         base = {"cudnn_fwd": timed(lambda: cudnn(q, k, v), device)}
-    base["cudnn_fwd_bwd"] = timed(forward_backward(cudnn, [q, k, v], grad, []), device, graph=False)
+    cudnn_step = forward_backward(cudnn, [q, k, v], grad, [])
+    base["cudnn_fwd_bwd"] = timed(cudnn_step, device, graph=False) | kernel_time(cudnn_step, device, top=4)
     gen = torch.Generator(device=device).manual_seed(1)
     records = []
     for k_high in k_highs:
@@ -182,13 +194,17 @@ def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict,
                 topk = timed(MethodRun("topk", {"density": k_high, "backend": backend}, shape.layout(), q, k, v).full,
                              device)  # fmt: skip
             projection = [run.ctx.binding.module_state.weight]
-            both = timed(forward_backward(lambda a, b, c, r=run: r.method(a, b, c, r.ctx), [q, k, v], grad,
-                                          projection), device, graph=False)  # fmt: skip
+            step = forward_backward(lambda a, b, c, r=run: r.method(a, b, c, r.ctx), [q, k, v], grad, projection)
+            both = timed(step, device, graph=False) | kernel_time(step, device)
             records.append({
                 "options": options, "forward": forward, "forward_backward": both, "parts": parts, "topk_forward": topk,
                 "speedup_fwd_vs_cudnn": base["cudnn_fwd"]["ms"] / forward["ms"],
                 "speedup_fwd_bwd_vs_cudnn": base["cudnn_fwd_bwd"]["ms"] / both["ms"],
             })  # fmt: skip
+            if "gpu_kernel_ms" in both:
+                records[-1]["speedup_fwd_bwd_gpu_kernels"] = (
+                    base["cudnn_fwd_bwd"]["gpu_kernel_ms"] / both["gpu_kernel_ms"]
+                )
     return base, records
 
 
@@ -220,6 +236,11 @@ def main() -> int:
         print(f"sla {r['options']}: forward {r['forward']['ms']:.3f} ms ({r['speedup_fwd_vs_cudnn']:.2f}x; topk "
               f"{r['topk_forward']['ms']:.3f}), fwd+bwd {r['forward_backward']['ms']:.3f} ms "
               f"({r['speedup_fwd_bwd_vs_cudnn']:.2f}x); parts: {parts}")  # fmt: skip
+        if "gpu_kernel_ms" in r["forward_backward"]:
+            print(f"  fwd+bwd GPU kernels {r['forward_backward']['gpu_kernel_ms']:.3f} ms "
+                  f"({r['speedup_fwd_bwd_gpu_kernels']:.2f}x cuDNN's kernels); largest:")  # fmt: skip
+            for row in r["forward_backward"]["kernels"]:
+                print(f"    {row['us_per_call']:8.1f} us  x{row['launches']:.0f}  {row['kernel']}")
     result = {"environment": environment(device), "shape": shape.name, "dtype": str(dtype), "checks": checks,
               "baselines": base, "sla": records,
               "targets": {"forward_at_0.05": 14.0, "forward_backward": 8.0}}  # fmt: skip
