@@ -7,7 +7,8 @@ at an odd small shape with gathered query rows; the whole method (a random proje
 odd sizes) against its float64 ``reference()``; forward + backward of the method under
 ``torch.compile(fullgraph=True)`` against eager.
 (b) times (``dit_accel.bench.median_ms``; forward also from a CUDA graph where capture works), at the
-Wan-1.3B shape, for k_high 0.05 and 0.1 on each backend: the forward (routing and block classes,
+Wan-1.3B shape, for k_high 0.05 and 0.1 on each backend, at 128x64 and 128x128 blocks (FA4's backward
+takes 128-key blocks only: 128x64 lists run our Triton backward): the forward (routing and block classes,
 exact part, linear branch, projection: ``MethodRun``, tokens pretiled as in a model) against cuDNN's
 forward (target >= 14x at 0.05), its parts, ``topk`` at the same density, and forward + backward
 (gradients for q, k, v and the projection) against cuDNN's forward + backward (target >= 8x), both
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import sys
@@ -165,8 +167,8 @@ def kernel_time(fn, device: torch.device, top: int = 12) -> dict:
     return {"gpu_kernel_ms": sum(row["us_per_call"] for row in table) / 1e3, "kernels": table[:top]}
 
 
-def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict, list[dict]]:
-    """cuDNN forward and forward + backward, then sla (and topk) per k_high and backend."""
+def time_sla(shape: BenchShape, dtype, device, k_highs, backends, block_sizes) -> tuple[dict, list[dict]]:
+    """cuDNN forward and forward + backward, then sla (and topk) per block size, k_high and backend."""
     q, k, v = leaves(shape, dtype, device)
     grad = torch.randn(q.shape, device=device, dtype=dtype)
     with torch.no_grad():
@@ -175,36 +177,33 @@ def time_sla(shape: BenchShape, dtype, device, k_highs, backends) -> tuple[dict,
     base["cudnn_fwd_bwd"] = timed(cudnn_step, device, graph=False) | kernel_time(cudnn_step, device, top=4)
     gen = torch.Generator(device=device).manual_seed(1)
     records = []
-    for k_high in k_highs:
-        for backend in backends:
-            options = {"k_high": k_high, "k_low": 0.1, "backend": backend}
-            run = with_projection(MethodRun("sla", options, shape.layout(), q, k, v), gen, requires_grad=True)
-            with torch.no_grad():
-                routing, blocks = run.route_and_select()
-                out, lse = run.method.attend(routing, blocks, run.ctx)
-                parts = {
-                    "routing_and_classes": timed(lambda r=run: marginal_blocks(*r.route_and_select(), 0.1), device),
-                    "exact": timed(functools.partial(run.method.attend, routing, blocks, run.ctx), device),
-                    "linear_branch": timed(functools.partial(run.method.linear_branch, routing, blocks), device),
-                    "combine_fused": timed(
-                        functools.partial(run.method.combine, routing, blocks, out, lse, run.ctx), device
-                    ),
-                }
-                forward = timed(run.full, device)
-                topk = timed(MethodRun("topk", {"density": k_high, "backend": backend}, shape.layout(), q, k, v).full,
-                             device)  # fmt: skip
-            projection = [run.ctx.binding.module_state.weight]
-            step = forward_backward(lambda a, b, c, r=run: r.method(a, b, c, r.ctx), [q, k, v], grad, projection)
-            both = timed(step, device, graph=False) | kernel_time(step, device)
-            records.append({
-                "options": options, "forward": forward, "forward_backward": both, "parts": parts, "topk_forward": topk,
-                "speedup_fwd_vs_cudnn": base["cudnn_fwd"]["ms"] / forward["ms"],
-                "speedup_fwd_bwd_vs_cudnn": base["cudnn_fwd_bwd"]["ms"] / both["ms"],
-            })  # fmt: skip
-            if "gpu_kernel_ms" in both:
-                records[-1]["speedup_fwd_bwd_gpu_kernels"] = (
-                    base["cudnn_fwd_bwd"]["gpu_kernel_ms"] / both["gpu_kernel_ms"]
-                )
+    for block_size, k_high, backend in itertools.product(block_sizes, k_highs, backends):
+        options = {"k_high": k_high, "k_low": 0.1, "backend": backend, "block_size": block_size}
+        run = with_projection(MethodRun("sla", options, shape.layout(), q, k, v), gen, requires_grad=True)
+        with torch.no_grad():
+            routing, blocks = run.route_and_select()
+            out, lse = run.method.attend(routing, blocks, run.ctx)
+            parts = {
+                "routing_and_classes": timed(lambda r=run: marginal_blocks(*r.route_and_select(), 0.1), device),
+                "exact": timed(functools.partial(run.method.attend, routing, blocks, run.ctx), device),
+                "linear_branch": timed(functools.partial(run.method.linear_branch, routing, blocks), device),
+                "combine_fused": timed(
+                    functools.partial(run.method.combine, routing, blocks, out, lse, run.ctx), device
+                ),
+            }
+            forward = timed(run.full, device)
+            topk_options = {"density": k_high, "backend": backend, "block_size": block_size}
+            topk = timed(MethodRun("topk", topk_options, shape.layout(), q, k, v).full, device)
+        projection = [run.ctx.binding.module_state.weight]
+        step = forward_backward(lambda a, b, c, r=run: r.method(a, b, c, r.ctx), [q, k, v], grad, projection)
+        both = timed(step, device, graph=False) | kernel_time(step, device)
+        records.append({
+            "options": options, "forward": forward, "forward_backward": both, "parts": parts, "topk_forward": topk,
+            "speedup_fwd_vs_cudnn": base["cudnn_fwd"]["ms"] / forward["ms"],
+            "speedup_fwd_bwd_vs_cudnn": base["cudnn_fwd_bwd"]["ms"] / both["ms"],
+        })  # fmt: skip
+        if "gpu_kernel_ms" in both:
+            records[-1]["speedup_fwd_bwd_gpu_kernels"] = base["cudnn_fwd_bwd"]["gpu_kernel_ms"] / both["gpu_kernel_ms"]
     return base, records
 
 
@@ -214,6 +213,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--shape", default=None, help=f"one of {', '.join(SHAPES)} (default: wan-1.3b-480p on cuda)")
     parser.add_argument("--k-high", type=float, nargs="+", default=[0.05, 0.1])
+    parser.add_argument("--blocks", nargs="+", default=["128,64", "128,128"],
+                        help="(query, key) block sizes as Q,K (FA4's backward takes 128-key blocks only)")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = SHAPES[args.shape or ("wan-1.3b-480p" if device.type == "cuda" else "tiny-cpu")]
@@ -229,7 +230,8 @@ def main() -> int:
         print(f"{'PASS' if record['ok'] else 'FAIL'} {record['check']} {record['shape']} {record['dtype']} "
               f"rel_err={record['rel_err']:.2e}")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device))
+    block_sizes = [tuple(int(n) for n in text.split(",")) for text in args.blocks]
+    base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device), block_sizes)
     print(f"cudnn forward {base['cudnn_fwd']['ms']:.3f} ms, forward+backward {base['cudnn_fwd_bwd']['ms']:.3f} ms")
     for r in records:
         parts = " ".join(f"{name} {part['ms']:.3f}" for name, part in r["parts"].items())

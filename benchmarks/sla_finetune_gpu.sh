@@ -15,6 +15,8 @@
 # allows, about 260 a minute for three runs side by side on an H200, 180 for four). k_high 0.05
 # (95% sparsity), k_low 0.1. PROMPT_COUNT=N (environment) trains on N distinct random captions of the
 # tiny model's language instead of finetune-sla's 12 built-in prompts (none of the sweep's prompts).
+# BLOCKS=Q,K (environment, e.g. 128,128) trains and evaluates sla, and the topk it is compared with, at
+# (Q, K) blocks instead of the default (128, 64).
 # Writes $OUT/sla-tiny-RUN/ (weights, checkpoints, log.jsonl), $OUT/finetune-RUN.log, and $OUT/sweep/:
 # dense vs topk, untrained sla and each fine-tuned sla at the same density on PAIRS (environment,
 # default 8) prompt/seed pairs the training never saw (summary.json / summary.md: mean PSNR, SSIM, paired differences).
@@ -28,6 +30,8 @@ POOL=${4:-32}
 BATCH=${5:-2}
 STEPS=${6:-}
 K_HIGH=0.05
+block_word="" block_opt=()  # the block_size option of every run and variant, when BLOCKS is set
+if [ -n "${BLOCKS:-}" ]; then block_word="block_size=(${BLOCKS})"; block_opt=(-o "$block_word"); fi
 if [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" ]; then echo "a run is given twice: ${RUNS[*]}" >&2; exit 2; fi
 specs=()  # "STATES LR SCHEDULE [EMA]" per run, every run checked before any starts
 for run in "${RUNS[@]}"; do
@@ -43,7 +47,7 @@ for run in "${RUNS[@]}"; do
     specs+=("$states $lr $schedule $ema")
 done
 mkdir -p "$OUT"
-variants=(--variant "topk density=$K_HIGH" --variant "sla k_high=$K_HIGH")
+variants=(--variant "topk density=$K_HIGH $block_word" --variant "sla k_high=$K_HIGH $block_word")
 prompt_args=()
 if [ "${PROMPT_COUNT:-0}" -gt 0 ]; then
     python3 - "$PROMPT_COUNT" > "$OUT/prompts.txt" <<'EOF'
@@ -70,10 +74,11 @@ for index in "${!RUNS[@]}"; do
     [ -z "$ema" ] || extra+=(--ema-decay "$ema")
     name=${RUNS[$index]//:/-}
     python3 -m dit_accel.cli finetune-sla --out "$OUT/sla-tiny-$name" -o k_high=$K_HIGH -o k_low=0.1 \
+        "${block_opt[@]}" \
         --train "$TRAIN" --states "$states" --lr "$lr" "${extra[@]}" --minutes "$MINUTES" --steps "${STEPS:-1000000}" \
         --batch-size "$BATCH" --pool-size "$POOL" --save-every 500 "${prompt_args[@]}" > "$OUT/finetune-$name.log" 2>&1 &
     pids+=($!)
-    variants+=(--variant "sla k_high=$K_HIGH weights=$OUT/sla-tiny-$name")
+    variants+=(--variant "sla k_high=$K_HIGH $block_word weights=$OUT/sla-tiny-$name")
 done
 failed=0
 for index in "${!pids[@]}"; do  # every run must end well before the sweep compares them
