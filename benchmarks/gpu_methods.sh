@@ -134,9 +134,13 @@ fi
 if [ "$STAGE" = sla-collect ]; then
     # Waits for the job, packing what it has every 10 s, for at most COLLECT_LIMIT s (default 540), so
     # that a call cut off by the session's budget still brings the partial sweep back. (Run inline as
-    # `bash -c "... pgrep -f 'sweep --out ...'"`, the pattern would match that shell's own command line.)
-    pack() { (cd /tmp && find sla_out -type f -size -4M -print0 | tar -czf "$OUT/sla.tgz" --null -T -); }  # no weights
-    while { pgrep -f finetune-sla || pgrep -f "sweep --out /tmp/sla_out"; } > /dev/null && [ "$SECONDS" -lt "${COLLECT_LIMIT:-540}" ]; do
+    # `bash -c "... pgrep -f PATTERN"`, a pattern would match that shell's own command line.)
+    pack() {  # no weights; written aside, then renamed, so a cut-off call never returns half an archive
+        (cd /tmp && find sla_out -type f -size -4M -print0 | tar -czf "$OUT/sla.tgz.part" --null -T -) \
+            && mv "$OUT/sla.tgz.part" "$OUT/sla.tgz"
+    }
+    while pgrep -f sla_finetune_gpu.sh > /dev/null; do
+        if [ "$SECONDS" -ge "${COLLECT_LIMIT:-540}" ]; then echo "COLLECT_LIMIT reached: the job still runs, results partial"; break; fi
         sleep 10; pack
     done
     cp /tmp/sla.log "$OUT/sla_job.log"; tail -12 /tmp/sla.log
