@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from check_svg_ear import CPU, FULL, inputs
 
-from dit_accel.bench import environment, graph_ms, median_ms
+from dit_accel.bench import eager_and_graph_ms, environment
 from dit_accel.kernels.clustering import cluster_order, kmeans, spread_centroids
 from dit_accel.kernels.svg_ear_reference import segment_counts, segment_sums
 
@@ -74,16 +74,9 @@ def flash(x: Tensor, start: Tensor, iterations: int) -> Callable[[], Tensor]:
 
 def timed(name: str, fn: Callable[[], Tensor], x: Tensor, clusters: int, device: torch.device) -> dict[str, Any]:
     """Median ms (eager; CUDA graph for ours only) and the clustering's inertia."""
-    record: dict[str, Any] = {"impl": name, "inertia": inertia(x, fn(), clusters), "ms": median_ms(fn, device)}
     # flash-kmeans syncs with the host every iteration: a capture attempt would fail and could leave
     # the CUDA context unusable for the records after it, so it is not tried.
-    record["ms_graph"] = None
-    if name == "dit_accel":
-        try:
-            record["ms_graph"] = graph_ms(fn, device)
-        except Exception as error:  # keep the eager figures measured above
-            record["graph_error"] = f"{type(error).__name__}: {str(error)[:160]}"
-    return record
+    return {"impl": name, "inertia": inertia(x, fn(), clusters)} | eager_and_graph_ms(fn, device, name == "dit_accel")
 
 
 def compare(shape: dict, device: torch.device, with_flash: bool) -> list[dict]:

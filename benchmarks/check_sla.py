@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from profile_routing import kernel_table
 
-from dit_accel.bench import SHAPES, BenchShape, MethodRun, environment, graph_ms, kernel_backends, median_ms
+from dit_accel.bench import SHAPES, BenchShape, MethodRun, environment, kernel_backends
+from dit_accel.bench import eager_and_graph_ms as timed
 from dit_accel.kernels import sla_ops
 from dit_accel.kernels.sla_linear_reference import sla_linear_backward_reference, sla_linear_reference
 from dit_accel.methods.base import Routing
@@ -121,18 +122,6 @@ def check_compile(dtype, device) -> dict:
     error = max(rel_err(g, e) for g, e in zip(got, eager, strict=True))
     return {"check": "compile.fwd_bwd", "shape": shape.name, "dtype": str(dtype), "rel_err": error,
             "ok": error < TOLERANCE[dtype]}  # fmt: skip
-
-
-def timed(fn, device, graph: bool = True) -> dict:
-    """Median ms eager, and GPU time from a CUDA graph when ``graph`` and the capture works."""
-    record = {"ms_eager": median_ms(fn, device)}
-    record["ms"] = record["ms_eager"]
-    if graph:
-        try:
-            record["ms"] = graph_ms(fn, device) or record["ms_eager"]
-        except Exception as error:  # an op that cannot be captured: the eager figure stands
-            record["graph_error"] = f"{type(error).__name__}: {str(error)[:160]}"
-    return record
 
 
 def leaves(shape: BenchShape, dtype, device, seed: int = 0) -> list[torch.Tensor]:

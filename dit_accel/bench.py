@@ -126,6 +126,19 @@ def graph_ms(fn: Callable[[], Any], device: torch.device) -> float | None:
     return median_ms(graph.replay, device)
 
 
+def eager_and_graph_ms(fn: Callable[[], Any], device: torch.device, graph: bool = True) -> dict[str, Any]:
+    """``ms_eager`` (median), and ``ms``: the CUDA-graph GPU time when ``graph`` and the capture works,
+    else the eager figure (with ``graph_error`` naming what the capture refused)."""
+    record: dict[str, Any] = {"ms_eager": median_ms(fn, device)}
+    record["ms"] = record["ms_eager"]
+    if graph:
+        try:
+            record["ms"] = graph_ms(fn, device) or record["ms_eager"]
+        except Exception as error:  # an op that cannot be captured: the eager figure stands
+            record["graph_error"] = f"{type(error).__name__}: {str(error)[:160]}"
+    return record
+
+
 def dense_backends(device: torch.device) -> dict[str, list]:
     """SDPA backends to compare against: cuDNN and FlashAttention-2 on CUDA, math on CPU."""
     from torch.nn.attention import SDPBackend

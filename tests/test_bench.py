@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dit_accel
+from dit_accel import bench
 from dit_accel.bench import SHAPES, bench_kernel
 from dit_accel.recorder import QKVStore
 from dit_accel.registry import get_method
@@ -137,3 +138,18 @@ def test_densities_take_numbers_or_the_method_default():
         density_argument("half")
     assert method_options("topk", [0.25, None], {"top_p": None}) == [{"top_p": None, "density": 0.25}, {"top_p": None}]
     assert method_options("dense", [0.25], {}) == [{}]
+
+
+def test_eager_and_graph_ms_keeps_the_eager_figure_when_capture_fails(monkeypatch):
+    calls, cpu = [], torch.device("cpu")
+    assert bench.eager_and_graph_ms(lambda: calls.append(1), cpu, graph=False).keys() == {"ms", "ms_eager"}
+
+    def refuse(fn, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(bench, "graph_ms", refuse)
+    record = bench.eager_and_graph_ms(lambda: calls.append(1), cpu)
+    assert record["ms"] == record["ms_eager"] > 0
+    assert record["graph_error"].startswith("RuntimeError: operation not permitted")
+    monkeypatch.setattr(bench, "graph_ms", lambda fn, device: 0.25)
+    assert bench.eager_and_graph_ms(lambda: calls.append(1), cpu)["ms"] == 0.25
