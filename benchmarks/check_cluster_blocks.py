@@ -34,16 +34,15 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from check_svg_ear import inputs
+from check_svg_ear import FULL, inputs
 
 from dit_accel.bench import dense_runs, environment, median_ms
 from dit_accel.kernels.block_list import BlockList, ascending_lists
-from dit_accel.kernels.block_sparse_attention import _online_softmax_step, dot_precision
+from dit_accel.kernels.block_sparse_attention import LOG2E, _online_softmax_step, dot_precision
 from dit_accel.kernels.clustering import gather_rows, kmeans, spread_centroids
+from dit_accel.kernels.reference import select_blocks_reference
 
 Tensor = torch.Tensor
-LOG2E = 1.4426950408889634
-FULL = {"batch": 1, "heads": 12, "grid": (21, 30, 52), "text": 0, "dim": 128}
 SMALL = {"batch": 1, "heads": 2, "grid": (3, 7, 9), "text": 0, "dim": 32}  # 189 tokens, odd
 
 
@@ -90,6 +89,13 @@ def _cluster_pair_attention(
     tl.store(Lse + h * seq + q_rows, lse, mask=row_ok)
 
 
+def sorted_labels(lengths: Tensor) -> Tensor:
+    """``(H, S)``: the cluster of each token once tokens are in cluster order (clusters ascending)."""
+    heads, clusters = lengths.shape
+    ids = torch.arange(clusters, device=lengths.device).repeat(heads)
+    return torch.repeat_interleave(ids, lengths.flatten()).view(heads, -1)
+
+
 class ClusterPairs:
     """Cluster-ordered ``(H, S, D)`` q/k/v, cluster extents, and the selected (query, key) cluster pairs."""
 
@@ -107,8 +113,8 @@ class ClusterPairs:
         score = scale * cq.centroids[0] @ ck.centroids[0].transpose(-1, -2) + self.k_len.clamp(min=1).log()[:, None]
         score = score.masked_fill(self.k_len[:, None] == 0, float("-inf"))
         rank = score.argsort(-1, descending=True)
-        keys_before = self.k_len[:, None].expand_as(score).gather(-1, rank).cumsum(-1)
-        keys_before = keys_before - self.k_len[:, None].expand_as(score).gather(-1, rank)
+        ranked_len = self.k_len[:, None].expand_as(score).gather(-1, rank)
+        keys_before = ranked_len.cumsum(-1) - ranked_len
         chosen = (keys_before < density * self.k.shape[1]) & (score.gather(-1, rank) > float("-inf"))
         self.selected = torch.zeros_like(chosen).scatter(-1, rank, chosen)  # (H, Cq, Ck) bool
         self.scale = scale
@@ -153,10 +159,9 @@ class ClusterPairs:
     def reference(self) -> Tensor:
         """Float64 softmax of every query row over the keys of its selected clusters."""
         outs = []
+        q_cluster, k_cluster = sorted_labels(self.q_len), sorted_labels(self.k_len)
         for h in range(self.q.shape[0]):
-            q_cluster = torch.repeat_interleave(torch.arange(self.q_len.shape[1], device=self.q.device), self.q_len[h])
-            k_cluster = torch.repeat_interleave(torch.arange(self.k_len.shape[1], device=self.q.device), self.k_len[h])
-            allowed = self.selected[h][q_cluster][:, k_cluster]
+            allowed = self.selected[h][q_cluster[h]][:, k_cluster[h]]
             logits = self.scale * self.q[h].double() @ self.k[h].double().T
             weights = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
             outs.append(weights @ self.v[h].double())
@@ -168,13 +173,9 @@ class ClusterPairs:
 
         def membership(lengths: Tensor, block: int) -> Tensor:  # (H, blocks, clusters): cluster in block
             nb = math.ceil(seq / block)
-            cluster = torch.repeat_interleave(
-                torch.arange(lengths.shape[1], device=lengths.device).repeat(heads), lengths.flatten()
-            ).view(heads, seq)
-            pad = nb * block - seq
-            padded = torch.nn.functional.pad(cluster, (0, pad), value=-1).view(heads, nb, block)
+            padded = torch.nn.functional.pad(sorted_labels(lengths), (0, nb * block - seq), value=-1)
             present = torch.zeros(heads, nb, lengths.shape[1] + 1, device=lengths.device)
-            present.scatter_(-1, (padded + 1).clamp(min=0), 1.0)
+            present.scatter_(-1, padded.view(heads, nb, block) + 1, 1.0)  # padding lands in column 0
             return present[..., 1:]
 
         mq, mk = membership(self.q_len, block_q), membership(self.k_len, block_k)
@@ -185,16 +186,12 @@ class ClusterPairs:
 
 def top_density_blocks(pairs: ClusterPairs, density: float, block_q: int, block_k: int) -> BlockList:
     """``density`` of the fixed blocks per query block, by pooled score (how ``svg_ear`` sizes its budget)."""
-    from dit_accel.kernels import keep_count
-
     heads, seq, dim = pairs.q.shape
     nq, nk = math.ceil(seq / block_q), math.ceil(seq / block_k)
     pooled_q = torch.nn.functional.pad(pairs.q.float(), (0, 0, 0, nq * block_q - seq)).view(heads, nq, block_q, dim)
     pooled_k = torch.nn.functional.pad(pairs.k.float(), (0, 0, 0, nk * block_k - seq)).view(heads, nk, block_k, dim)
     score = pooled_q.mean(2) @ pooled_k.mean(2).transpose(-1, -2)
-    keep = keep_count(nk, density, 1)
-    mask = torch.zeros_like(score, dtype=torch.bool).scatter(-1, score.topk(keep, -1).indices, True)
-    indices, counts = ascending_lists(mask[None])
+    indices, counts = select_blocks_reference(score[None], density=density)
     return BlockList(indices, counts, block_q, block_k, seq)
 
 
