@@ -38,8 +38,10 @@ from .sla_linear import (
     summary_offsets,
 )
 
-# Query rows per step of the dq kernel: two 64-row steps per 128-row block keep its tiles in registers.
-ROWS_PER_STEP = 64
+# Query rows per step of the dq kernel (fewer live row tiles next to its D x D ones). H200 sweep at the
+# Wan-1.3B shape (benchmarks/check_sla_launch.py, results/kernel/methods_h200_s29/check_sla_launch.json):
+# the whole linear-branch backward at 8 warps takes 1.00 ms with 32 rows, 1.25 with 64, 1.15 with 16.
+ROWS_PER_STEP = 32
 
 
 @triton.jit
@@ -155,7 +157,9 @@ def sla_linear_backward_triton(
         HAS_QROWS=q_rows is not None, DOT_PRECISION=precision, num_warps=warps,
     )  # fmt: skip
     dsummary = torch.matmul(marginal.transpose(-1, -2).to(dsums.dtype), dsums)
-    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)  # the kernel writes every row before key_len
+    dk[:, :, key_len:] = 0
+    dv[:, :, key_len:] = 0
     _key_summary_bwd[(nk, b * h)](
         k, v, dsummary, dk, dv,
         k.stride(0), k.stride(1), k.stride(2),
