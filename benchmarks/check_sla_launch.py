@@ -54,7 +54,8 @@ def sweep(shape, block, device, dtype, rows_options, warps_options) -> list[dict
 
         def measure():
             error = max(rel_err(g, d) for g, d in zip(backward(), default, strict=True))
-            return {"ms": median_ms(backward, device), "max_rel_err_vs_default": error}
+            applied = {"ROWS_PER_STEP": sla_linear_bwd.ROWS_PER_STEP, "warps": sla_linear_bwd.launch_warps(q.shape[-1])}
+            return {"ms": median_ms(backward, device), "max_rel_err_vs_default": error, "applied": applied}
 
         settings = {"ROWS_PER_STEP": rows, "launch_warps": lambda _d, w=warps: w}
         record = measure_launch(sla_linear_bwd, settings, f"{block} rows {rows} warps {warps}", measure)

@@ -144,6 +144,9 @@ def sla_linear_backward_triton(
     seq_q = q.shape[2] if q_rows is None else q_rows.numel()
     nq, nk = triton.cdiv(seq_q, block_m), triton.cdiv(key_len, block_n)
     feature, precision, warps = FEATURE_MAPS.index(feature_map), dot_precision(q), launch_warps(d)
+    sub_m = min(block_m, ROWS_PER_STEP)
+    if block_m % sub_m:  # a step would run into the next query block's rows
+        raise ValueError(f"block_m must be a multiple of {sub_m} (the dq kernel's rows per step), got {block_m}")
     sums = marginal_sums(marginal, key_summary_triton(k, v, block_n, key_len, feature_map))
     dq = torch.empty_like(q) if q_rows is None else torch.zeros_like(q)
     dsums = torch.empty(b, h, nq, d * d + d, device=q.device, dtype=summary_dtype(q))
@@ -153,7 +156,7 @@ def sla_linear_backward_triton(
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         h, seq_q, nq, eps,
-        HEAD_DIM=d, BLOCK_M=block_m, SUB_M=min(block_m, ROWS_PER_STEP), FEATURE=feature,
+        HEAD_DIM=d, BLOCK_M=block_m, SUB_M=sub_m, FEATURE=feature,
         HAS_QROWS=q_rows is not None, DOT_PRECISION=precision, num_warps=warps,
     )  # fmt: skip
     dsummary = torch.matmul(marginal.transpose(-1, -2).to(dsums.dtype), dsums)

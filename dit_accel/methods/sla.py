@@ -161,10 +161,12 @@ class SLAAttention(BlockSparseMethod):
     def combine(self, routing: Routing, blocks, out: Tensor, lse: Tensor, ctx: AttentionContext) -> Tensor:
         """``O_s + Proj(O_l)``: the projected linear branch is added to the normalised exact output.
 
-        Without gradients one fused pass does it; with them, the differentiable op and a linear layer
-        in the activations' dtype (fp32 accumulation), as the fused pass computes it: with an fp32
-        weight and bf16 activations an fp32 projection ran as three SIMT GEMMs plus conversions, a
-        fifth of sla's forward + backward at the Wan-1.3B shape (benchmarks/check_sla.py).
+        Without gradients one fused pass does it; with them, the differentiable op and a linear layer.
+        For bf16 activations the layer runs in bf16 (fp32 accumulation), as the fused pass does: with an
+        fp32 weight, an fp32 projection ran as three SIMT GEMMs plus conversions, a fifth of sla's
+        forward + backward at the Wan-1.3B shape (benchmarks/check_sla.py). Other activations are
+        projected in the weight's dtype (fp16 sums over ~400k rows would overflow in the weight's
+        gradient; the fused pass keeps them in fp32 too).
         """
         from dit_accel.kernels import sla_ops
 
@@ -172,7 +174,8 @@ class SLAAttention(BlockSparseMethod):
         inputs = (routing.q, routing.k, routing.v, weight, out)
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             linear = self.linear_branch(routing, blocks)
-            return out + torch.nn.functional.linear(linear, weight.to(linear.dtype)).to(out.dtype)
+            dtype = linear.dtype if linear.dtype == torch.bfloat16 else weight.dtype
+            return out + torch.nn.functional.linear(linear.to(dtype), weight.to(dtype)).to(out.dtype)
         return sla_ops.sla_linear_projected(*self.linear_args(routing, blocks), out, weight, routing.q_rows)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
