@@ -229,3 +229,36 @@ def test_block_map_shows_the_three_classes():
     assert block_map.legend == {0: "negligible (skipped)", 1: "marginal (linear)", 2: "critical (exact)"}
     counts = [(block_map.codes == code).sum(-1) for code in (2, 0, 1)]
     assert [int(c.min()) for c in counts] == [int(c.max()) for c in counts] == [2, 4, 13]
+
+
+@pytest.mark.parametrize(("dtype", "projected_in"), [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
+def test_trained_projection_runs_in_bf16_for_bf16_activations_only(monkeypatch, dtype, projected_in):
+    """With gradients, Proj (an fp32 weight) runs in bf16 for bf16 activations, as the fused no-grad pass
+    does; fp16 activations are projected in fp32 (an fp16 weight gradient over many rows could overflow).
+    The weight's gradient stays fp32, and the output matches the fused no-grad pass."""
+    from dit_accel.bench import SHAPES, MethodRun
+
+    shape = SHAPES["tiny-cpu"]
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, shape.seq_len, shape.heads, shape.head_dim, generator=gen).to(dtype).requires_grad_()
+               for _ in range(3))  # fmt: skip
+    run = MethodRun("sla", {"k_high": 0.2, "block_size": 16}, shape.layout(), q, k, v)
+    projection = SLAProjection(shape.head_dim, dtype=torch.float32)
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(projection.weight.shape, generator=gen) * 0.3)
+    run.ctx.binding.module_state = projection
+    seen, linear = [], torch.nn.functional.linear
+
+    def spy(x, weight, *args):
+        seen.append((x.dtype, weight.dtype))
+        return linear(x, weight, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    out = run.full()
+    out.float().square().sum().backward()
+    assert seen == [(projected_in, projected_in)]
+    assert out.dtype == dtype and projection.weight.grad.dtype == torch.float32
+    assert torch.isfinite(projection.weight.grad).all() and projection.weight.grad.abs().max() > 0
+    with torch.no_grad():
+        fused = run.full()  # the no-grad path: one fused pass
+    assert rel(out.detach().float(), fused.float()) < 2e-2
