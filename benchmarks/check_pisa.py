@@ -40,8 +40,12 @@ from dit_accel.kernels import merge_attention, reference
 from dit_accel.kernels.pisa_reference import pisa_block_stats_reference, pisa_tail_reference
 
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
-TAIL_SWEEP = [(bm, bn, warps, stages) for bm in (64, 128) for bn in (32, 64, 128, 256) for warps in (4, 8)
+TAIL_SWEEP = [(bm, bn, warps, stages, True) for bm in (64, 128) for bn in (32, 64, 128, 256) for warps in (4, 8)
               for stages in (2, 3, 4)]  # fmt: skip
+# The exact rows loaded before or after the pseudo-tokens (after: fewer registers through the loop; Nsight
+# Compute put the merged tail at 237 registers, 12% occupancy, latency-bound), launches near the fastest.
+TAIL_PREFETCH_SWEEP = [(bm, bn, warps, stages, prefetch) for bm, bn in ((64, 32), (64, 64), (128, 64), (64, 128))
+                       for warps in (4, 8) for stages in (2, 3) for prefetch in (True, False)]  # fmt: skip
 STATS_SWEEP = [(programs, sub_k, input_dot, warps, stages) for programs in (128, 256, 512)
                for sub_k, input_dot in ((64, False), (128, True)) for warps in (4, 8)
                for stages in (2, 3)]  # fmt: skip
@@ -170,8 +174,10 @@ def time_parts(shape, dtype, device, block_q, block_k, sweeps: tuple[str, ...] =
             config = StatsConfig(programs, sub_k, input_dot, warps, stages)
             stats = functools.partial(pisa_block_stats_triton, k, v, k_mean, block_k, s, True, False, config)
             records.append({"part": "stats_sweep", **dataclasses.asdict(config), **swept_ms(stats, device)})
-        tail_configs = {TailConfig(min(bm, block_q), bn, warps, stages) for bm, bn, warps, stages in TAIL_SWEEP}
-        for config in sorted(tail_configs, key=dataclasses.astuple) if "tail" in sweeps else ():
+        swept = (TAIL_SWEEP if "tail" in sweeps else []) + (TAIL_PREFETCH_SWEEP if "tail_prefetch" in sweeps else [])
+        tail_configs = {TailConfig(min(bm, block_q), bn, warps, stages, prefetch)
+                        for bm, bn, warps, stages, prefetch in swept}  # fmt: skip
+        for config in sorted(tail_configs, key=dataclasses.astuple):
             fused = functools.partial(pisa_tail_triton, *tail_args, config=config, merge_into=exact)
             records.append({"part": "tail_merge_sweep", "order": 1, **dataclasses.asdict(config),
                             **swept_ms(fused, device)})  # fmt: skip
@@ -220,7 +226,7 @@ def main() -> int:
     parser.add_argument("--block-sizes", nargs="+", default=["128x64", "128x128", "64x64"],
                         help="QxK block sizes of the part timings and the method timings")  # fmt: skip
     parser.add_argument("--parts-only", action="store_true", help="skip the whole methods' timings")
-    parser.add_argument("--sweeps", nargs="*", default=["stats", "tail"], choices=("stats", "tail"),
+    parser.add_argument("--sweeps", nargs="*", default=["stats", "tail"], choices=("stats", "tail", "tail_prefetch"),
                         help="launch sweeps to run (none: --sweeps with no value)")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -36,7 +36,8 @@ from profile_routing import kernel_table
 
 from dit_accel.bench import SHAPES, BenchShape, MethodRun, environment, kernel_backends
 from dit_accel.bench import eager_and_graph_ms as timed
-from dit_accel.kernels import sla_ops
+from dit_accel.kernels import block_sparse_attention_bwd, sla_ops
+from dit_accel.kernels.block_sparse_attention_bwd import BackwardLaunch
 from dit_accel.kernels.sla_linear_reference import sla_linear_backward_reference, sla_linear_reference
 from dit_accel.methods.base import Routing
 from dit_accel.methods.sla import EPS, SLAProjection, marginal_blocks
@@ -49,12 +50,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
+def random_routing(batch, heads, nq, nk, block_k, device, gen) -> Routing:
+    """Routing over random pooled scores (``nq`` query blocks, ``nk`` key blocks of ``block_k``)."""
+    scores = torch.randn(batch, heads, nq, nk, generator=gen, device=device)
+    return Routing(q=None, k=None, v=None, q_rows=None, key_rows=None, key_len=nk * block_k, scale=1.0,
+                   block_q=0, block_k=block_k, log_counts=torch.zeros(nk, device=device),
+                   known_scores=scores)  # fmt: skip
+
+
 def classes(batch, heads, nq, nk, block_k, k_high, k_low, device, gen) -> torch.Tensor:
     """The marginal mask of random pooled scores (critical top k_high, negligible bottom k_low)."""
-    scores = torch.randn(batch, heads, nq, nk, generator=gen, device=device)
-    routing = Routing(q=None, k=None, v=None, q_rows=None, key_rows=None, key_len=nk * block_k, scale=1.0,
-                      block_q=0, block_k=block_k, log_counts=torch.zeros(nk, device=device),
-                      known_scores=scores)  # fmt: skip
+    routing = random_routing(batch, heads, nq, nk, block_k, device, gen)
     return marginal_blocks(routing, routing.top_blocks(k_high), k_low)
 
 
@@ -207,6 +213,9 @@ def main() -> int:
     parser.add_argument("--k-high", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--blocks", nargs="+", default=["128,64", "128,128"],
                         help="(query, key) block sizes as Q,K (FA4's backward takes 128-key blocks only)")  # fmt: skip
+    parser.add_argument("--exact-launch", type=Path, default=None,
+                        help="time the Triton exact backward with the fastest launch of this "
+                             "check_sla_launch.py result (its best_exact_launch for the first --blocks)")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = SHAPES[args.shape or ("wan-1.3b-480p" if device.type == "cuda" else "tiny-cpu")]
@@ -223,6 +232,12 @@ def main() -> int:
               f"rel_err={record['rel_err']:.2e}")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     block_sizes = [tuple(int(n) for n in text.split(",")) for text in args.blocks]
+    launch = None
+    if args.exact_launch is not None:
+        block_q, block_k = block_sizes[0]
+        launch = json.loads(args.exact_launch.read_text())["best_exact_launch"][f"{block_q}x{block_k}"]
+        block_sparse_attention_bwd.LAUNCH = BackwardLaunch(**launch)
+        print(f"exact backward launch: {block_sparse_attention_bwd.LAUNCH}")
     base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device), block_sizes)
     cudnn_both = base["cudnn_fwd_bwd"]
     print(f"cudnn forward {base['cudnn_fwd']['ms']:.3f} ms, forward+backward {cudnn_both['ms_eager']:.3f} ms eager, "
@@ -241,7 +256,7 @@ def main() -> int:
             for row in r["forward_backward"]["kernels"]:
                 print(f"    {row['us_per_call']:8.1f} us  x{row['launches']:.0f}  {row['kernel']}")
     result = {"environment": environment(device), "shape": shape.name, "dtype": str(dtype), "checks": checks,
-              "baselines": base, "sla": records,
+              "baselines": base, "sla": records, "exact_backward_launch": launch,
               "targets": {"forward_at_0.05": 14.0, "forward_backward": 8.0}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

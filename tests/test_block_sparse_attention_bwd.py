@@ -9,6 +9,7 @@ import torch
 from test_kernels import random_block_lists, rel_err
 
 from dit_accel import kernels
+from dit_accel.kernels import block_sparse_attention_bwd as bwd
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_sparse_attention import block_sparse_attention_triton
 from dit_accel.kernels.block_sparse_attention_bwd import block_sparse_attention_backward_triton
@@ -35,7 +36,7 @@ CASES = [
     (2, 1, 70, 53, 32, 32, 16, False, True, torch.float32),
     (1, 2, 37, 61, 64, 16, 32, True, True, torch.float16),
     (2, 1, 53, 41, 32, 16, 16, False, False, torch.float16),
-    (1, 1, 97, 70, 16, 64, 16, True, True, torch.float32),  # dk/dv walk a query block in two tiles
+    (1, 1, 97, 70, 16, 64, 16, True, True, torch.float32),  # 64-row query blocks (other dk/dv steps: below)
 ]
 TOLERANCE = {torch.float32: 2e-6, torch.float16: 1.5e-3}
 
@@ -45,8 +46,8 @@ def test_triton_backward_matches_float64_autograd(batch, heads, seq_q, seq_k, di
     gen = torch.Generator().manual_seed(seq_q * 7 + seq_k)
     q = torch.randn(batch, seq_q, heads, dim, generator=gen).to(dtype).transpose(1, 2)  # Diffusers' layout
     nq, nk = math.ceil(seq_q / bm), math.ceil(seq_k / bn)
-    k = torch.randn(batch, heads, nk * bn, dim, generator=gen).to(dtype)  # padded beyond seq_k
-    v = torch.randn(batch, heads, nk * bn, dim, generator=gen).to(dtype)
+    k = torch.randn(batch, heads, nk * bn + 3, dim, generator=gen).to(dtype)  # padded beyond the last key block
+    v = torch.randn(batch, heads, nk * bn + 3, dim, generator=gen).to(dtype)
     indices, counts = random_block_lists(batch, heads, nq, nk, gen)  # empty and full rows
     kwargs = {"block_m": bm, "block_n": bn, "key_len": seq_k, "scale": dim**-0.5}
     kwargs["key_bias"] = torch.randn(batch, heads, nk, generator=gen) if bias else None
@@ -64,6 +65,26 @@ def test_triton_backward_matches_float64_autograd(batch, heads, seq_q, seq_k, di
         assert rel_err(g, w) < TOLERANCE[dtype], f"d{name}"
     assert (got[1][:, :, seq_k:] == 0).all() and (got[2][:, :, seq_k:] == 0).all(), "padding keys get no gradient"
     assert (got[0][0, 0, :bm] == 0).all(), "a query block that attends to nothing gets no gradient"
+
+
+def test_every_dkdv_row_step_gives_the_same_gradients_and_a_partial_step_is_refused(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    bm, bn, seq = 64, 16, 83
+    q, k, v, dout = (torch.randn(1, 1, seq, 16, generator=gen) for _ in range(4))
+    indices, counts = random_block_lists(1, 1, math.ceil(seq / bm), math.ceil(seq / bn), gen)
+    out, lse = block_sparse_attention_triton(q, k, v, indices, counts, block_m=bm, block_n=bn, return_lse=True)
+
+    def grads():
+        return block_sparse_attention_backward_triton(dout, q, k, v, out, lse, indices, counts, block_m=bm, block_n=bn)
+
+    default = grads()
+    for sub_m in (16, 32):
+        monkeypatch.setattr(bwd, "LAUNCH", bwd.BackwardLaunch(dkdv_sub_m=sub_m, dq_stages=2, dkdv_stages=2))
+        for g, w in zip(grads(), default, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(bwd, "LAUNCH", bwd.BackwardLaunch(dkdv_sub_m=48))
+    with pytest.raises(ValueError, match="whole steps"):
+        grads()
 
 
 def test_op_autograd_on_cpu_matches_reference_autograd():

@@ -170,8 +170,8 @@ def test_finer_pseudo_tokens_equal_the_tail_over_lists_of_the_parts(merged):
     assert rel_err(triton[0][:, :, logical], want[0][:, :, logical]) < 2e-5
 
 
-@pytest.mark.parametrize("gathered", [True, False])
-def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered):
+@pytest.mark.parametrize(("gathered", "prefetch"), [(True, True), (False, True), (True, False)])
+def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered, prefetch):
     gen = torch.Generator().manual_seed(5 + gathered)
     q, rows, k_mean, v_mean, h_bar, log_counts, indices, counts = tail_inputs(gen)
     rows = rows if gathered else None
@@ -185,8 +185,8 @@ def test_fused_merge_equals_the_tail_then_the_lse_merge(gathered):
     args = (k_mean, v_mean, h_bar, log_counts, indices, counts, 32, 32**-0.5, rows)
     want, want_lse = reference.merge_attention_reference(exact_out, exact_lse, *pisa_tail_reference(q_in, *args))
     got, got_lse = pisa_tail_triton(
-        q_in.float(), *(x.float() for x in args[:4]), *args[4:], config=TailConfig(block_m=32, block_n=16, num_warps=4),
-        merge_into=(exact_out.float(), exact_lse.float()),
+        q_in.float(), *(x.float() for x in args[:4]), *args[4:], merge_into=(exact_out.float(), exact_lse.float()),
+        config=TailConfig(block_m=32, block_n=16, num_warps=4, prefetch_exact=prefetch),
     )  # fmt: skip
     got, got_lse, want, want_lse = (x[:, :, logical] for x in (got, got_lse, want, want_lse))
     assert torch.isneginf(want_lse).any() and torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))

@@ -235,7 +235,8 @@ def test_block_map_shows_the_three_classes():
 def test_trained_projection_runs_in_bf16_for_bf16_activations_only(monkeypatch, dtype, projected_in):
     """With gradients, Proj (an fp32 weight) runs in bf16 for bf16 activations, as the fused no-grad pass
     does; fp16 activations are projected in fp32 (an fp16 weight gradient over many rows could overflow).
-    The weight's gradient stays fp32, and the output matches the fused no-grad pass."""
+    The weight's gradient stays fp32, and the output matches the fused no-grad pass. The layer gets the
+    branch in its ``(B, S, H, D)`` memory order (a strided view would be copied, with its gradients)."""
     from dit_accel.bench import SHAPES, MethodRun
 
     shape = SHAPES["tiny-cpu"]
@@ -250,13 +251,13 @@ def test_trained_projection_runs_in_bf16_for_bf16_activations_only(monkeypatch, 
     seen, linear = [], torch.nn.functional.linear
 
     def spy(x, weight, *args):
-        seen.append((x.dtype, weight.dtype))
+        seen.append((x.dtype, weight.dtype, x.is_contiguous()))
         return linear(x, weight, *args)
 
     monkeypatch.setattr(torch.nn.functional, "linear", spy)
     out = run.full()
     out.float().square().sum().backward()
-    assert seen == [(projected_in, projected_in)]
+    assert seen == [(projected_in, projected_in, True)], "the layer takes the branch without copying it"
     assert out.dtype == dtype and projection.weight.grad.dtype == torch.float32
     assert torch.isfinite(projection.weight.grad).all() and projection.weight.grad.abs().max() > 0
     with torch.no_grad():

@@ -16,6 +16,7 @@ Reference: :func:`dit_accel.kernels.reference.block_sparse_attention_backward_re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,7 +27,35 @@ from .reference import transpose_block_lists
 
 LOG2E = 1.4426950408889634
 PREPROCESS_ROWS = 64
-DKDV_SUB_M = 32
+
+
+@dataclass(frozen=True)
+class BackwardLaunch:
+    """Launch parameters of the dq and dk/dv kernels (swept on the GPU by ``benchmarks/check_sla_launch.py``).
+
+    Defaults: the H200 sweep's fastest at the Wan-1.3B shape, 128x64 blocks, k_high 0.05 lists (whole
+    backward 3.42 ms with one stage and 32-row steps; dq with 3 stages 3.31, dk/dv with 64-row steps
+    3.29; ``benchmarks/results/kernel/methods_h200_s30/check_sla_launch_exact.json``).
+
+    Attributes:
+        dq_warps, dkdv_warps: warps per program; None picks 8 once the kernel's fp32 accumulators
+            exceed 64 x 128 (no spills on sm_90, ``ptxas -v``) and 4 otherwise.
+        dq_stages, dkdv_stages: software-pipelining stages of each kernel's block-list loop.
+        dkdv_sub_m: query rows per step of the dk/dv kernel (a query block is walked in such tiles).
+    """
+
+    dq_warps: int | None = None
+    dq_stages: int = 3
+    dkdv_warps: int | None = None
+    dkdv_stages: int = 1
+    dkdv_sub_m: int = 64
+
+    def warps(self, override: int | None, accumulator_rows: int, head_dim: int) -> int:
+        """``override`` or the spill-free default for ``accumulator_rows`` x ``head_dim`` fp32 accumulators."""
+        return override or (8 if accumulator_rows * head_dim > 64 * 128 else 4)
+
+
+LAUNCH = BackwardLaunch()
 
 
 @triton.jit
@@ -217,14 +246,12 @@ def block_sparse_attention_backward_triton(
     scale: float | None = None,
     key_bias: torch.Tensor | None = None,
     dlse: torch.Tensor | None = None,
-    num_warps: int | None = None,
-    num_stages: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of :func:`block_sparse_attention_triton` (no ``q_rows``, no extra keys).
 
     ``out`` and ``lse`` (natural log, ``(B, H, S)``) are the forward's; ``dlse`` is the gradient of
     that LSE, if any. ``key_bias`` gets no gradient. dk/dv rows at or beyond ``key_len`` are 0.
-    ``num_warps`` None picks, per kernel, 8 for large tiles and 4 otherwise.
+    Launch parameters: the module's :data:`LAUNCH`.
     """
     b, h, seq_q, d = q.shape
     if d not in (16, 32, 64, 128, 256):
@@ -242,8 +269,9 @@ def block_sparse_attention_backward_triton(
     bias = key_bias.float().contiguous() if key_bias is not None else counts.float()
     bias_strides = (bias.stride(0), bias.stride(1)) if key_bias is not None else (0, 0)
     dq = torch.empty_like(q)
-    dk = torch.zeros_like(k)
-    dv = torch.zeros_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dk[:, :, num_k_blocks * block_n :].zero_()  # rows no key block covers; the kernel writes the rest
+    dv[:, :, num_k_blocks * block_n :].zero_()
     delta = torch.empty(b * h, seq_q, device=q.device, dtype=torch.float32)
     _bwd_preprocess[(triton.cdiv(seq_q, PREPROCESS_ROWS), b * h)](
         out, dout, dlse if dlse is not None else delta, delta,
@@ -262,9 +290,10 @@ def block_sparse_attention_backward_triton(
     sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
     meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None,
             "DOT_PRECISION": dot_precision(q)}  # fmt: skip
-    # Without spills on sm_90 (ptxas -v): 8 warps once the block's fp32 accumulators exceed 64 x 128.
-    dq_warps = num_warps or (8 if block_m * d > 64 * 128 else 4)
-    dkdv_warps = num_warps or (8 if block_n * d > 64 * 128 else 4)
+    launch = LAUNCH
+    sub_m = min(block_m, launch.dkdv_sub_m)
+    if block_m % sub_m:
+        raise ValueError(f"the query block ({block_m}) must be whole steps of the dk/dv kernel ({sub_m} rows)")
     _block_sparse_attn_bwd_dq[(triton.cdiv(seq_q, block_m), b * h)](
         q, k, v, dout, lse, delta, dq, indices, counts, bias,
         *common,
@@ -272,7 +301,8 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         indices.stride(0), indices.stride(1), indices.stride(2),
         counts.stride(0), counts.stride(1),
-        *bias_strides, *sizes, **meta, num_warps=dq_warps, num_stages=num_stages,
+        *bias_strides, *sizes, **meta,
+        num_warps=launch.warps(launch.dq_warps, block_m, d), num_stages=launch.dq_stages,
     )  # fmt: skip
     _block_sparse_attn_bwd_dkdv[(num_k_blocks, b * h)](
         q, k, v, dout, lse, delta, dk, dv, t_indices, t_counts, bias,
@@ -282,6 +312,7 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         t_indices.stride(0), t_indices.stride(1), t_indices.stride(2),
         t_counts.stride(0), t_counts.stride(1),
-        *bias_strides, *sizes, **meta, SUB_M=min(block_m, DKDV_SUB_M), num_warps=dkdv_warps, num_stages=num_stages,
+        *bias_strides, *sizes, **meta, SUB_M=sub_m,
+        num_warps=launch.warps(launch.dkdv_warps, block_n, d), num_stages=launch.dkdv_stages,
     )  # fmt: skip
     return dq, dk, dv

@@ -34,6 +34,17 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _exact_rows(ExactOut, ExactLse, b, h, rows, row_ok, offs_d, stride_eb, stride_eh, stride_es, stride_elb,
+                stride_elh, stride_els):  # fmt: skip
+    """The exact part's LSE (fp32) and output rows of one tile, for the merge."""
+    exact_lse = tl.load(ExactLse + b * stride_elb + h * stride_elh + rows * stride_els, mask=row_ok,
+                        other=float("-inf")).to(tl.float32)  # fmt: skip
+    exact = tl.load(ExactOut + b * stride_eb + h * stride_eh + rows[:, None] * stride_es + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)  # fmt: skip
+    return exact_lse, exact
+
+
+@triton.jit
 def _pisa_tail_fwd(
     Q, KMean, VMean, HBar, LogCounts, QRows, Chosen, Out, Lse, ExactOut, ExactLse,
     stride_qb, stride_qh, stride_qs,
@@ -43,6 +54,7 @@ def _pisa_tail_fwd(
     H, Sq, Sq_total, num_q_blocks, num_blocks, num_tokens, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PER_QBLOCK: tl.constexpr,
     TOKENS_PER_BLOCK: tl.constexpr, HAS_QROWS: tl.constexpr, FIRST_ORDER: tl.constexpr, MERGE: tl.constexpr,
+    PREFETCH_EXACT: tl.constexpr,
 ):  # fmt: skip
     """Grid (row tiles, B * H). k̄, v̄ ``(B*H, NT, D)`` (``num_tokens`` pseudo-tokens), H̄ ``(B*H, D, D)``
     contiguous, in q's dtype; ``Chosen`` ``(B*H, NQ, NK)`` int8 contiguous, nonzero for the key blocks
@@ -64,11 +76,9 @@ def _pisa_tail_fwd(
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)  # fmt: skip
 
-    if MERGE:  # issued first: the loads are in flight while the tail is computed
-        exact_lse = tl.load(ExactLse + b * stride_elb + h * stride_elh + rows * stride_els, mask=row_ok,
-                            other=float("-inf")).to(tl.float32)  # fmt: skip
-        exact = tl.load(ExactOut + b * stride_eb + h * stride_eh + rows[:, None] * stride_es + offs_d[None, :],
-                        mask=row_ok[:, None], other=0.0)  # fmt: skip
+    if MERGE and PREFETCH_EXACT:  # issued first: in flight while the tail is computed, held in registers
+        exact_lse, exact = _exact_rows(ExactOut, ExactLse, b, h, rows, row_ok, offs_d, stride_eb, stride_eh, stride_es,
+                                       stride_elb, stride_elh, stride_els)  # fmt: skip
 
     q_block = pid_m // TILES_PER_QBLOCK
     chosen_base = Chosen + (pid_bh.to(tl.int64) * num_q_blocks + q_block) * num_blocks
@@ -105,6 +115,9 @@ def _pisa_tail_fwd(
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     if MERGE:
+        if not PREFETCH_EXACT:
+            exact_lse, exact = _exact_rows(ExactOut, ExactLse, b, h, rows, row_ok, offs_d, stride_eb, stride_eh,
+                                           stride_es, stride_elb, stride_elh, stride_els)  # fmt: skip
         m = tl.maximum(exact_lse, lse)
         none = m == float("-inf")
         m_safe = tl.where(none, 0.0, m)
@@ -131,12 +144,15 @@ class TailConfig:
         block_m: query rows per program (at most the query block; the query block must be a multiple).
         block_n: pseudo-tokens per chunk.
         num_warps, num_stages: Triton launch parameters.
+        prefetch_exact: with a merge, load the exact part's rows before the pseudo-tokens (their
+            latency hidden, but held in registers through the loop) rather than after them.
     """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    prefetch_exact: bool = True
 
 
 def pisa_tail_triton(
@@ -195,6 +211,7 @@ def pisa_tail_triton(
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=config.block_n, TILES_PER_QBLOCK=block_q // block_m,
         TOKENS_PER_BLOCK=tokens_per_block,
         HAS_QROWS=q_rows is not None, FIRST_ORDER=first_order, MERGE=merge_into is not None,
+        PREFETCH_EXACT=config.prefetch_exact,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse
