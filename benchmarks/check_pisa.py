@@ -43,7 +43,8 @@ TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
 TAIL_SWEEP = [(bm, bn, warps, stages, True) for bm in (64, 128) for bn in (32, 64, 128, 256) for warps in (4, 8)
               for stages in (2, 3, 4)]  # fmt: skip
 # The exact rows loaded before or after the pseudo-tokens (after: fewer registers through the loop; Nsight
-# Compute put the merged tail at 237 registers, 12% occupancy, latency-bound), launches near the fastest.
+# Compute put the merged tail at 237 registers, 12% occupancy, latency-bound:
+# results/kernel/methods_h200_s24/ncu_pisa_s24.txt), launches near the fastest.
 TAIL_PREFETCH_SWEEP = [(bm, bn, warps, stages, prefetch) for bm, bn in ((64, 32), (64, 64), (128, 64), (64, 128))
                        for warps in (4, 8) for stages in (2, 3) for prefetch in (True, False)]  # fmt: skip
 STATS_SWEEP = [(programs, sub_k, input_dot, warps, stages) for programs in (128, 256, 512)

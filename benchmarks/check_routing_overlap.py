@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from dit_accel.bench import SHAPES, environment, graph_ms, median_ms, random_qkv
 from dit_accel.kernels import reference
 from dit_accel.kernels.block_selection import select_blocks_triton
-from dit_accel.kernels.fa4 import _sparse_tensors
+from dit_accel.kernels.fa4 import sparse_tensors
 from dit_accel.kernels.routing import pool_qk_triton
 from dit_accel.methods.routing import key_log_counts
 
@@ -43,7 +43,7 @@ def attend(q, k, v, indices, counts, scale, out, lse) -> None:
     from flash_attn.cute.interface import _flash_attn_fwd
 
     _flash_attn_fwd(
-        q, k, v, softmax_scale=scale, block_sparse_tensors=_sparse_tensors(indices, counts, (BLOCK, BLOCK)),
+        q, k, v, softmax_scale=scale, block_sparse_tensors=sparse_tensors(indices, counts, (BLOCK, BLOCK)),
         return_lse=True, out=out, lse=lse,
     )  # fmt: skip
 

@@ -8,7 +8,7 @@ odd sizes) against its float64 ``reference()``; forward + backward of the method
 ``torch.compile(fullgraph=True)`` against eager.
 (b) times (``dit_accel.bench.median_ms``; forward also from a CUDA graph where capture works), at the
 Wan-1.3B shape, for k_high 0.05 and 0.1 on each backend, at 128x64 and 128x128 blocks (FA4's backward
-takes 128-key blocks only: 128x64 lists run our Triton backward): the forward (routing and block classes,
+runs both on sm90, 64-key lists on ``fa4.SM90_BACKWARD_TILES``): the forward (routing and block classes,
 exact part, linear branch, projection: ``MethodRun``, tokens pretiled as in a model) against cuDNN's
 forward (target >= 14x at 0.05), its parts, ``topk`` at the same density, and forward + backward
 (gradients for q, k, v and the projection) against cuDNN's forward + backward (target >= 8x), both
@@ -24,6 +24,7 @@ kernels (torch.profiler), with sla's kernels listed largest first: where the bac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -205,6 +206,17 @@ def time_sla(shape: BenchShape, dtype, device, k_highs, backends, block_sizes) -
     return base, records
 
 
+def exact_launch(path: Path, block_sizes: list[tuple[int, int]]) -> BackwardLaunch:
+    """The fastest exact-backward launch that ``check_sla_launch.py`` wrote to ``path`` for the one block size."""
+    if len(block_sizes) != 1:
+        raise SystemExit("--exact-launch applies to one --blocks value (each block size has its own launch)")
+    name = "x".join(str(n) for n in block_sizes[0])
+    best = json.loads(path.read_text()).get("best_exact_launch", {})
+    if name not in best:
+        raise SystemExit(f"{path} has no launch for {name} blocks (it has: {', '.join(best) or 'none'})")
+    return BackwardLaunch(**best[name])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -212,13 +224,17 @@ def main() -> int:
     parser.add_argument("--shape", default=None, help=f"one of {', '.join(SHAPES)} (default: wan-1.3b-480p on cuda)")
     parser.add_argument("--k-high", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--blocks", nargs="+", default=["128,64", "128,128"],
-                        help="(query, key) block sizes as Q,K (FA4's backward takes 128-key blocks only)")  # fmt: skip
+                        help="(query, key) block sizes as Q,K")  # fmt: skip
     parser.add_argument("--exact-launch", type=Path, default=None,
-                        help="time the Triton exact backward with the fastest launch of this "
-                             "check_sla_launch.py result (its best_exact_launch for the first --blocks)")  # fmt: skip
+                        help="check and time the Triton exact backward with the fastest launch of this "
+                             "check_sla_launch.py result for the (single) --blocks")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = SHAPES[args.shape or ("wan-1.3b-480p" if device.type == "cuda" else "tiny-cpu")]
+    block_sizes = [tuple(int(n) for n in text.split(",")) for text in args.blocks]
+    if args.exact_launch is not None:
+        block_sparse_attention_bwd.LAUNCH = exact_launch(args.exact_launch, block_sizes)
+    print(f"exact backward launch: {block_sparse_attention_bwd.LAUNCH}")
     checks: list[dict] = []
     if device.type == "cuda":
         checks += check_linear_kernels(1, 12, 32760, 128, torch.bfloat16, device, gathered=False)
@@ -232,12 +248,6 @@ def main() -> int:
               f"rel_err={record['rel_err']:.2e}")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     block_sizes = [tuple(int(n) for n in text.split(",")) for text in args.blocks]
-    launch = None
-    if args.exact_launch is not None:
-        block_q, block_k = block_sizes[0]
-        launch = json.loads(args.exact_launch.read_text())["best_exact_launch"][f"{block_q}x{block_k}"]
-        block_sparse_attention_bwd.LAUNCH = BackwardLaunch(**launch)
-        print(f"exact backward launch: {block_sparse_attention_bwd.LAUNCH}")
     base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device), block_sizes)
     cudnn_both = base["cudnn_fwd_bwd"]
     print(f"cudnn forward {base['cudnn_fwd']['ms']:.3f} ms, forward+backward {cudnn_both['ms_eager']:.3f} ms eager, "
@@ -255,6 +265,7 @@ def main() -> int:
                   f"({r['speedup_fwd_bwd_gpu_kernels']:.2f}x cuDNN's kernels); largest:")  # fmt: skip
             for row in r["forward_backward"]["kernels"]:
                 print(f"    {row['us_per_call']:8.1f} us  x{row['launches']:.0f}  {row['kernel']}")
+    launch = dataclasses.asdict(block_sparse_attention_bwd.LAUNCH)
     result = {"environment": environment(device), "shape": shape.name, "dtype": str(dtype), "checks": checks,
               "baselines": base, "sla": records, "exact_backward_launch": launch,
               "targets": {"forward_at_0.05": 14.0, "forward_backward": 8.0}}  # fmt: skip

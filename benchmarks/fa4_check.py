@@ -63,7 +63,7 @@ def check_forward(gen, shape=(1, 12, 32760, 128), text: int = 0, density: float 
 
 
 def check_backward(gen, block_k: int, shape=(1, 4, 4000, 128), density: float = 0.3) -> dict:
-    """Gradients through the FA4 op: FA4's own backward for 128-key blocks, Triton's for 64."""
+    """Gradients through the FA4 op (with an LSE gradient: FA4's backward for 128-key blocks, Triton's for 64)."""
     b, h, s, d = shape
     q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
     blocks = random_blocks(b, h, s, s, 128, block_k, density, gen)

@@ -45,7 +45,7 @@ def kernel_table(fn, device: torch.device, repeats: int = 20) -> list[dict]:
             fn()
         torch.cuda.synchronize(device)
     rows = [
-        {"kernel": event.key[:90], "us_per_call": event.device_time_total / repeats, "launches": event.count / repeats}
+        {"kernel": event.key[:240], "us_per_call": event.device_time_total / repeats, "launches": event.count / repeats}
         for event in prof.key_averages()
         if event.device_time_total > 0
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -119,3 +120,20 @@ def test_backend_names_agree_between_the_options_and_the_dispatcher():
     from dit_accel import config
 
     assert config.BACKENDS == backends.BACKENDS
+
+
+def test_fa4_backward_tiles_64_key_lists_on_hopper_only():
+    assert fa4.backward_tiles(9, 64, 128)["n_block_size"] == 64, "sla's default 128x64 lists on FA4's backward"
+    assert fa4.backward_tiles(9, 128, 128) is None, "FA4's own 128-key tiles"
+    assert fa4.backward_tiles(10, 64, 128) is None and fa4.backward_tiles(9, 64, 64) is None, "our Triton backward"
+
+
+def test_the_sm90_tile_swap_lasts_for_its_block_only(monkeypatch):
+    interface = SimpleNamespace(_tile_size_bwd_sm90=lambda *args, **kwargs: "FA4's choice")
+    monkeypatch.setitem(sys.modules, "flash_attn", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", SimpleNamespace(interface=interface))
+    with fa4.sm90_backward_tiles("ours"):
+        assert interface._tile_size_bwd_sm90(128, 128, False, False, sparse_block_size_q=128) == "ours"
+    with pytest.raises(RuntimeError), fa4.sm90_backward_tiles("ours"):
+        raise RuntimeError("the backward failed")
+    assert interface._tile_size_bwd_sm90(128, 128, False, False) == "FA4's choice"

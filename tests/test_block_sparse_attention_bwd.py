@@ -41,7 +41,17 @@ CASES = [
 TOLERANCE = {torch.float32: 2e-6, torch.float16: 1.5e-3}
 
 
+@pytest.fixture
+def uninitialised_memory_is_nan():
+    """Deterministic mode fills ``torch.empty`` with NaN: a gradient row the backward forgets to write shows."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 @pytest.mark.parametrize(("batch", "heads", "seq_q", "seq_k", "dim", "bm", "bn", "bias", "dlse", "dtype"), CASES)
+@pytest.mark.usefixtures("uninitialised_memory_is_nan")
 def test_triton_backward_matches_float64_autograd(batch, heads, seq_q, seq_k, dim, bm, bn, bias, dlse, dtype):
     gen = torch.Generator().manual_seed(seq_q * 7 + seq_k)
     q = torch.randn(batch, seq_q, heads, dim, generator=gen).to(dtype).transpose(1, 2)  # Diffusers' layout
@@ -85,6 +95,17 @@ def test_every_dkdv_row_step_gives_the_same_gradients_and_a_partial_step_is_refu
     monkeypatch.setattr(bwd, "LAUNCH", bwd.BackwardLaunch(dkdv_sub_m=48))
     with pytest.raises(ValueError, match="whole steps"):
         grads()
+
+
+def test_launch_defaults_resolve_per_block_size_and_bad_launches_are_refused():
+    launch = bwd.BackwardLaunch()
+    assert launch.for_blocks(128, 64, 128) == bwd.BackwardLaunch(8, 3, 4, 1, 64)  # the H200 sweep's fastest
+    assert launch.for_blocks(64, 64, 128) == bwd.BackwardLaunch(4, 1, 4, 1, 64), "no stages on a 4-warp dq kernel"
+    assert launch.for_blocks(128, 128, 256) == bwd.BackwardLaunch(8, 1, 8, 1, 64), "no stages past head_dim 128"
+    assert launch.for_blocks(32, 16, 64).dkdv_sub_m == 32, "a step is at most the query block"
+    for bad in ({"dq_warps": 3}, {"dkdv_stages": 0}, {"dq_stages": 0}, {"dkdv_sub_m": 8}):
+        with pytest.raises(ValueError):
+            bwd.BackwardLaunch(**bad)
 
 
 def test_op_autograd_on_cpu_matches_reference_autograd():

@@ -3,6 +3,7 @@ gradients agree with the default launch's, and the module's settings are restore
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import pytest
@@ -40,9 +41,15 @@ def test_a_query_block_that_is_not_whole_steps_is_refused() -> None:
 
 def test_each_exact_backward_launch_matches_the_default_and_a_broken_one_is_recorded() -> None:
     before = block_sparse_attention_bwd.LAUNCH
-    launches = [BackwardLaunch(), BackwardLaunch(dkdv_sub_m=16, dq_stages=2), BackwardLaunch(dkdv_sub_m=24)]
+    launches = [
+        BackwardLaunch(),
+        BackwardLaunch(dkdv_sub_m=16, dq_stages=2),
+        BackwardLaunch(dkdv_sub_m=24),
+        BackwardLaunch(dq_warps=4, dq_stages=1, dkdv_sub_m=32),
+    ]  # the default's kernels at these blocks
     records = launch_sweep.exact_sweep((1, 2, 83, 16), (32, 16), torch.device("cpu"), torch.float32, launches)
-    assert [r["launch"]["dkdv_sub_m"] for r in records] == [64, 16, 24]
+    assert [r["launch"]["dkdv_sub_m"] for r in records] == [64, 16, 24], "a launch equal to one timed is skipped"
+    assert records[0]["resolved"] == asdict(BackwardLaunch(4, 1, 4, 1, 32)) and records[2]["resolved"] is None
     assert all(r["max_rel_err_vs_default"] < 1e-5 for r in records[:2])
     assert "whole steps" in records[2]["error"] and "ms" not in records[2]
     assert block_sparse_attention_bwd.LAUNCH is before
@@ -58,3 +65,14 @@ def test_the_best_exact_launch_combines_the_fastest_setting_of_each_kernel() -> 
     best = launch_sweep.best_exact_launch(records, (128, 64))
     assert best == BackwardLaunch(dq_stages=2, dkdv_warps=8, dkdv_stages=2)
     assert launch_sweep.best_exact_launch(records, (128, 128)) is None, "no default launch of that block: no choice"
+
+
+def test_check_sla_takes_the_swept_launch_of_its_one_block_size(tmp_path) -> None:
+    check_sla = load_script("check_sla")
+    path = tmp_path / "launch.json"
+    path.write_text(json.dumps({"best_exact_launch": {"128x64": asdict(BackwardLaunch(dq_stages=2, dkdv_sub_m=32))}}))
+    assert check_sla.exact_launch(path, [(128, 64)]) == BackwardLaunch(dq_stages=2, dkdv_sub_m=32)
+    with pytest.raises(SystemExit, match="no launch for 128x128"):
+        check_sla.exact_launch(path, [(128, 128)])
+    with pytest.raises(SystemExit, match="one --blocks"):
+        check_sla.exact_launch(path, [(128, 64), (128, 128)])

@@ -139,7 +139,7 @@ KERNELS: dict[str, KernelSpec] = {
     "pisa_tail_merge": KernelSpec(  # the default TailConfig, first order, merged, 2 pseudo-tokens a key block
         "dit_accel.kernels.pisa_tail:_pisa_tail_fwd",
         {"HEAD_DIM": 128, "BLOCK_M": 64, "BLOCK_N": 64, "TILES_PER_QBLOCK": 2, "TOKENS_PER_BLOCK": 2,
-         "HAS_QROWS": False, "FIRST_ORDER": True, "MERGE": True},
+         "HAS_QROWS": False, "FIRST_ORDER": True, "MERGE": True, "PREFETCH_EXACT": True},
         {"LogCounts": "*fp32", "QRows": "*i32", "Chosen": "*i8", "Lse": "*fp32", "ExactLse": "*fp32",
          "Sq_total": "i32", "qk_scale": "fp32", "scale": "fp32"},
     ),

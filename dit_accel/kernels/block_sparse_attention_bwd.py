@@ -33,26 +33,53 @@ PREPROCESS_ROWS = 64
 class BackwardLaunch:
     """Launch parameters of the dq and dk/dv kernels (swept on the GPU by ``benchmarks/check_sla_launch.py``).
 
-    Defaults: the H200 sweep's fastest at the Wan-1.3B shape, 128x64 blocks, k_high 0.05 lists (whole
-    backward 3.42 ms with one stage and 32-row steps; dq with 3 stages 3.31, dk/dv with 64-row steps
-    3.29; ``benchmarks/results/kernel/methods_h200_s30/check_sla_launch_exact.json``).
+    None picks per call (:meth:`for_blocks`). The defaults come from the H200 sweeps at the Wan-1.3B
+    shape, k_high 0.05 lists (``benchmarks/results/kernel/methods_h200_s30/check_sla_launch_exact_128x64.json``
+    and ``..._128x128.json``): at 128x64 the whole backward took 3.42 ms with one stage and 32-row steps,
+    3.31 with 3 stages on the 8-warp dq kernel alone, 3.29 with 64-row dk/dv steps alone; 4 warps with
+    3 stages on the dq kernel was the slowest launch (5.05 ms), hence stages only with 8 warps.
 
     Attributes:
         dq_warps, dkdv_warps: warps per program; None picks 8 once the kernel's fp32 accumulators
             exceed 64 x 128 (no spills on sm_90, ``ptxas -v``) and 4 otherwise.
-        dq_stages, dkdv_stages: software-pipelining stages of each kernel's block-list loop.
-        dkdv_sub_m: query rows per step of the dk/dv kernel (a query block is walked in such tiles).
+        dq_stages: software-pipelining stages of the dq kernel's block-list loop; None picks 3 with
+            8 warps up to head_dim 128 (shared memory), else 1.
+        dkdv_stages: the same for the dk/dv kernel (1 was the fastest with the other defaults at both
+            block sizes).
+        dkdv_sub_m: query rows per step of the dk/dv kernel (a query block is walked in such tiles; at
+            most the query block, which must be whole steps).
     """
 
     dq_warps: int | None = None
-    dq_stages: int = 3
+    dq_stages: int | None = None
     dkdv_warps: int | None = None
     dkdv_stages: int = 1
     dkdv_sub_m: int = 64
 
-    def warps(self, override: int | None, accumulator_rows: int, head_dim: int) -> int:
-        """``override`` or the spill-free default for ``accumulator_rows`` x ``head_dim`` fp32 accumulators."""
-        return override or (8 if accumulator_rows * head_dim > 64 * 128 else 4)
+    def __post_init__(self) -> None:
+        for name in ("dq_warps", "dkdv_warps"):
+            warps = getattr(self, name)
+            if warps is not None and warps not in (1, 2, 4, 8, 16):
+                raise ValueError(f"{name} must be a power of two up to 16, got {warps}")
+        if (self.dq_stages is not None and self.dq_stages < 1) or self.dkdv_stages < 1:
+            raise ValueError("pipelining stages must be at least 1")
+        if self.dkdv_sub_m < 16:
+            raise ValueError(f"dkdv_sub_m must be at least 16 rows, got {self.dkdv_sub_m}")
+
+    def for_blocks(self, block_m: int, block_n: int, head_dim: int) -> BackwardLaunch:
+        """Every parameter decided for ``block_m`` x ``block_n`` blocks at ``head_dim``."""
+        sub_m = min(block_m, self.dkdv_sub_m)
+        if block_m % sub_m:
+            raise ValueError(f"the query block ({block_m}) must be whole steps of the dk/dv kernel ({sub_m} rows)")
+        dq_warps = self.dq_warps or _spill_free_warps(block_m, head_dim)
+        dq_stages = self.dq_stages or (3 if dq_warps == 8 and head_dim <= 128 else 1)
+        dkdv_warps = self.dkdv_warps or _spill_free_warps(block_n, head_dim)
+        return BackwardLaunch(dq_warps, dq_stages, dkdv_warps, self.dkdv_stages, sub_m)
+
+
+def _spill_free_warps(accumulator_rows: int, head_dim: int) -> int:
+    """8 warps once ``accumulator_rows`` x ``head_dim`` fp32 accumulators exceed 64 x 128, else 4."""
+    return 8 if accumulator_rows * head_dim > 64 * 128 else 4
 
 
 LAUNCH = BackwardLaunch()
@@ -256,6 +283,7 @@ def block_sparse_attention_backward_triton(
     b, h, seq_q, d = q.shape
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
+    launch = LAUNCH.for_blocks(block_m, block_n, d)
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.shape != v.shape:
         raise ValueError("q, k and v need a contiguous last dimension, and k and v the same shape")
     dout, out = _last_dim_contiguous(dout), _last_dim_contiguous(out)
@@ -290,10 +318,6 @@ def block_sparse_attention_backward_triton(
     sizes = (h, seq_q, key_len, k.shape[2], scale * LOG2E, scale)
     meta = {"HEAD_DIM": d, "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_BIAS": key_bias is not None,
             "DOT_PRECISION": dot_precision(q)}  # fmt: skip
-    launch = LAUNCH
-    sub_m = min(block_m, launch.dkdv_sub_m)
-    if block_m % sub_m:
-        raise ValueError(f"the query block ({block_m}) must be whole steps of the dk/dv kernel ({sub_m} rows)")
     _block_sparse_attn_bwd_dq[(triton.cdiv(seq_q, block_m), b * h)](
         q, k, v, dout, lse, delta, dq, indices, counts, bias,
         *common,
@@ -302,7 +326,7 @@ def block_sparse_attention_backward_triton(
         indices.stride(0), indices.stride(1), indices.stride(2),
         counts.stride(0), counts.stride(1),
         *bias_strides, *sizes, **meta,
-        num_warps=launch.warps(launch.dq_warps, block_m, d), num_stages=launch.dq_stages,
+        num_warps=launch.dq_warps, num_stages=launch.dq_stages,
     )  # fmt: skip
     _block_sparse_attn_bwd_dkdv[(num_k_blocks, b * h)](
         q, k, v, dout, lse, delta, dk, dv, t_indices, t_counts, bias,
@@ -312,7 +336,7 @@ def block_sparse_attention_backward_triton(
         lse.stride(0), lse.stride(1),
         t_indices.stride(0), t_indices.stride(1), t_indices.stride(2),
         t_counts.stride(0), t_counts.stride(1),
-        *bias_strides, *sizes, **meta, SUB_M=sub_m,
-        num_warps=launch.warps(launch.dkdv_warps, block_n, d), num_stages=launch.dkdv_stages,
+        *bias_strides, *sizes, **meta, SUB_M=launch.dkdv_sub_m,
+        num_warps=launch.dkdv_warps, num_stages=launch.dkdv_stages,
     )  # fmt: skip
     return dq, dk, dv

@@ -5,7 +5,8 @@ FA4 takes per-query-block lists of key blocks in the same layout as :class:`Bloc
 its "full" (unmasked) lists. FA4 walks a list from its last entry and applies the sequence-length
 mask to that first-visited block: with ascending lists that is the only block that can be partial.
 The forward returns the natural-log LSE in fp32. The backward uses FA4's block-sparse backward
-with the transposed lists (per key block, the query blocks that read it).
+with the transposed lists (per key block, the query blocks that read it): 128-key blocks on FA4's
+tiles, 64-key blocks on sm90 on 64-key tiles of ours (:data:`SM90_BACKWARD_TILES`).
 
 Both directions are wrapped as ``torch.library`` custom ops with fake implementations, so the
 call traces under ``torch.compile`` (``fullgraph=True``) and runs in CUDA graphs.
@@ -13,7 +14,9 @@ call traces under ``torch.compile`` (``fullgraph=True``) and runs in CUDA graphs
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 
 import torch
 
@@ -34,7 +37,18 @@ def _find_fa4() -> bool:
 
 # Looked up once at import (without importing FA4), so that traced code only reads a constant.
 FA4_INSTALLED = _find_fa4()
-# FA4's block-sparse backward takes 128-key blocks only; other lists use our Triton backward.
+# FA4's sm90 backward tiles key blocks of 128 at head_dim 128 and takes lists of its tile. For 64-key
+# lists this tile (FA4's own with the key tile and the query tile halved, one MMA warpgroup per 64 rows)
+# replaces it: on the H200 at the Wan-1.3B shape, k_high 0.05 lists of 128x64 blocks, 2.46 ms against
+# our Triton backward's 3.06 (benchmarks/check_fa4_bwd_tiles.py: gradients checked against float64 at
+# an odd shape and against the Triton backward at that shape; a swapped-SdP variant gave wrong gradients
+# there). Other key blocks, head dims and GPUs, and calls with a gradient on the LSE (not yet checked
+# at these tiles), use our Triton backward.
+SM90_BACKWARD_TILES = {
+    (64, 128): dict(m_block_size=64, n_block_size=64, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+                    SdP_swapAB=False, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=1,
+                    AtomLayoutMdQ=1),
+}  # (key block, head_dim) -> BwdConfig fields  # fmt: skip
 BACKWARD_KEY_BLOCK = 128
 _CAPABILITY: dict[int, int] = {}
 
@@ -76,7 +90,7 @@ def _no_masked_blocks(counts: Tensor) -> tuple[Tensor, Tensor]:
     return _NO_MASK_CACHE[key]
 
 
-def _sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]):
+def sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]):
     """FA4's block-sparse container with our lists as its unmasked ("full") blocks."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
@@ -90,6 +104,29 @@ def _sparse_tensors(indices: Tensor, counts: Tensor, block_size: tuple[int, int]
     )
 
 
+def backward_tiles(major: int, block_k: int, head_dim: int) -> dict | None:
+    """The ``BwdConfig`` fields FA4's backward runs ``block_k``-key lists with on an sm``major``x GPU;
+    None where FA4's own tiles stand (128-key blocks) or our Triton backward runs instead."""
+    return SM90_BACKWARD_TILES.get((block_k, head_dim)) if major == 9 else None
+
+
+@contextlib.contextmanager
+def sm90_backward_tiles(config) -> Iterator[None]:
+    """FA4's sm90 backward with the tile ``config`` (a ``flash_attn.cute.interface.BwdConfig``) inside the block.
+
+    FA4 chooses the tiles in ``_tile_size_bwd_sm90`` (128-key tiles at head_dim 128) and takes
+    block-sparse lists whose key blocks are its tile; this swaps that choice for the block.
+    """
+    from flash_attn.cute import interface
+
+    chosen = interface._tile_size_bwd_sm90
+    interface._tile_size_bwd_sm90 = lambda *args, **kwargs: config
+    try:
+        yield
+    finally:
+        interface._tile_size_bwd_sm90 = chosen
+
+
 @torch.library.custom_op("dit_accel::fa4_block_sparse_attention", mutates_args=())
 def fa4_block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, indices: Tensor, counts: Tensor, block_q: int, block_k: int, scale: float
@@ -99,7 +136,7 @@ def fa4_block_sparse_attention(
 
     out, lse, *_ = _flash_attn_fwd(
         q, k, v, softmax_scale=scale,
-        block_sparse_tensors=_sparse_tensors(indices, counts, (block_q, block_k)), return_lse=True,
+        block_sparse_tensors=sparse_tensors(indices, counts, (block_q, block_k)), return_lse=True,
     )  # fmt: skip
     return out, lse
 
@@ -118,9 +155,11 @@ def fa4_block_sparse_attention_backward(
     """dq, dk, dv of :func:`fa4_block_sparse_attention` through FA4's block-sparse backward.
 
     ``dlse`` carries the gradient reaching the LSE output (an LSE merge downstream gives one).
-    FA4's backward takes 128-key blocks only; other block lists run our Triton backward.
+    FA4's backward runs 128-key blocks with its own tiles and, without ``dlse``, 64-key blocks at
+    head_dim 128 on sm90 with :data:`SM90_BACKWARD_TILES`; other block lists run our Triton backward.
     """
-    if block_k != BACKWARD_KEY_BLOCK:
+    tiles = backward_tiles(_major(q.device), block_k, q.shape[-1]) if dlse is None else None
+    if block_k != BACKWARD_KEY_BLOCK and tiles is None:
         from .block_sparse_attention_bwd import block_sparse_attention_backward_triton
 
         grads = block_sparse_attention_backward_triton(
@@ -131,11 +170,16 @@ def fa4_block_sparse_attention_backward(
     from flash_attn.cute.interface import _flash_attn_bwd
 
     t_indices, t_counts = transpose_block_lists(indices, counts, -(-k.shape[1] // block_k))
-    bwd_lists = _sparse_tensors(t_indices, t_counts, (block_q, block_k))
-    dq, dk, dv = _flash_attn_bwd(
-        q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
-        dlse=None if dlse is None else dlse.contiguous(),
-    )  # fmt: skip
+    bwd_lists = sparse_tensors(t_indices, t_counts, (block_q, block_k))
+    with contextlib.ExitStack() as stack:
+        if tiles is not None:
+            from flash_attn.cute.interface import BwdConfig
+
+            stack.enter_context(sm90_backward_tiles(BwdConfig(**tiles)))
+        dq, dk, dv = _flash_attn_bwd(
+            q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
+            dlse=None if dlse is None else dlse.contiguous(),
+        )  # fmt: skip
     return dq, dk, dv
 
 

@@ -166,10 +166,11 @@ class SLAAttention(BlockSparseMethod):
         fp32 weight, an fp32 projection ran as three SIMT GEMMs plus conversions, a fifth of sla's
         forward + backward at the Wan-1.3B shape (benchmarks/check_sla.py). Other activations are
         projected in the weight's dtype (fp16 sums over ~400k rows would overflow in the weight's
-        gradient; the fused pass keeps them in fp32 too). The layer runs on the ``(B, S, H, D)``
-        view: the branch is strided like q, a transposed ``(B, S, H, D)`` tensor in a model, and a linear
-        layer over that ``(B, H, S, D)`` view copied it, and its gradients, three times in forward +
-        backward (0.41 ms at the Wan-1.3B shape on the H200).
+        gradient; the fused pass keeps them in fp32 too).
+
+        The layer runs on the branch's ``(B, S, H, D)`` view. The branch is strided like q, which in a
+        model is a transposed ``(B, S, H, D)`` tensor; on the ``(B, H, S, D)`` view the layer copied its
+        input and gradients (net 0.33 ms of forward + backward at the Wan-1.3B shape on the H200).
         """
         from dit_accel.kernels import sla_ops
 
