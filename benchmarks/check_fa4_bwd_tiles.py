@@ -4,11 +4,13 @@
 
 FA4 picks its sm90 backward tiles in ``flash_attn.cute.interface._tile_size_bwd_sm90``: 128-key tiles at
 head_dim 128, and a block-sparse list's key blocks must be that tile. So ``sla``'s default 128x64 blocks
-run our Triton backward: 2.87 ms of sla's 5.87 ms forward + backward at the Wan-1.3B shape on the H200
-(FA4's own backward does the k_high 0.05 lists of 128x128 blocks in 1.42 ms). This swaps in 64-key tile
+ran our Triton backward: 2.87 ms of sla's 5.87 ms forward + backward at the Wan-1.3B shape on the H200
+(FA4's own backward does the k_high 0.05 lists of 128x128 blocks in 1.42 ms), until this check chose
+``fa4.SM90_BACKWARD_TILES``. It swaps in 64-key tile
 configurations one at a time (:func:`dit_accel.kernels.fa4.sm90_backward_tiles`), checks each one's
 gradients against float64 autograd at a small odd shape and against the Triton backward at the full
-shape, and times both on the k_high 0.05 lists of random pooled scores. A configuration that fails to
+shape, with and without a gradient on the LSE (``dlse``, what an LSE merge downstream sends), and times
+both on the k_high 0.05 lists of random pooled scores. A configuration that fails to
 compile is recorded, not raised; the JSON is rewritten after each one.
 """
 
@@ -62,28 +64,32 @@ def problem(batch, heads, seq, dim, device, seed):
     return q, k, v, dout, lists, out, lse, scale
 
 
-def fa4_backward(q, k, v, dout, lists, out, lse, scale):
+def fa4_backward(q, k, v, dout, lists, out, lse, scale, dlse=None):
     from flash_attn.cute.interface import _flash_attn_bwd
 
     t_indices, t_counts = reference.transpose_block_lists(lists.indices, lists.counts, math.ceil(k.shape[1] / BLOCK[1]))
     bwd_lists = fa4.sparse_tensors(t_indices, t_counts, BLOCK)
-    return _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, block_sparse_tensors=bwd_lists)[:3]
+    return _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
+                           dlse=dlse)[:3]  # fmt: skip
 
 
-def triton_backward(q, k, v, dout, lists, out, lse, scale):
+def triton_backward(q, k, v, dout, lists, out, lse, scale, dlse=None):
     grads = block_sparse_attention_backward_triton(
         *(t.transpose(1, 2) for t in (dout, q, k, v, out)), lse, lists.indices, lists.counts,
-        block_m=BLOCK[0], block_n=BLOCK[1], scale=scale,
+        block_m=BLOCK[0], block_n=BLOCK[1], scale=scale, dlse=dlse,
     )  # fmt: skip
     return [g.transpose(1, 2) for g in grads]
 
 
-def float64_grads(q, k, v, dout, lists, scale):
-    """Float64 autograd of the block-sparse reference (``(B, S, H, D)`` in and out)."""
+def float64_grads(q, k, v, dout, lists, scale, dlse=None):
+    """Float64 autograd of the block-sparse reference (``(B, S, H, D)`` in and out), with ``dlse`` on its LSE."""
     leaves = [t.double().transpose(1, 2).requires_grad_() for t in (q, k, v)]
-    out, _ = reference.block_sparse_attention_reference(*leaves, lists.indices, lists.counts, block_m=BLOCK[0],
-                                                        block_n=BLOCK[1], scale=scale)  # fmt: skip
-    return [g.transpose(1, 2) for g in torch.autograd.grad(out, leaves, dout.double().transpose(1, 2))]
+    out, lse = reference.block_sparse_attention_reference(*leaves, lists.indices, lists.counts, block_m=BLOCK[0],
+                                                          block_n=BLOCK[1], scale=scale, return_lse=True)  # fmt: skip
+    loss = (out * dout.double().transpose(1, 2)).sum()
+    if dlse is not None:
+        loss = loss + (lse * dlse.double()).sum()
+    return [g.transpose(1, 2) for g in torch.autograd.grad(loss, leaves)]
 
 
 def rel_err(got, want) -> float:
@@ -98,12 +104,17 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device("cuda")
     small = problem(1, 3, 1000, 128, device, seed=1)
-    small_want = float64_grads(*small[:5], small[-1])
     full = problem(1, 12, 32760, 128, device, seed=0)
+    gen = torch.Generator(device=device).manual_seed(2)
+    small_dlse, full_dlse = (torch.randn(x[-2].shape, generator=gen, device=device) for x in (small, full))
+    small_want = float64_grads(*small[:5], small[-1])
+    small_want_dlse = float64_grads(*small[:5], small[-1], dlse=small_dlse)
     full_triton = triton_backward(*full)
+    full_triton_dlse = triton_backward(*full, dlse=full_dlse)
     result = {"environment": environment(device), "shape": [1, 32760, 12, 128], "block_size": list(BLOCK),
               "triton_backward_ms": median_ms(lambda: triton_backward(*full), device), "configs": {}}  # fmt: skip
     result["triton_small_rel_err_vs_float64"] = rel_err(triton_backward(*small), small_want)
+    result["triton_small_rel_err_vs_float64_dlse"] = rel_err(triton_backward(*small, dlse=small_dlse), small_want_dlse)
     print(f"triton backward {result['triton_backward_ms']:.3f} ms", flush=True)
     for name, config in candidates().items():
         try:
@@ -111,6 +122,9 @@ def main() -> int:
                 record = {"small_rel_err_vs_float64": rel_err(fa4_backward(*small), small_want),
                           "full_rel_err_vs_triton": rel_err(fa4_backward(*full), full_triton),
                           "ms": median_ms(lambda: fa4_backward(*full), device)}  # fmt: skip
+                record["small_rel_err_vs_float64_dlse"] = rel_err(fa4_backward(*small, dlse=small_dlse),
+                                                                  small_want_dlse)  # fmt: skip
+                record["full_rel_err_vs_triton_dlse"] = rel_err(fa4_backward(*full, dlse=full_dlse), full_triton_dlse)
         except Exception as error:  # a tile FA4 cannot compile or run is a result
             record = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
         result["configs"][name] = record

@@ -29,3 +29,7 @@ def test_the_reference_gradients_of_the_tile_check_match_the_triton_backward() -
     assert all(g.shape == (batch, seq, heads, dim) for g in got)
     assert tiles_check.rel_err(got, want) < 1e-5
     assert tiles_check.rel_err([g * 1.01 for g in got], want) > 5e-3, "the error measure sees a 1% change"
+    dlse = torch.randn(lse.shape, generator=gen)
+    got = tiles_check.triton_backward(q, k, v, dout, lists, out.transpose(1, 2), lse, scale, dlse=dlse)
+    want_dlse = tiles_check.float64_grads(q, k, v, dout, lists, scale, dlse=dlse)
+    assert tiles_check.rel_err(got, want_dlse) < 1e-5 and tiles_check.rel_err(want, want_dlse) > 1e-2
