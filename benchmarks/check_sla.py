@@ -247,7 +247,6 @@ def main() -> int:
         print(f"{'PASS' if record['ok'] else 'FAIL'} {record['check']} {record['shape']} {record['dtype']} "
               f"rel_err={record['rel_err']:.2e}")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    block_sizes = [tuple(int(n) for n in text.split(",")) for text in args.blocks]
     base, records = time_sla(shape, dtype, device, args.k_high, kernel_backends(device), block_sizes)
     cudnn_both = base["cudnn_fwd_bwd"]
     print(f"cudnn forward {base['cudnn_fwd']['ms']:.3f} ms, forward+backward {cudnn_both['ms_eager']:.3f} ms eager, "

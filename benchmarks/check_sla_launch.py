@@ -105,7 +105,7 @@ def exact_sweep(shape, block, device, dtype, launches: list[BackwardLaunch]) -> 
             resolved = launch.for_blocks(block[0], block[1], shape[3])
         except ValueError:  # refused at launch: recorded below
             resolved = None
-        if resolved in seen:  # the same kernels as a launch already timed (None picks that value here)
+        if resolved is not None and resolved in seen:  # the same kernels as a launch already timed
             continue
         seen.add(resolved)
 

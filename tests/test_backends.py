@@ -6,12 +6,13 @@ import logging
 import math
 import re
 import sys
+import threading
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from dit_accel.kernels import backends, fa4, reference
+from dit_accel.kernels import backends, block_sparse_attention_bwd, fa4, reference
 from dit_accel.kernels.block_list import BlockList
 
 
@@ -137,3 +138,77 @@ def test_the_sm90_tile_swap_lasts_for_its_block_only(monkeypatch):
     with pytest.raises(RuntimeError), fa4.sm90_backward_tiles("ours"):
         raise RuntimeError("the backward failed")
     assert interface._tile_size_bwd_sm90(128, 128, False, False) == "FA4's choice"
+
+
+@pytest.fixture
+def stub_fa4(monkeypatch):
+    """FA4 replaced by stubs on a pretend sm90 GPU: ``calls`` records which backward ran, and with what tiles."""
+    calls = []
+    interface = SimpleNamespace(_tile_size_bwd_sm90=lambda *args, **kwargs: "FA4's tiles", BwdConfig=dict)
+
+    def forward(q, k, v, **kwargs):
+        return torch.zeros_like(q), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    def backward(q, k, v, out, dout, lse, **kwargs):
+        calls.append(("fa4", interface._tile_size_bwd_sm90(128, 128, False, False), kwargs["dlse"] is not None))
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    def triton(dout, q, *args, **kwargs):
+        calls.append(("triton", None, kwargs["dlse"] is not None))
+        return torch.zeros_like(q), torch.zeros_like(q), torch.zeros_like(q)
+
+    interface._flash_attn_fwd, interface._flash_attn_bwd = forward, backward
+    monkeypatch.setitem(sys.modules, "flash_attn", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", SimpleNamespace(interface=interface))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.block_sparsity", SimpleNamespace(BlockSparseTensorsTorch=dict))
+    monkeypatch.setattr(fa4, "_major", lambda device: 9)
+    monkeypatch.setattr(block_sparse_attention_bwd, "block_sparse_attention_backward_triton", triton)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("block_k", "use_lse", "ran"),
+    [
+        (64, False, ("fa4", "tiles", False)),  # sla: the LSE is unused, so no dlse reaches the backward
+        (64, True, ("triton", None, True)),
+        (128, False, ("fa4", "FA4's tiles", False)),
+        (128, True, ("fa4", "FA4's tiles", True)),
+    ],
+)
+def test_the_fa4_op_backward_picks_its_engine_and_tiles_through_autograd(stub_fa4, block_k, use_lse, ran):
+    q, k, v = (torch.randn(1, 256, 2, 128, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    nk = 256 // block_k
+    indices = torch.arange(nk, dtype=torch.int32).expand(1, 2, 2, nk).contiguous()
+    counts = torch.full((1, 2, 2), nk, dtype=torch.int32)
+    out, lse = fa4.fa4_block_sparse_attention(q, k, v, indices, counts, 128, block_k, 0.1)
+    (out.float().sum() + (lse.sum() if use_lse else 0)).backward()
+    engine, tiles, with_dlse = stub_fa4[-1]
+    want_tiles = fa4.SM90_BACKWARD_TILES[(64, 128)] if ran[1] == "tiles" else ran[1]
+    assert (engine, tiles, with_dlse) == (ran[0], want_tiles, ran[2])
+    assert q.grad is not None and q.grad.shape == q.shape
+
+
+def test_tile_overrides_of_interleaved_threads_stay_apart_and_end(monkeypatch):
+    interface = SimpleNamespace(_tile_size_bwd_sm90=lambda *args, **kwargs: "FA4's tiles")
+    monkeypatch.setitem(sys.modules, "flash_attn", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", SimpleNamespace(interface=interface))
+    both_inside, a_left = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def call(name: str) -> None:
+        with fa4.sm90_backward_tiles(name):
+            both_inside.wait()
+            if name == "b":
+                a_left.wait()  # a's block ends first, as in an interleaving of a enter, b enter, a exit, b exit
+            seen[name] = interface._tile_size_bwd_sm90(128, 128, False, False)
+        if name == "a":
+            a_left.set()
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen == {"a": "a", "b": "b"}
+    assert interface._tile_size_bwd_sm90(128, 128, False, False) == "FA4's tiles"

@@ -33,3 +33,13 @@ def test_the_reference_gradients_of_the_tile_check_match_the_triton_backward() -
     got = tiles_check.triton_backward(q, k, v, dout, lists, out.transpose(1, 2), lse, scale, dlse=dlse)
     want_dlse = tiles_check.float64_grads(q, k, v, dout, lists, scale, dlse=dlse)
     assert tiles_check.rel_err(got, want_dlse) < 1e-5 and tiles_check.rel_err(want, want_dlse) > 1e-2
+
+
+def test_a_failing_measurement_is_recorded_without_terminal_colours() -> None:
+    def refused() -> dict:
+        raise RuntimeError("\x1b[91m\x1b[1merror[CUDA_LAUNCH_INVALID_CONFIG]:\x1b[0m launch failed")
+
+    assert tiles_check.attempt(refused, key="dlse_error") == {
+        "dlse_error": "RuntimeError: error[CUDA_LAUNCH_INVALID_CONFIG]: launch failed"
+    }
+    assert tiles_check.attempt(lambda: {"ms": 1.0}) == {"ms": 1.0}

@@ -6,7 +6,8 @@ its "full" (unmasked) lists. FA4 walks a list from its last entry and applies th
 mask to that first-visited block: with ascending lists that is the only block that can be partial.
 The forward returns the natural-log LSE in fp32. The backward uses FA4's block-sparse backward
 with the transposed lists (per key block, the query blocks that read it): 128-key blocks on FA4's
-tiles, 64-key blocks on sm90 on 64-key tiles of ours (:data:`SM90_BACKWARD_TILES`).
+tiles; 64-key blocks at head_dim 128 on sm90, without a gradient on the LSE, on 64-key tiles of ours
+(:data:`SM90_BACKWARD_TILES`); other lists on our Triton backward.
 
 Both directions are wrapped as ``torch.library`` custom ops with fake implementations, so the
 call traces under ``torch.compile`` (``fullgraph=True``) and runs in CUDA graphs.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -37,13 +39,15 @@ def _find_fa4() -> bool:
 
 # Looked up once at import (without importing FA4), so that traced code only reads a constant.
 FA4_INSTALLED = _find_fa4()
-# FA4's sm90 backward tiles key blocks of 128 at head_dim 128 and takes lists of its tile. For 64-key
-# lists this tile (FA4's own with the key tile and the query tile halved, one MMA warpgroup per 64 rows)
-# replaces it: on the H200 at the Wan-1.3B shape, k_high 0.05 lists of 128x64 blocks, 2.46 ms against
-# our Triton backward's 3.06 (benchmarks/check_fa4_bwd_tiles.py: gradients checked against float64 at
-# an odd shape and against the Triton backward at that shape; a swapped-SdP variant gave wrong gradients
-# there). Other key blocks, head dims and GPUs, and calls with a gradient on the LSE (not yet checked
-# at these tiles), use our Triton backward.
+# FA4's sm90 backward tiles key blocks of 128 at head_dim 128 (block-sparse: 64 x 128 tiles, SdP
+# transposed, dK/dV over two warpgroups) and takes lists of its tile. For 64-key lists these 64 x 64
+# tiles (nothing transposed, each product split over the two MMA warpgroups' columns) replace it. On
+# the H200 at the Wan-1.3B shape, k_high 0.05 lists of 128x64 blocks: 2.46 ms against our Triton
+# backward's 3.06 (benchmarks/check_fa4_bwd_tiles.py, which checks gradients against float64 at an odd
+# shape and against the Triton backward at the full one; a transposed-SdP variant was wrong at the full
+# shape). FA4's compile key leaves out num_stages_PdS: keep it equal to the Q stages. Other key blocks,
+# head dims and GPUs, and calls with a gradient on the LSE (not yet checked at these tiles), use our
+# Triton backward.
 SM90_BACKWARD_TILES = {
     (64, 128): dict(m_block_size=64, n_block_size=64, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
                     SdP_swapAB=False, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=1,
@@ -110,21 +114,35 @@ def backward_tiles(major: int, block_k: int, head_dim: int) -> dict | None:
     return SM90_BACKWARD_TILES.get((block_k, head_dim)) if major == 9 else None
 
 
+_TILE_OVERRIDE = threading.local()
+
+
 @contextlib.contextmanager
 def sm90_backward_tiles(config) -> Iterator[None]:
     """FA4's sm90 backward with the tile ``config`` (a ``flash_attn.cute.interface.BwdConfig``) inside the block.
 
     FA4 chooses the tiles in ``_tile_size_bwd_sm90`` (128-key tiles at head_dim 128) and takes
-    block-sparse lists whose key blocks are its tile; this swaps that choice for the block.
+    block-sparse lists whose key blocks are its tile. The first use wraps that function once: the
+    wrapper returns this thread's override while a block is open and FA4's own choice otherwise, so
+    calls on other threads, and blocks that interleave, keep their own tiles.
     """
     from flash_attn.cute import interface
 
-    chosen = interface._tile_size_bwd_sm90
-    interface._tile_size_bwd_sm90 = lambda *args, **kwargs: config
+    if not getattr(interface._tile_size_bwd_sm90, "reads_dit_accel_override", False):
+        fa4_choice = interface._tile_size_bwd_sm90
+
+        def choose(*args, **kwargs):
+            override = getattr(_TILE_OVERRIDE, "config", None)
+            return override if override is not None else fa4_choice(*args, **kwargs)
+
+        choose.reads_dit_accel_override = True
+        interface._tile_size_bwd_sm90 = choose
+    outer = getattr(_TILE_OVERRIDE, "config", None)
+    _TILE_OVERRIDE.config = config
     try:
         yield
     finally:
-        interface._tile_size_bwd_sm90 = chosen
+        _TILE_OVERRIDE.config = outer
 
 
 @torch.library.custom_op("dit_accel::fa4_block_sparse_attention", mutates_args=())
@@ -192,6 +210,7 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     q, k, v, indices, counts, block_q, block_k, scale = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1], indices, counts)
     ctx.blocks = (block_q, block_k, scale)
+    ctx.set_materialize_grads(False)  # an unused LSE gives None, not zeros: the backward then skips dlse
 
 
 def _backward(ctx, dout, dlse):
