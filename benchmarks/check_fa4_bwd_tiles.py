@@ -66,12 +66,7 @@ def problem(batch, heads, seq, dim, device, seed):
 
 
 def fa4_backward(q, k, v, dout, lists, out, lse, scale, dlse=None):
-    from flash_attn.cute.interface import _flash_attn_bwd
-
-    t_indices, t_counts = reference.transpose_block_lists(lists.indices, lists.counts, math.ceil(k.shape[1] / BLOCK[1]))
-    bwd_lists = fa4.sparse_tensors(t_indices, t_counts, BLOCK)
-    return _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
-                           dlse=dlse)[:3]  # fmt: skip
+    return fa4.fa4_sparse_backward(dout, dlse, q, k, v, out, lse, lists.indices, lists.counts, *BLOCK, scale)
 
 
 def triton_backward(q, k, v, dout, lists, out, lse, scale, dlse=None):

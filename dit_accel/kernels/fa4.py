@@ -185,19 +185,28 @@ def fa4_block_sparse_attention_backward(
             lse, indices, counts, block_m=block_q, block_n=block_k, key_len=k.shape[1], scale=scale, dlse=dlse,
         )  # fmt: skip
         return tuple(g.transpose(1, 2).contiguous() for g in grads)
+    if tiles is None:
+        return fa4_sparse_backward(dout, dlse, q, k, v, out, lse, indices, counts, block_q, block_k, scale)
+    from flash_attn.cute.interface import BwdConfig
+
+    with sm90_backward_tiles(BwdConfig(**tiles)):
+        return fa4_sparse_backward(dout, dlse, q, k, v, out, lse, indices, counts, block_q, block_k, scale)
+
+
+def fa4_sparse_backward(
+    dout: Tensor, dlse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    indices: Tensor, counts: Tensor, block_q: int, block_k: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """FA4's block-sparse backward on the transposed lists, with whatever tiles FA4 picks for the call
+    (its own, or those of an open :func:`sm90_backward_tiles` block); ``(B, S, H, D)`` in and out."""
     from flash_attn.cute.interface import _flash_attn_bwd
 
     t_indices, t_counts = transpose_block_lists(indices, counts, -(-k.shape[1] // block_k))
     bwd_lists = sparse_tensors(t_indices, t_counts, (block_q, block_k))
-    with contextlib.ExitStack() as stack:
-        if tiles is not None:
-            from flash_attn.cute.interface import BwdConfig
-
-            stack.enter_context(sm90_backward_tiles(BwdConfig(**tiles)))
-        dq, dk, dv = _flash_attn_bwd(
-            q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
-            dlse=None if dlse is None else dlse.contiguous(),
-        )  # fmt: skip
+    dq, dk, dv = _flash_attn_bwd(
+        q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, block_sparse_tensors=bwd_lists,
+        dlse=None if dlse is None else dlse.contiguous(),
+    )  # fmt: skip
     return dq, dk, dv
 
 
